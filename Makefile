@@ -1,0 +1,49 @@
+# make run    install (if needed), build the tiny world (if needed), run SuperHF on it
+# make test   install (if needed), run the test suite
+# make bench  time one superbatch's phases on the tiny world (one JSON line)
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+# torch first: the CPU wheel of 2.13.0 where one is at hand, the default build elsewhere.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: install wordnet world run test bench ui clean
+
+install: $(INSTALLED)
+
+$(INSTALLED): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	$(MAKE) --no-print-directory wordnet
+	touch $(INSTALLED)
+
+# METEOR needs WordNet: nltk data if present, else the system's WordNet (installed with apt-get when we
+# are root on Debian/Ubuntu), else nltk.download; superhf_lab.wordnet explains what to do if all fail.
+wordnet:
+	@$(PY) -m superhf_lab.wordnet 2>/dev/null || { \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    apt-get install -y -q wordnet-base wordnet-sense-index >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q wordnet-base wordnet-sense-index >/dev/null 2>&1; }; \
+	  fi; \
+	  $(PY) -m superhf_lab.wordnet; }
+
+world: install
+	$(PY) -m superhf_lab.tiny_world
+
+run: install
+	$(PY) run.py $(ARGS)
+
+test: install
+	$(PY) -m pytest -q $(ARGS)
+
+bench: install
+	$(PY) -m superhf_lab.bench $(ARGS)
+
+ui: install
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db
+
+clean:
+	rm -rf outputs multirun/2* mlflow.db mlruns mlartifacts .cache

@@ -1,0 +1,23 @@
+"""Entry point: ``python run.py [overrides]`` or ``python run.py -m kl_coef=0,0.1,0.35`` for a sweep."""
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from superhf_lab.config import ConfigError
+from superhf_lab.data import DataFileError
+from superhf_lab.runner import run_experiment
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> float:
+    try:
+        return run_experiment(cfg)
+    except (ConfigError, DataFileError) as error:
+        print(f"Configuration error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

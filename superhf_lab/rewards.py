@@ -1,0 +1,62 @@
+"""Scoring (prompt, completion) text with a reward model through the reward model's own tokenizer.
+
+Scoring decoded text, never the policy's token ids, lets any policy pair with any reward model
+(the paper's Pythia policy with a DeBERTa reward model) and gives every algorithm the same reward.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+from superhf_lab.config import RewardModelConfig
+from superhf_lab.models import autocast, load_reward_model
+
+
+class RewardScorer(Protocol):
+    def score(self, prompts: list[str], completions: list[str]) -> list[float]:
+        """One reward per (prompt, completion) pair."""
+        ...
+
+
+class ModelRewardScorer:
+    """A sequence-classification reward model over ``prompt + completion`` text, in minibatches."""
+
+    def __init__(self, config: RewardModelConfig, key: str, device: torch.device, precision: str, batch_size: int):
+        self.model, self.tokenizer = load_reward_model(config, key, device)
+        self.max_length = config.max_length
+        self.device = device
+        self.precision = precision
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def score(self, prompts: list[str], completions: list[str]) -> list[float]:
+        texts = [prompt + completion for prompt, completion in zip(prompts, completions, strict=True)]
+        scores: list[float] = []
+        for start in range(0, len(texts), self.batch_size):
+            encoded = self.tokenizer(
+                texts[start : start + self.batch_size], return_tensors="pt", padding=True,
+                truncation=True, max_length=self.max_length,
+            ).to(self.device)
+            with autocast(self.device, self.precision):
+                logits = self.model(**encoded).logits
+            scores.extend(logits[:, 0].float().tolist())
+        return scores
+
+
+class GoldRewardScorer:
+    """The tiny world's programmatic gold reward: ground truth that the proxy model only approximates."""
+
+    def score(self, prompts: list[str], completions: list[str]) -> list[float]:
+        from superhf_lab.tiny_world import gold_reward_batch
+
+        return gold_reward_batch(prompts, completions)
+
+
+def build_scorer(
+    config: RewardModelConfig, key: str, device: torch.device, precision: str, batch_size: int
+) -> RewardScorer:
+    if config.kind == "gold":
+        return GoldRewardScorer()
+    return ModelRewardScorer(config, key, device, precision, batch_size)

@@ -1,0 +1,59 @@
+"""From a composed Hydra config to a finished MLflow run; run.py is a thin wrapper around this."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import mlflow
+from omegaconf import DictConfig
+from transformers import set_seed
+
+from superhf_lab.config import ConfigError, RunConfig, validate_config
+from superhf_lab.models import resolve_device
+from superhf_lab.registry import RunContext, get_algorithm
+from superhf_lab.tracking import check_tracking_store, tracked_run
+
+log = logging.getLogger(__name__)
+
+
+def paths_in_tiny_world(config: RunConfig) -> list[str]:
+    """The configured model and data paths that live in the tiny world's cache folder."""
+    root = Path(config.tiny_world.dir).resolve()
+    candidates = [config.model.name_or_path, config.reward_model.name_or_path, config.data.train_path]
+    if config.heldout_reward_model is not None:
+        candidates.append(config.heldout_reward_model.name_or_path)
+    return [path for path in candidates if path and Path(path).resolve().is_relative_to(root)]
+
+
+def prepare(cfg: DictConfig) -> RunConfig:
+    """Everything that can fail fast: config, device, objective name, tracking store, tiny world."""
+    config = validate_config(cfg)
+    resolve_device(config.device, config.precision)
+    plugin = get_algorithm(config.algorithm.name)
+    if config.objective.metric not in plugin.metric_names:
+        raise ConfigError(
+            f"objective.metric={config.objective.metric!r} is invalid: {plugin.name} logs {sorted(plugin.metric_names)}"
+        )
+    check_tracking_store(config.mlflow)
+    if paths_in_tiny_world(config):
+        from superhf_lab.tiny_world import ensure_tiny_world
+
+        ensure_tiny_world(config.tiny_world.dir)
+    return config
+
+
+def run_experiment(cfg: DictConfig) -> float:
+    """Validate, seed, open the MLflow run, train with the selected plugin; returns the objective."""
+    config = prepare(cfg)
+    plugin = get_algorithm(config.algorithm.name)
+    set_seed(config.seed)
+    tags = {"algorithm": plugin.name, "output_dir": config.output_dir}
+    with tracked_run(config.mlflow, cfg, tags) as tracker:
+        run_id = mlflow.active_run().info.run_id
+        log.info("MLflow run %s in %s", run_id, mlflow.get_tracking_uri())
+        plugin.train(RunContext(config, tracker, resolve_device(config.device, config.precision)))
+        objective = tracker.objective(config.objective.metric, config.objective.last_n)
+        mlflow.log_metric("objective", objective)
+    log.info("objective %s (mean of the last %d) = %.4f", config.objective.metric, config.objective.last_n, objective)
+    return objective

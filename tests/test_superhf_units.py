@@ -1,0 +1,150 @@
+"""The pieces of a SuperHF superbatch, checked on small hand-made inputs and a tiny random GPT-NeoX."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+from superhf_lab.algorithms.superhf import (
+    Completion,
+    SuperHFConfig,
+    SuperHFTrainer,
+    completion_ce_and_kl,
+    pad_examples,
+    position_ids_for,
+    select_top_k,
+)
+from superhf_lab.text import trim_completion
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected", "cut"),
+    [
+        (" Knead the dough.\n\nHuman: thanks", " Knead the dough.", True),
+        (" Sure.\n\nAssistant: more", " Sure.", True),
+        (" Yes.\nHuman: and?", " Yes.", True),
+        (" Fine.\n\nH: ok", " Fine.", True),
+        (" Plan A: rest, then go.  ", " Plan A: rest, then go.", False),
+        ("\n\nHuman: hi", "", True),
+    ],
+)
+def test_trim_completion_cuts_at_the_next_turn(raw, expected, cut):
+    assert trim_completion(raw) == (expected, cut)
+
+
+def _completion(prompt_index, reward, text="answer"):
+    return Completion(prompt=f"p{prompt_index}", prompt_index=prompt_index, text=text, num_tokens=1,
+                      finished=True, reward=reward)
+
+
+def test_select_top_k_keeps_the_best_per_prompt_and_drops_empty_ones():
+    completions = [
+        _completion(0, 0.1), _completion(0, 0.9), _completion(0, 5.0, text="   "), _completion(0, 0.5),
+        _completion(1, -2.0), _completion(1, -1.0),
+    ]
+    assert select_top_k(completions, top_k=1) == [1, 5]
+    assert select_top_k(completions, top_k=2) == [1, 3, 4, 5]
+
+
+def test_select_top_k_length_penalty_prefers_shorter_completions():
+    completions = [_completion(0, 1.0, text="x" * 100), _completion(0, 0.9, text="x")]
+    assert select_top_k(completions, top_k=1) == [0]
+    assert select_top_k(completions, top_k=1, length_penalty=0.01) == [1]
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_completion_mask_covers_exactly_the_completion_tokens(side):
+    prompts, completions = [[5, 6, 7], [8]], [[9, 10], [11, 12, 13, 14]]
+    input_ids, attention, mask = pad_examples(prompts, completions, pad_token_id=0, padding_side=side)
+    for row in range(2):
+        real = input_ids[row][attention[row].bool()].tolist()
+        assert real == prompts[row] + completions[row]
+        assert input_ids[row][mask[row].bool()].tolist() == completions[row]
+    assert not (mask.bool() & ~attention.bool()).any(), "padding is never part of the completion mask"
+
+
+def test_ce_uses_the_logits_that_predict_completion_tokens():
+    """Position t's logits predict token t+1: put all mass on the right next token and CE is ~0."""
+    vocab, sequence = 20, [3, 4, 5, 6, 7]
+    input_ids = torch.tensor([sequence])
+    completion_mask = torch.tensor([[0, 0, 1, 1, 1]])
+    logits = torch.full((1, 5, vocab), -30.0)
+    for t in range(4):
+        logits[0, t, sequence[t + 1]] = 30.0  # a perfect next-token predictor
+    logits[0, 4, 0] = 30.0  # the last position predicts nothing in the sequence
+    ce, kl = completion_ce_and_kl(logits, logits, input_ids, completion_mask)
+    assert ce.item() == pytest.approx(0.0, abs=1e-6)
+    assert kl.item() == pytest.approx(0.0, abs=1e-6)
+    unshifted_ce = F.cross_entropy(logits[0], input_ids[0], reduction="none")[completion_mask[0].bool()].mean()
+    assert unshifted_ce.item() > 10, "the reference trainer's unshifted mask would score this as a terrible model"
+
+
+def test_kl_matches_a_direct_computation():
+    torch.manual_seed(0)
+    logits, reference = torch.randn(2, 6, 11), torch.randn(2, 6, 11)
+    input_ids = torch.randint(0, 11, (2, 6))
+    completion_mask = torch.tensor([[0, 0, 0, 1, 1, 1], [0, 1, 1, 1, 1, 0]])
+    _, kl = completion_ce_and_kl(logits, reference, input_ids, completion_mask)
+    for row in range(2):
+        per_token = []
+        for t in range(5):
+            if completion_mask[row, t + 1]:
+                p = torch.softmax(logits[row, t], -1)
+                q = torch.softmax(reference[row, t], -1)
+                per_token.append(sum(p[v] * math.log(p[v] / q[v]) for v in range(11)))
+        assert kl[row].item() == pytest.approx(float(sum(per_token) / len(per_token)), rel=1e-5)
+    assert (kl >= 0).all()
+
+
+@pytest.fixture(scope="module")
+def tiny_causal_lm():
+    torch.manual_seed(0)
+    config = GPTNeoXConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                           intermediate_size=32, max_position_embeddings=64)
+    return GPTNeoXForCausalLM(config).eval()
+
+
+def test_loss_is_the_same_with_left_and_right_padding(tiny_causal_lm):
+    prompts, completions = [[1, 2, 3, 4, 5], [6]], [[7, 8], [9, 10, 11, 12, 13, 14]]
+    results = {}
+    for side in ("left", "right"):
+        input_ids, attention, mask = pad_examples(prompts, completions, pad_token_id=0, padding_side=side)
+        with torch.no_grad():
+            logits = tiny_causal_lm(input_ids=input_ids, attention_mask=attention,
+                                    position_ids=position_ids_for(attention)).logits
+        results[side] = completion_ce_and_kl(logits, logits * 0.5, input_ids, mask)
+    for left, right in zip(results["left"], results["right"]):
+        torch.testing.assert_close(left, right, rtol=1e-4, atol=1e-5)
+
+
+class _ConstantScorer:
+    def score(self, prompts, completions):
+        return [0.0] * len(prompts)
+
+
+class _Tokenizer:
+    """Whitespace-free toy tokenizer: one id per character."""
+
+    eos_token_id = 1
+    pad_token_id = 0
+
+    def __call__(self, text, add_special_tokens=True):
+        return type("Encoded", (), {"input_ids": [2 + ord(ch) % 30 for ch in text]})()
+
+
+def test_nonfinite_losses_are_skipped_counted_and_limited(tiny_causal_lm):
+    policy = GPTNeoXForCausalLM(tiny_causal_lm.config)
+    trainer = SuperHFTrainer(SuperHFConfig(max_nonfinite_losses=1, minibatch_size_finetuning=1), 0.1, policy,
+                             _Tokenizer(), _ConstantScorer(), None, torch.device("cpu"), "fp32")
+    kept = [Completion("ab", 0, "cd", 2, True)]
+    with torch.no_grad():
+        policy.get_output_embeddings().weight[:, 0] = float("nan")  # poisons every logit
+    before = {name: p.detach().clone() for name, p in policy.named_parameters()}
+    losses = trainer.finetune(kept)
+    assert trainer.nonfinite_losses == 1 and math.isnan(losses["loss/total"])
+    for name, parameter in policy.named_parameters():
+        torch.testing.assert_close(parameter, before[name], equal_nan=True, msg=f"{name} changed on a NaN loss")
+    with pytest.raises(FloatingPointError, match="max_nonfinite_losses"):
+        trainer.finetune(kept)
