@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from collections import defaultdict
 from typing import Any, Iterator
 
@@ -18,13 +19,21 @@ COMPLETIONS_TABLE = "completions.json"
 RESOLVED_CONFIG = "config.yaml"
 _MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 _PARAMS_PER_BATCH = 100  # MLflow's limit on params per request
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # table appends would print bars
 
 
 class Tracker:
-    """Logs to the active MLflow run and keeps the history that the run's objective is read from."""
+    """Logs to the active MLflow run and keeps the history that the run's objective is read from.
 
-    def __init__(self) -> None:
+    Completion rows are buffered and appended to the table every ``table_flush_every`` calls (each
+    append rewrites the artifact) and once more when the run closes.
+    """
+
+    def __init__(self, table_flush_every: int = 25) -> None:
         self.history: dict[str, list[float]] = defaultdict(list)
+        self.table_flush_every = table_flush_every
+        self._pending_rows: list[dict[str, Any]] = []
+        self._pending_calls = 0
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         mlflow.log_metrics({name: float(value) for name, value in metrics.items()}, step=step)
@@ -32,9 +41,16 @@ class Tracker:
             self.history[name].append(float(value))
 
     def log_completions(self, rows: list[dict[str, Any]]) -> None:
-        """Append sample rows (prompt, completion, rewards...) to the run's completions table."""
-        if rows:
-            mlflow.log_table(pd.DataFrame(rows), artifact_file=COMPLETIONS_TABLE)
+        """Queue sample rows (prompt, completion, rewards...) for the run's completions table."""
+        self._pending_rows.extend(rows)
+        self._pending_calls += 1
+        if self._pending_calls >= self.table_flush_every:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._pending_rows:
+            mlflow.log_table(pd.DataFrame(self._pending_rows), artifact_file=COMPLETIONS_TABLE)
+        self._pending_rows, self._pending_calls = [], 0
 
     def objective(self, metric: str, last_n: int) -> float:
         values = [value for value in self.history.get(metric, []) if math.isfinite(value)]
@@ -91,4 +107,8 @@ def tracked_run(config: MlflowConfig, resolved: DictConfig, tags: dict[str, str]
         for start in range(0, len(items), _PARAMS_PER_BATCH):
             mlflow.log_params(dict(items[start : start + _PARAMS_PER_BATCH]))
         mlflow.log_text(OmegaConf.to_yaml(resolved, resolve=True), RESOLVED_CONFIG)
-        yield Tracker()
+        tracker = Tracker()
+        try:
+            yield tracker
+        finally:
+            tracker.flush()  # what was sampled before a crash is kept too

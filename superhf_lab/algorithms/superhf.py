@@ -282,7 +282,7 @@ class SuperHFTrainer:
             for completion, reward in zip(completions, self.heldout_scorer.score(prompts, texts)):
                 completion.heldout_reward = reward
 
-    def _training_example(self, completion: Completion) -> tuple[list[int], list[int]]:
+    def training_example(self, completion: Completion) -> tuple[list[int], list[int]]:
         context = with_conversation_prompt(self.config.conversation_prompt, completion.prompt)
         prompt_ids = self.tokenizer(context).input_ids
         completion_ids = self.tokenizer(completion.text, add_special_tokens=False).input_ids
@@ -297,7 +297,7 @@ class SuperHFTrainer:
         steps = 0
         size = self.config.minibatch_size_finetuning
         for start in range(0, len(kept), size):
-            prompt_ids, completion_ids = zip(*(self._training_example(c) for c in kept[start : start + size]))
+            prompt_ids, completion_ids = zip(*(self.training_example(c) for c in kept[start : start + size]))
             input_ids, attention_mask, completion_mask = (
                 t.to(self.device)
                 for t in pad_examples(list(prompt_ids), list(completion_ids), self.tokenizer.pad_token_id, "right")
@@ -396,9 +396,8 @@ def completion_rows(step: int, completions: list[Completion], kept_indices: list
     ]
 
 
-@register_algorithm("superhf", SuperHFConfig, METRIC_NAMES)
-def train_superhf(context: RunContext) -> None:
-    """Load prompts, models and reward models, then log every superbatch to the tracker."""
+def build_trainer(context: RunContext) -> tuple[SuperHFTrainer, PromptStream]:
+    """Prompts first (cheap to validate), then the policy and the reward models."""
     run = context.config
     cfg: SuperHFConfig = run.algorithm
     stream = PromptStream(load_training_prompts(run.data), seed=run.seed, shuffle=run.data.shuffle)
@@ -410,6 +409,14 @@ def train_superhf(context: RunContext) -> None:
         if run.heldout_reward_model is not None else None
     )
     trainer = SuperHFTrainer(cfg, run.kl_coef, policy, tokenizer, reward_scorer, heldout_scorer, context.device, run.precision)
+    return trainer, stream
+
+
+@register_algorithm("superhf", SuperHFConfig, METRIC_NAMES)
+def train_superhf(context: RunContext) -> None:
+    """Run every superbatch and log its metrics and sample completions to the tracker."""
+    cfg: SuperHFConfig = context.algorithm
+    trainer, stream = build_trainer(context)
     progress = tqdm(range(cfg.num_superbatches), desc="SuperHF superbatches", unit="superbatch")
     for step in progress:
         metrics, completions, kept_indices = trainer.step(stream.take(cfg.prompt_accumulation_steps))
@@ -417,6 +424,6 @@ def train_superhf(context: RunContext) -> None:
         metrics["progress/completions_generated"] = (step + 1) * cfg.prompt_accumulation_steps * cfg.superbatch_size
         context.tracker.log_metrics(metrics, step=step)
         context.tracker.log_completions(
-            completion_rows(step, completions, kept_indices, run.mlflow.completions_logged_per_superbatch)
+            completion_rows(step, completions, kept_indices, context.config.mlflow.completions_logged_per_superbatch)
         )
         progress.set_postfix(reward=f"{metrics['reward/mean']:.3f}", kl=f"{metrics['kl']:.4f}")

@@ -1,0 +1,81 @@
+"""``make bench``: time one SuperHF superbatch's phases on the tiny world; prints one JSON line.
+
+Throughput, not a test: compare numbers across commits on the same machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from transformers import set_seed
+
+from superhf_lab.algorithms.superhf import build_trainer, select_top_k
+from superhf_lab.config import validate_config
+from superhf_lab.models import resolve_device
+from superhf_lab.registry import RunContext
+from superhf_lab.tiny_world import ensure_tiny_world
+from superhf_lab.tracking import Tracker
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--superbatches", type=int, default=3, help="timed superbatches, after one warm-up")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for run.py")
+    args = parser.parse_args()
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        cfg = compose("config", overrides=args.overrides)
+    cfg.output_dir = "outputs/bench"
+    config = validate_config(cfg)
+    ensure_tiny_world(config.tiny_world.dir)
+    set_seed(config.seed)
+    device = resolve_device(config.device, config.precision)
+    trainer, stream = build_trainer(RunContext(config, Tracker(), device))
+    prompts_per_superbatch = config.algorithm.prompt_accumulation_steps
+
+    totals = {"generation_s": 0.0, "scoring_s": 0.0, "finetuning_s": 0.0}
+    completions_count = generated_tokens = finetuning_tokens = 0
+    for superbatch in range(args.superbatches + 1):
+        prompts = stream.take(prompts_per_superbatch)
+        started = time.perf_counter()
+        completions = trainer.generate(prompts)
+        generated = time.perf_counter()
+        trainer.score(completions)
+        scored = time.perf_counter()
+        kept = [completions[i] for i in select_top_k(completions, config.algorithm.top_k)]
+        trainer.finetune(kept)
+        finished = time.perf_counter()
+        if superbatch == 0:
+            continue  # warm-up: allocator, kernels, tokenizer caches
+        totals["generation_s"] += generated - started
+        totals["scoring_s"] += scored - generated
+        totals["finetuning_s"] += finished - scored
+        completions_count += len(completions)
+        generated_tokens += sum(c.num_tokens for c in completions)
+        finetuning_tokens += sum(sum(map(len, trainer.training_example(c))) for c in kept)
+
+    print(json.dumps({
+        "benchmark": "superhf_superbatch_phases",
+        "superbatches": args.superbatches,
+        "completions_per_superbatch": completions_count // args.superbatches,
+        "completions_per_s": round(completions_count / totals["generation_s"], 2),
+        "generated_tokens_per_s": round(generated_tokens / totals["generation_s"], 1),
+        "scored_completions_per_s": round(completions_count / totals["scoring_s"], 1),
+        "finetuning_tokens_per_s": round(finetuning_tokens / totals["finetuning_s"], 1),
+        **{f"{phase}_per_superbatch": round(seconds / args.superbatches, 4) for phase, seconds in totals.items()},
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+    }))
+
+
+if __name__ == "__main__":
+    main()
