@@ -15,7 +15,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from transformers import set_seed
 
-from superhf_lab.algorithms.superhf import build_trainer, select_top_k
+from superhf_lab.algorithms.superhf import build_trainer, select_top_k, superbatch_metrics
 from superhf_lab.config import validate_config
 from superhf_lab.models import resolve_device
 from superhf_lab.registry import RunContext
@@ -41,7 +41,7 @@ def main() -> None:
     trainer, stream = build_trainer(RunContext(config, Tracker(), device))
     prompts_per_superbatch = config.algorithm.prompt_accumulation_steps
 
-    totals = {"generation_s": 0.0, "scoring_s": 0.0, "finetuning_s": 0.0}
+    totals = {"generation_s": 0.0, "scoring_s": 0.0, "finetuning_s": 0.0, "metrics_s": 0.0}
     completions_count = generated_tokens = finetuning_tokens = 0
     for superbatch in range(args.superbatches + 1):
         prompts = stream.take(prompts_per_superbatch)
@@ -50,14 +50,18 @@ def main() -> None:
         generated = time.perf_counter()
         trainer.score(completions)
         scored = time.perf_counter()
-        kept = [completions[i] for i in select_top_k(completions, config.algorithm.top_k)]
+        kept_indices = select_top_k(completions, config.algorithm.top_k)
+        kept = [completions[i] for i in kept_indices]
         trainer.finetune(kept)
         finished = time.perf_counter()
+        superbatch_metrics(completions, kept_indices)  # METEOR over all ordered pairs dominates this
+        measured = time.perf_counter()
         if superbatch == 0:
             continue  # warm-up: allocator, kernels, tokenizer caches
         totals["generation_s"] += generated - started
         totals["scoring_s"] += scored - generated
         totals["finetuning_s"] += finished - scored
+        totals["metrics_s"] += measured - finished
         completions_count += len(completions)
         generated_tokens += sum(c.num_tokens for c in completions)
         finetuning_tokens += sum(sum(map(len, trainer.training_example(c))) for c in kept)
