@@ -14,10 +14,18 @@ def test_default_config_validates_into_typed_sections():
     assert config.model.name_or_path.endswith("tiny_world/policy")
 
 
-@pytest.mark.parametrize("experiment", ["tiny_superhf", "paper_table2", "superhf_arxiv"])
+@pytest.mark.parametrize("experiment", ["tiny_superhf", "paper_table2", "superhf_arxiv", "tiny_ppo", "paper_ppo_table3"])
 def test_every_experiment_validates(experiment):
     config = validate_config(compose_config([f"experiment={experiment}"]))
-    assert config.algorithm.top_k == 1
+    assert config.algorithm.name in ("superhf", "ppo")
+
+
+def test_paper_ppo_experiment_carries_table_3():
+    config = validate_config(compose_config(["experiment=paper_ppo_table3"]))
+    algo = config.algorithm
+    assert (algo.batch_size, algo.num_ppo_epochs, algo.cliprange, algo.cliprange_value, algo.vf_coef) == (32, 4, 0.2, 0.2, 0.1)
+    assert (algo.gamma, algo.lam, config.kl_coef) == (1.0, 0.95, 0.2)
+    assert (algo.adaptive_kl.enabled, algo.adaptive_kl.target, algo.adaptive_kl.horizon) == (True, 6.0, 10000.0)
 
 
 def test_paper_table2_carries_the_reports_hyperparameters():
@@ -49,7 +57,7 @@ def test_arxiv_experiment_uses_lora_and_a_conversation_prompt():
         ("+algorithm.superbatchsize=8", "config key 'algorithm.superbatchsize'"),
         ("algorithm.lr_schedule=step", "algorithm.lr_schedule='step' is invalid"),
         ("precision=fp8", "precision='fp8' is invalid"),
-        ("algorithm.name=dpo", "available algorithms are ['superhf']"),
+        ("algorithm.name=dpo", "available algorithms are ['ppo', 'superhf']"),
     ],
 )
 def test_impossible_values_name_the_key(override, message):

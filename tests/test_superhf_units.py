@@ -8,7 +8,6 @@ import torch.nn.functional as F
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
 from superhf_lab.algorithms.superhf import (
-    Completion,
     SuperHFConfig,
     SuperHFTrainer,
     completion_ce_and_kl,
@@ -16,6 +15,7 @@ from superhf_lab.algorithms.superhf import (
     position_ids_for,
     select_top_k,
 )
+from superhf_lab.completions import Completion
 from superhf_lab.text import trim_completion
 
 

@@ -28,13 +28,13 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
+from superhf_lab.completions import Completion, completion_metrics, completion_rows
 from superhf_lab.config import require
 from superhf_lab.data import PromptStream, load_training_prompts
-from superhf_lab.metrics import distinct_n, meteor_similarity
 from superhf_lab.models import autocast, load_policy
 from superhf_lab.registry import RunContext, register_algorithm
 from superhf_lab.rewards import RewardScorer, build_scorer
-from superhf_lab.text import trim_completion, with_conversation_prompt
+from superhf_lab.text import decode_completion, with_conversation_prompt
 
 LR_SCHEDULES = ("cosine", "linear", "constant")
 
@@ -45,7 +45,7 @@ METRIC_NAMES = (
     "kl", "loss/total", "loss/ce", "loss/kl_penalty", "lr",
     "diversity/meteor_similarity", "diversity/distinct_1", "diversity/distinct_2",
     "completion/length_tokens_mean", "completion/empty_fraction", "completion/truncated_fraction",
-    "time/generation_s", "time/scoring_s", "time/finetuning_s", "time/superbatch_s",
+    "time/generation_s", "time/scoring_s", "time/finetuning_s", "time/step_s",
     "progress/prompts_seen", "progress/completions_generated", "train/nonfinite_losses_skipped",
 )
 
@@ -116,19 +116,6 @@ class SuperHFConfig:
         if self.lora.enabled:
             require(self.lora.r > 0, "algorithm.lora.r", self.lora.r, "use a positive rank")
             require(0 <= self.lora.dropout < 1, "algorithm.lora.dropout", self.lora.dropout, "use a value in [0, 1)")
-
-
-@dataclass
-class Completion:
-    """One sampled completion and what the superbatch learned about it."""
-
-    prompt: str
-    prompt_index: int
-    text: str
-    num_tokens: int
-    finished: bool  # ended by EOS or by the start of a next turn; such completions are trained with EOS
-    reward: float = math.nan
-    heldout_reward: float = math.nan
 
 
 def select_top_k(completions: list[Completion], top_k: int, length_penalty: float = 0.0) -> list[int]:
@@ -266,11 +253,8 @@ class SuperHFTrainer:
         return completions
 
     def _decode(self, prompt_index: int, prompt: str, tokens: list[int]) -> Completion:
-        eos = self.tokenizer.eos_token_id
-        ended = eos in tokens
-        tokens = tokens[: tokens.index(eos)] if ended else tokens
-        text, cut = trim_completion(self.tokenizer.decode(tokens, skip_special_tokens=True))
-        return Completion(prompt, prompt_index, text, num_tokens=len(tokens), finished=ended or cut)
+        text, num_tokens, finished = decode_completion(self.tokenizer, tokens)
+        return Completion(prompt, prompt_index, text, num_tokens=num_tokens, finished=finished)
 
     def score(self, completions: list[Completion]) -> None:
         """Reward (and held-out reward) of prompt+completion, each scorer using its own tokenizer."""
@@ -356,44 +340,19 @@ class SuperHFTrainer:
             "time/finetuning_s": finished - scored,
             "train/nonfinite_losses_skipped": self.nonfinite_losses,
         }
-        metrics["time/superbatch_s"] = time.perf_counter() - started
+        metrics["time/step_s"] = time.perf_counter() - started
         return metrics, completions, kept_indices
 
 
 def superbatch_metrics(completions: list[Completion], kept_indices: list[int]) -> dict[str, float]:
-    """Reward, diversity and length statistics of one superbatch's completions."""
+    """Statistics of all completions plus the rewards of the kept ones."""
     rewards = np.array([c.reward for c in completions])
-    heldout = np.array([c.heldout_reward for c in completions])
     kept_rewards = rewards[kept_indices] if kept_indices else np.array([math.nan])
-    texts = [c.text for c in completions]
-    nonempty = [t for t in texts if t.strip()]
-    metrics = {
-        "reward/mean": rewards.mean(),
-        "reward/std": rewards.std(),
-        "reward/kept_mean": kept_rewards.mean(),
-        "reward/kept_std": kept_rewards.std(),
-        "diversity/meteor_similarity": meteor_similarity(nonempty),
-        "diversity/distinct_1": distinct_n(nonempty, 1),
-        "diversity/distinct_2": distinct_n(nonempty, 2),
-        "completion/length_tokens_mean": float(np.mean([c.num_tokens for c in completions])),
-        "completion/empty_fraction": 1 - len(nonempty) / len(texts),
-        "completion/truncated_fraction": float(np.mean([not c.finished for c in completions])),
-    }
-    if not np.isnan(heldout).all():  # no held-out reward model configured
-        metrics["heldout_reward/mean"] = heldout.mean()
-        metrics["heldout_reward/std"] = heldout.std()
+    metrics = {**completion_metrics(completions), "reward/kept_mean": kept_rewards.mean(), "reward/kept_std": kept_rewards.std()}
+    if "heldout_reward/mean" in metrics:
+        heldout = np.array([c.heldout_reward for c in completions])
         metrics["heldout_reward/kept_mean"] = heldout[kept_indices].mean() if kept_indices else math.nan
     return metrics
-
-
-def completion_rows(step: int, completions: list[Completion], kept_indices: list[int], limit: int) -> list[dict]:
-    """Sample rows for the run's completions table: the first ``limit`` completions of the superbatch."""
-    kept = set(kept_indices)
-    return [
-        {"superbatch": step, "prompt": c.prompt, "completion": c.text, "reward": c.reward,
-         "heldout_reward": c.heldout_reward, "kept": i in kept}
-        for i, c in enumerate(completions[:limit])
-    ]
 
 
 def build_trainer(context: RunContext) -> tuple[SuperHFTrainer, PromptStream]:
