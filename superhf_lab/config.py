@@ -110,6 +110,28 @@ class ObjectiveConfig:
 
 
 @dataclass
+class LoraSettings:
+    """LoRA adapters (peft) on the policy; the KL reference is then the model with adapters disabled."""
+
+    enabled: bool = False
+    r: int = 4
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: Optional[list[str]] = None  # None: peft's default for the architecture
+
+    def check(self, prefix: str) -> None:
+        if self.enabled:
+            require(self.r > 0, f"{prefix}.r", self.r, "use a positive rank")
+            require(0 <= self.dropout < 1, f"{prefix}.dropout", self.dropout, "use a value in [0, 1)")
+
+    def to_peft(self):
+        from peft import LoraConfig
+
+        return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout, task_type="CAUSAL_LM",
+                          target_modules=list(self.target_modules) if self.target_modules else None)
+
+
+@dataclass
 class RunConfig:
     """The whole run. ``algorithm`` is typed by the plugin that ``algorithm.name`` selects."""
 

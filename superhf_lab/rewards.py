@@ -10,7 +10,7 @@ from typing import Protocol
 
 import torch
 
-from superhf_lab.config import RewardModelConfig
+from superhf_lab.config import RewardModelConfig, RunConfig
 from superhf_lab.models import autocast, load_reward_model
 
 
@@ -60,3 +60,11 @@ def build_scorer(
     if config.kind == "gold":
         return GoldRewardScorer()
     return ModelRewardScorer(config, key, device, precision, batch_size)
+
+
+def build_scorers(run: RunConfig, device: torch.device, batch_size: int) -> tuple[RewardScorer, RewardScorer | None]:
+    """The training reward and, when configured, the held-out reward."""
+    reward = build_scorer(run.reward_model, "reward_model", device, run.precision, batch_size)
+    if run.heldout_reward_model is None:
+        return reward, None
+    return reward, build_scorer(run.heldout_reward_model, "heldout_reward_model", device, run.precision, batch_size)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import ROOT, compose_config, run_cli
+from conftest import compose_config, run_cli
 from superhf_lab.config import ConfigError, validate_config
 from superhf_lab.runner import prepare
 

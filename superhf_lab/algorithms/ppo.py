@@ -30,11 +30,11 @@ from transformers import AutoModelForSequenceClassification, TrainerCallback
 from transformers.modeling_outputs import BaseModelOutput
 
 from superhf_lab.completions import Completion, completion_metrics, completion_rows
-from superhf_lab.config import require
+from superhf_lab.config import LoraSettings, require
 from superhf_lab.data import load_training_prompts
 from superhf_lab.models import load_policy
 from superhf_lab.registry import RunContext, register_algorithm
-from superhf_lab.rewards import RewardScorer, build_scorer
+from superhf_lab.rewards import RewardScorer, build_scorers
 from superhf_lab.text import decode_completion
 
 METRIC_NAMES = (
@@ -55,15 +55,6 @@ class AdaptiveKLSettings:
     enabled: bool = False
     target: float = 6.0
     horizon: float = 10000.0
-
-
-@dataclass
-class PPOLoraSettings:
-    enabled: bool = False
-    r: int = 4
-    alpha: int = 32
-    dropout: float = 0.05
-    target_modules: Optional[list[str]] = None
 
 
 @dataclass
@@ -89,7 +80,7 @@ class PPOAlgorithmConfig:
     missing_eos_penalty: Optional[float] = None
     rollout_minibatch_size: int = 16
     adaptive_kl: AdaptiveKLSettings = field(default_factory=AdaptiveKLSettings)
-    lora: PPOLoraSettings = field(default_factory=PPOLoraSettings)
+    lora: LoraSettings = field(default_factory=LoraSettings)
 
     def check(self) -> None:
         for name in ("num_updates", "batch_size", "num_mini_batches", "num_ppo_epochs", "max_new_tokens",
@@ -107,6 +98,7 @@ class PPOAlgorithmConfig:
         if self.adaptive_kl.enabled:
             require(self.adaptive_kl.target > 0 and self.adaptive_kl.horizon > 0, "algorithm.adaptive_kl",
                     (self.adaptive_kl.target, self.adaptive_kl.horizon), "use a positive target and horizon")
+        self.lora.check("algorithm.lora")
 
 
 class _DecodeAndScore(nn.Module):
@@ -261,12 +253,7 @@ def build_ppo_trainer(context: RunContext):
         trust_remote_code=run.model.trust_remote_code,
     )
     value_model.config.pad_token_id = tokenizer.pad_token_id
-    scorer = build_scorer(run.reward_model, "reward_model", context.device, run.precision, cfg.rollout_minibatch_size)
-    heldout = (
-        build_scorer(run.heldout_reward_model, "heldout_reward_model", context.device, run.precision,
-                     cfg.rollout_minibatch_size)
-        if run.heldout_reward_model is not None else None
-    )
+    scorer, heldout = build_scorers(run, context.device, cfg.rollout_minibatch_size)
     reward_model = TextRewardModel(tokenizer, scorer, heldout, prompts)
     args = PPOConfig(
         output_dir=str(Path(run.output_dir) / "ppo"), report_to="none", save_strategy="no", logging_steps=1,
@@ -284,12 +271,7 @@ def build_ppo_trainer(context: RunContext):
         whiten_rewards=cfg.whiten_rewards, local_rollout_forward_batch_size=cfg.rollout_minibatch_size,
         num_sample_generations=0,
     )
-    peft_config = None
-    if cfg.lora.enabled:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                                 task_type="CAUSAL_LM", target_modules=cfg.lora.target_modules)
+    peft_config = cfg.lora.to_peft() if cfg.lora.enabled else None
     dataset = Dataset.from_dict({"input_ids": [tokenizer(prompt).input_ids for prompt in prompts]})
     callbacks: list[TrainerCallback] = [MetricsBridge(context, reward_model, cfg.batch_size)]
     if cfg.adaptive_kl.enabled:  # after the bridge, so each update logs the coefficient it was penalised with

@@ -29,11 +29,11 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
 from superhf_lab.completions import Completion, completion_metrics, completion_rows
-from superhf_lab.config import require
+from superhf_lab.config import LoraSettings, require
 from superhf_lab.data import PromptStream, load_training_prompts
 from superhf_lab.models import autocast, load_policy
 from superhf_lab.registry import RunContext, register_algorithm
-from superhf_lab.rewards import RewardScorer, build_scorer
+from superhf_lab.rewards import RewardScorer, build_scorers
 from superhf_lab.text import decode_completion, with_conversation_prompt
 
 LR_SCHEDULES = ("cosine", "linear", "constant")
@@ -48,17 +48,6 @@ METRIC_NAMES = (
     "time/generation_s", "time/scoring_s", "time/finetuning_s", "time/step_s",
     "progress/prompts_seen", "progress/completions_generated", "train/nonfinite_losses_skipped",
 )
-
-
-@dataclass
-class LoraSettings:
-    """LoRA adapters (peft). With them on, the KL reference is the same model with adapters disabled."""
-
-    enabled: bool = False
-    r: int = 4
-    alpha: int = 32
-    dropout: float = 0.05
-    target_modules: Optional[list[str]] = None  # None: peft's default for the architecture
 
 
 @dataclass
@@ -113,9 +102,7 @@ class SuperHFConfig:
         require(self.max_grad_norm is None or self.max_grad_norm > 0, "algorithm.max_grad_norm",
                 self.max_grad_norm, "use null (no clipping) or a value > 0")
         require(self.max_nonfinite_losses >= 0, "algorithm.max_nonfinite_losses", self.max_nonfinite_losses, "use 0 or more")
-        if self.lora.enabled:
-            require(self.lora.r > 0, "algorithm.lora.r", self.lora.r, "use a positive rank")
-            require(0 <= self.lora.dropout < 1, "algorithm.lora.dropout", self.lora.dropout, "use a value in [0, 1)")
+        self.lora.check("algorithm.lora")
 
 
 def select_top_k(completions: list[Completion], top_k: int, length_penalty: float = 0.0) -> list[int]:
@@ -211,14 +198,9 @@ class SuperHFTrainer:
     def _prepare_policy(self, policy: PreTrainedModel) -> tuple[PreTrainedModel, PreTrainedModel | None]:
         if not self.config.lora.enabled:
             return policy, copy.deepcopy(policy).eval().requires_grad_(False)
-        from peft import LoraConfig, get_peft_model
+        from peft import get_peft_model
 
-        lora = self.config.lora
-        adapters = LoraConfig(
-            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, task_type="CAUSAL_LM",
-            target_modules=list(lora.target_modules) if lora.target_modules else None,
-        )
-        return get_peft_model(policy, adapters), None
+        return get_peft_model(policy, self.config.lora.to_peft()), None
 
     def _reference_logits(self, **inputs: torch.Tensor) -> torch.Tensor:
         with torch.no_grad(), autocast(self.device, self.precision):
@@ -361,12 +343,7 @@ def build_trainer(context: RunContext) -> tuple[SuperHFTrainer, PromptStream]:
     cfg: SuperHFConfig = run.algorithm
     stream = PromptStream(load_training_prompts(run.data), seed=run.seed, shuffle=run.data.shuffle)
     policy, tokenizer = load_policy(run.model, context.device)
-    reward_scorer = build_scorer(run.reward_model, "reward_model", context.device, run.precision, cfg.minibatch_size_scoring)
-    heldout_scorer = (
-        build_scorer(run.heldout_reward_model, "heldout_reward_model", context.device, run.precision,
-                     cfg.minibatch_size_scoring)
-        if run.heldout_reward_model is not None else None
-    )
+    reward_scorer, heldout_scorer = build_scorers(run, context.device, cfg.minibatch_size_scoring)
     trainer = SuperHFTrainer(cfg, run.kl_coef, policy, tokenizer, reward_scorer, heldout_scorer, context.device, run.precision)
     return trainer, stream
 
