@@ -14,10 +14,18 @@ def test_default_config_validates_into_typed_sections():
     assert config.model.name_or_path.endswith("tiny_world/policy")
 
 
-@pytest.mark.parametrize("experiment", ["tiny_superhf", "paper_table2", "superhf_arxiv", "tiny_ppo", "paper_ppo_table3"])
+@pytest.mark.parametrize("experiment", ["tiny", "paper_table2", "superhf_arxiv", "paper_ppo_table3"])
 def test_every_experiment_validates(experiment):
     config = validate_config(compose_config([f"experiment={experiment}"]))
     assert config.algorithm.name in ("superhf", "ppo")
+
+
+def test_the_tiny_experiment_serves_either_algorithm_with_the_same_budget():
+    superhf = validate_config(compose_config([])).algorithm
+    ppo = validate_config(compose_config(["algorithm=ppo"])).algorithm
+    assert type(ppo).__name__ == "PPOAlgorithmConfig"
+    completions = superhf.num_superbatches * superhf.prompt_accumulation_steps * superhf.superbatch_size
+    assert completions == ppo.num_updates * ppo.batch_size == 1280
 
 
 def test_paper_ppo_experiment_carries_table_3():

@@ -66,7 +66,7 @@ def test_ppo_run_logs_every_metric_per_update(tiny_world, tmp_path):
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     result = run_cli(
-        ["experiment=tiny_ppo", f"tiny_world.dir={tiny_world.root}", "algorithm.num_updates=3",
+        ["algorithm=ppo", f"tiny_world.dir={tiny_world.root}", "algorithm.num_updates=3",
          "algorithm.batch_size=8", "algorithm.num_mini_batches=2", "algorithm.num_ppo_epochs=2",
          "algorithm.adaptive_kl.enabled=true", "algorithm.adaptive_kl.horizon=100", f"mlflow.tracking_uri={uri}"],
         cwd=tmp_path,
