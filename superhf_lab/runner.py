@@ -12,6 +12,7 @@ from transformers import set_seed
 from superhf_lab.config import ConfigError, RunConfig, validate_config
 from superhf_lab.models import resolve_device
 from superhf_lab.registry import RunContext, get_algorithm
+from superhf_lab.sweeps import child_tags, current_sweep_job, parent_run_id
 from superhf_lab.tracking import check_tracking_store, tracked_run
 
 log = logging.getLogger(__name__)
@@ -49,11 +50,20 @@ def run_experiment(cfg: DictConfig) -> float:
     plugin = get_algorithm(config.algorithm.name)
     set_seed(config.seed)
     tags = {"algorithm": plugin.name, "output_dir": config.output_dir}
-    with tracked_run(config.mlflow, cfg, tags) as tracker:
+    sweep_job = current_sweep_job()
+    run_name = config.mlflow.run_name
+    if sweep_job is not None:
+        parent_id = parent_run_id(sweep_job, config.mlflow.experiment_name)
+        tags.update(child_tags(sweep_job, parent_id))
+        swept = " ".join(f"{key}={value}" for key, value in sweep_job.swept_values.items())
+        run_name = run_name or swept or f"job {sweep_job.job_number}"
+    with tracked_run(config.mlflow, cfg, tags, run_name) as tracker:
         run_id = mlflow.active_run().info.run_id
         log.info("MLflow run %s in %s", run_id, mlflow.get_tracking_uri())
         plugin.train(RunContext(config, tracker, resolve_device(config.device, config.precision)))
         objective = tracker.objective(config.objective.metric, config.objective.last_n)
         mlflow.log_metric("objective", objective)
+    if sweep_job is not None:
+        mlflow.MlflowClient().set_terminated(parent_id, "FINISHED")  # the parent ends with its latest job
     log.info("objective %s (mean of the last %d) = %.4f", config.objective.metric, config.objective.last_n, objective)
     return objective

@@ -99,9 +99,11 @@ def check_tracking_store(config: MlflowConfig) -> str:
 
 
 @contextlib.contextmanager
-def tracked_run(config: MlflowConfig, resolved: DictConfig, tags: dict[str, str]) -> Iterator[Tracker]:
+def tracked_run(
+    config: MlflowConfig, resolved: DictConfig, tags: dict[str, str], run_name: str | None
+) -> Iterator[Tracker]:
     """An MLflow run holding the flattened config as params and the resolved YAML as an artifact."""
-    with mlflow.start_run(run_name=config.run_name, tags=tags):
+    with mlflow.start_run(run_name=run_name, tags=tags):
         params = flatten(OmegaConf.to_container(resolved, resolve=True))
         items = list(params.items())
         for start in range(0, len(items), _PARAMS_PER_BATCH):

@@ -1,0 +1,86 @@
+"""Grouping the jobs of one Hydra multirun under one MLflow parent run.
+
+Every job of ``python run.py -m ...`` becomes a child run (``mlflow.parentRunId``) of a parent run found
+or created by the first job, keyed by the sweep's output folder, so the MLflow UI nests the jobs and
+one sweep's runs are told apart from another's. Swept values are params (the flattened config) and
+``sweep.<key>`` tags, ready for the UI's compare view and parallel-coordinates plot.
+"""
+
+from __future__ import annotations
+
+import fcntl
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+from omegaconf import OmegaConf
+
+SWEEP_TAG = "superhf_lab.sweep"
+ROLE_TAG = "superhf_lab.role"
+
+
+def _as_pairs(overrides) -> dict[str, str]:
+    """``key=value`` overrides as a dict; Hydra's escapes (``\\:``) removed so typed and job values compare."""
+    pairs = (override.lstrip("+~").split("=", 1) for override in overrides if "=" in override)
+    return {key: value.replace("\\", "") for key, value in pairs}
+
+
+@dataclass(frozen=True)
+class SweepJob:
+    sweep_dir: str
+    job_number: int
+    overrides: tuple[str, ...]  # this job's command-line overrides, one value each
+    sweep_overrides: tuple[str, ...]  # the multirun's, as typed (kl_coef=0,0.1,0.35)
+
+    @property
+    def swept_values(self) -> dict[str, str]:
+        """This job's values of the keys that vary across the sweep."""
+        typed = _as_pairs(self.sweep_overrides)
+        return {key: value for key, value in _as_pairs(self.overrides).items() if typed.get(key) != value}
+
+
+def current_sweep_job() -> SweepJob | None:
+    """This job's place in a Hydra multirun, or None for a single run."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return None
+    hydra = HydraConfig.get()
+    if hydra.mode != RunMode.MULTIRUN:
+        return None
+    sweep_dir = Path(hydra.sweep.dir).resolve()
+    multirun_file = sweep_dir / "multirun.yaml"  # Hydra writes it before launching the jobs
+    typed = OmegaConf.load(multirun_file).hydra.overrides.task if multirun_file.is_file() else []
+    return SweepJob(str(sweep_dir), hydra.job.num, tuple(hydra.overrides.task), tuple(typed))
+
+
+def parent_run_id(job: SweepJob, experiment_name: str) -> str:
+    """The sweep's parent run, created by whichever job gets here first (a file lock serialises jobs)."""
+    client = mlflow.MlflowClient()
+    experiment_id = client.get_experiment_by_name(experiment_name).experiment_id
+    lock_path = Path(job.sweep_dir) / ".mlflow_parent.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        found = client.search_runs(
+            [experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = '{job.sweep_dir}' and tags.`{ROLE_TAG}` = 'sweep'",
+            max_results=1,
+        )
+        if found:
+            return found[0].info.run_id
+        name = "sweep " + "/".join(Path(job.sweep_dir).parts[-2:])
+        parent = client.create_run(experiment_id, run_name=name, tags={SWEEP_TAG: job.sweep_dir, ROLE_TAG: "sweep"})
+        client.log_param(parent.info.run_id, "sweep_dir", job.sweep_dir)
+        return parent.info.run_id
+
+
+def child_tags(job: SweepJob, parent_id: str) -> dict[str, str]:
+    return {
+        "mlflow.parentRunId": parent_id,
+        SWEEP_TAG: job.sweep_dir,
+        ROLE_TAG: "job",
+        "sweep.job_number": str(job.job_number),
+        "sweep.overrides": " ".join(job.overrides),
+        **{f"sweep.{key}": value for key, value in job.swept_values.items()},
+    }
