@@ -23,6 +23,17 @@ class Completion:
     heldout_reward: float = math.nan
 
 
+def score_completions(completions: list[Completion], scorer, heldout_scorer=None) -> None:
+    """Fill in each completion's reward (and held-out reward) for its prompt, in place."""
+    prompts = [c.prompt for c in completions]
+    texts = [c.text for c in completions]
+    for completion, reward in zip(completions, scorer.score(prompts, texts), strict=True):
+        completion.reward = reward
+    if heldout_scorer is not None:
+        for completion, reward in zip(completions, heldout_scorer.score(prompts, texts), strict=True):
+            completion.heldout_reward = reward
+
+
 def completion_metrics(completions: list[Completion]) -> dict[str, float]:
     """Reward, held-out reward (when scored), diversity and length statistics of one step's completions."""
     rewards = np.array([c.reward for c in completions])

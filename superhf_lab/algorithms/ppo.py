@@ -29,7 +29,7 @@ from torch import nn
 from transformers import AutoModelForSequenceClassification, TrainerCallback
 from transformers.modeling_outputs import BaseModelOutput
 
-from superhf_lab.completions import Completion, completion_metrics, completion_rows
+from superhf_lab.completions import Completion, completion_metrics, completion_rows, score_completions
 from superhf_lab.config import LoraSettings, require
 from superhf_lab.data import load_training_prompts
 from superhf_lab.models import load_policy
@@ -138,27 +138,20 @@ class TextRewardModel(nn.Module):
         self.scored: list[Completion] = []  # completions scored since the metrics bridge last read them
         self.scoring_seconds = 0.0
 
-    def split_row(self, ids: list[int], mask: list[bool]) -> tuple[str, Completion]:
+    def split_row(self, ids: list[int], mask: list[bool]) -> Completion:
         prompt_ids = [t for t, real in zip(ids[: self.context_length], mask[: self.context_length]) if real]
         response_ids = [t for t, real in zip(ids[self.context_length :], mask[self.context_length :]) if real]
         prompt = self.prompt_by_ids.get(tuple(prompt_ids)) or self.tokenizer.decode(prompt_ids, skip_special_tokens=True)
         text, num_tokens, finished = decode_completion(self.tokenizer, response_ids)
-        return prompt, Completion(prompt, len(self.scored), text, num_tokens, finished)
+        return Completion(prompt, len(self.scored), text, num_tokens, finished)
 
     @torch.no_grad()
     def score_token_rows(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         if self.context_length is None:
             raise RuntimeError("TextRewardModel.context_length is unset: wrap the dataloader in ContextLengthTracker")
         started = time.perf_counter()
-        rows = [self.split_row(ids, mask) for ids, mask in zip(input_ids.tolist(), attention_mask.bool().tolist())]
-        completions = [completion for _, completion in rows]
-        prompts = [prompt for prompt, _ in rows]
-        texts = [c.text for c in completions]
-        for completion, reward in zip(completions, self.scorer.score(prompts, texts)):
-            completion.reward = reward
-        if self.heldout_scorer is not None:
-            for completion, reward in zip(completions, self.heldout_scorer.score(prompts, texts)):
-                completion.heldout_reward = reward
+        completions = [self.split_row(ids, mask) for ids, mask in zip(input_ids.tolist(), attention_mask.bool().tolist())]
+        score_completions(completions, self.scorer, self.heldout_scorer)
         self.scored.extend(completions)
         self.scoring_seconds += time.perf_counter() - started
         return torch.tensor([c.reward for c in completions], dtype=torch.float32)

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
-from superhf_lab.completions import Completion, completion_metrics, completion_rows
+from superhf_lab.completions import Completion, completion_metrics, completion_rows, score_completions
 from superhf_lab.config import LoraSettings, require
 from superhf_lab.data import PromptStream, load_training_prompts
 from superhf_lab.models import autocast, load_policy
@@ -240,13 +240,7 @@ class SuperHFTrainer:
 
     def score(self, completions: list[Completion]) -> None:
         """Reward (and held-out reward) of prompt+completion, each scorer using its own tokenizer."""
-        prompts = [c.prompt for c in completions]
-        texts = [c.text for c in completions]
-        for completion, reward in zip(completions, self.reward_scorer.score(prompts, texts)):
-            completion.reward = reward
-        if self.heldout_scorer is not None:
-            for completion, reward in zip(completions, self.heldout_scorer.score(prompts, texts)):
-                completion.heldout_reward = reward
+        score_completions(completions, self.reward_scorer, self.heldout_scorer)
 
     def training_example(self, completion: Completion) -> tuple[list[int], list[int]]:
         context = with_conversation_prompt(self.config.conversation_prompt, completion.prompt)
