@@ -8,14 +8,13 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
 from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
 from transformers import set_seed
 
-from superhf_lab.algorithms.superhf import build_trainer, select_top_k, superbatch_metrics
+from superhf_lab.algorithms.superhf import build_trainer
 from superhf_lab.config import validate_config
 from superhf_lab.models import resolve_device
 from superhf_lab.registry import RunContext
@@ -41,30 +40,20 @@ def main() -> None:
     trainer, stream = build_trainer(RunContext(config, Tracker(), device))
     prompts_per_superbatch = config.algorithm.prompt_accumulation_steps
 
-    totals = {"generation_s": 0.0, "scoring_s": 0.0, "finetuning_s": 0.0, "metrics_s": 0.0}
+    phases = ("generation_s", "scoring_s", "finetuning_s")
+    totals = dict.fromkeys((*phases, "metrics_s"), 0.0)
     completions_count = generated_tokens = finetuning_tokens = 0
     for superbatch in range(args.superbatches + 1):
-        prompts = stream.take(prompts_per_superbatch)
-        started = time.perf_counter()
-        completions = trainer.generate(prompts)
-        generated = time.perf_counter()
-        trainer.score(completions)
-        scored = time.perf_counter()
-        kept_indices = select_top_k(completions, config.algorithm.top_k)
-        kept = [completions[i] for i in kept_indices]
-        trainer.finetune(kept)
-        finished = time.perf_counter()
-        superbatch_metrics(completions, kept_indices)  # METEOR over all ordered pairs dominates this
-        measured = time.perf_counter()
+        metrics, completions, kept_indices = trainer.step(stream.take(prompts_per_superbatch))
         if superbatch == 0:
             continue  # warm-up: allocator, kernels, tokenizer caches
-        totals["generation_s"] += generated - started
-        totals["scoring_s"] += scored - generated
-        totals["finetuning_s"] += finished - scored
-        totals["metrics_s"] += measured - finished
+        for phase in phases:
+            totals[phase] += metrics[f"time/{phase}"]
+        # The rest of the step is its metrics, where METEOR over all ordered pairs dominates.
+        totals["metrics_s"] += metrics["time/step_s"] - sum(metrics[f"time/{phase}"] for phase in phases)
         completions_count += len(completions)
         generated_tokens += sum(c.num_tokens for c in completions)
-        finetuning_tokens += sum(sum(map(len, trainer.training_example(c))) for c in kept)
+        finetuning_tokens += sum(sum(map(len, trainer.training_example(completions[i]))) for i in kept_indices)
 
     print(json.dumps({
         "benchmark": "superhf_superbatch_phases",

@@ -99,9 +99,7 @@ def check_tracking_store(config: MlflowConfig) -> str:
 
 
 @contextlib.contextmanager
-def tracked_run(
-    config: MlflowConfig, resolved: DictConfig, tags: dict[str, str], run_name: str | None
-) -> Iterator[Tracker]:
+def tracked_run(resolved: DictConfig, tags: dict[str, str], run_name: str | None) -> Iterator[Tracker]:
     """An MLflow run holding the flattened config as params and the resolved YAML as an artifact."""
     with mlflow.start_run(run_name=run_name, tags=tags):
         params = flatten(OmegaConf.to_container(resolved, resolve=True))
