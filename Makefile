@@ -1,6 +1,7 @@
 # make run    install (if needed), build the tiny world (if needed), run SuperHF on it
 # make test   install (if needed), run the test suite
 # make bench  time one superbatch's phases on the tiny world (one JSON line)
+# make tracking-server  an MLflow tracking server for parallel and cluster sweeps (port 5000)
 VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
@@ -8,7 +9,14 @@ INSTALLED := $(VENV)/.installed
 # torch first: the CPU wheel of 2.13.0 where one is at hand, the default build elsewhere.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install wordnet world run test bench ui clean
+# The tracking server gets its own environment: mlflow 3.17's server code needs SQLAlchemy 2, while
+# Optuna 2.10's study storage (hydra-optuna-sweeper pins optuna<3) needs SQLAlchemy 1.4.
+TRACKING_VENV ?= .venv-tracking
+TRACKING_INSTALLED := $(TRACKING_VENV)/.installed
+TRACKING_SPEC ?= mlflow==3.17.*
+TRACKING_PORT ?= 5000
+
+.PHONY: install tracking-install tracking-server wordnet world run test bench ui clean
 
 install: $(INSTALLED)
 
@@ -19,6 +27,19 @@ $(INSTALLED): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	$(MAKE) --no-print-directory wordnet
 	touch $(INSTALLED)
+
+tracking-install: $(TRACKING_INSTALLED)
+
+$(TRACKING_INSTALLED):
+	$(PYTHON) -m venv $(TRACKING_VENV)
+	$(TRACKING_VENV)/bin/python -m pip install --quiet "$(TRACKING_SPEC)"
+	touch $(TRACKING_INSTALLED)
+
+# Jobs log over HTTP (MLFLOW_TRACKING_URI=http://127.0.0.1:$(TRACKING_PORT)); the server alone writes the
+# database and stores uploaded artifacts, so concurrent jobs never share a sqlite file.
+tracking-server: tracking-install
+	$(TRACKING_VENV)/bin/mlflow server --backend-store-uri sqlite:///mlflow-server.db \
+	  --artifacts-destination mlartifacts --host 127.0.0.1 --port $(TRACKING_PORT)
 
 # METEOR needs WordNet: nltk data if present, else the system's WordNet (installed with apt-get when we
 # are root on Debian/Ubuntu), else nltk.download; superhf_lab.wordnet explains what to do if all fail.
@@ -36,7 +57,7 @@ world: install
 run: install
 	$(PY) run.py $(ARGS)
 
-test: install
+test: install tracking-install
 	$(PY) -m pytest -q $(ARGS)
 
 bench: install
@@ -46,4 +67,4 @@ ui: install
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db
 
 clean:
-	rm -rf outputs multirun/2* mlflow.db mlruns mlartifacts .cache
+	rm -rf outputs multirun/2* mlflow.db mlflow-server.db optuna.db mlruns mlartifacts reports .cache

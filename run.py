@@ -8,13 +8,16 @@ from omegaconf import DictConfig
 from superhf_lab.config import ConfigError
 from superhf_lab.data import DataFileError
 from superhf_lab.runner import run_experiment
+from superhf_lab.sweeps import current_sweep_job
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def main(cfg: DictConfig) -> float:
+def main(cfg: DictConfig) -> float | tuple[float, ...]:
     try:
         return run_experiment(cfg)
     except (ConfigError, DataFileError) as error:
+        if current_sweep_job() is not None:
+            raise  # the sweeper records the job as failed: an Optuna trial becomes FAIL and the study goes on
         print(f"Configuration error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
 

@@ -61,18 +61,82 @@ class RewardModelConfig:
         require(self.max_length > 0, f"{prefix}.max_length", self.max_length, "use a positive token count")
 
 
+SOURCE_KINDS = ("hh_rlhf", "hh_red_team", "webgpt", "prompts")  # how a row becomes a prompt: superhf_lab/data.py
+
+
+@dataclass
+class DataSourceConfig:
+    """One prompt source: a local file when ``path`` is set, else a Hugging Face Hub dataset, in the hub's row format.
+
+    ``kind``: ``hh_rlhf`` (rows of ``chosen``/``rejected`` conversations), ``hh_red_team`` (a ``transcript``),
+    ``webgpt`` (``question.full_text``) or ``prompts`` (a ready ``prompt``). A source with ``has_test_split``
+    has its own test split (the hub's ``test``, locally ``test_path``); otherwise its last ``test_size`` rows
+    are the test set and the rest is for training. ``weight`` or ``count`` sets its share of the training mix.
+    """
+
+    kind: str = "???"
+    hub_name: Optional[str] = None
+    hub_data_dir: Optional[str] = None
+    hub_revision: Optional[str] = None
+    path: Optional[str] = None
+    test_path: Optional[str] = None
+    has_test_split: bool = False
+    test_size: int = 2300
+    weight: Optional[float] = None
+    count: Optional[int] = None
+
+    def check(self, prefix: str) -> None:
+        require(self.kind in SOURCE_KINDS, f"{prefix}.kind", self.kind, f"use one of {SOURCE_KINDS}")
+        require(bool(self.path or self.hub_name), f"{prefix}.path", self.path,
+                f"give a local .jsonl or .jsonl.gz file, or a Hugging Face Hub dataset in {prefix}.hub_name")
+        require(self.test_path is None or bool(self.path), f"{prefix}.test_path", self.test_path,
+                f"set {prefix}.path too: a source is read either from local files or from the hub")
+        require(self.test_path is None or self.has_test_split, f"{prefix}.test_path", self.test_path,
+                f"set {prefix}.has_test_split=true to use it, or remove it to hold out the last test_size rows of "
+                f"{prefix}.path")
+        require(self.test_size >= 0, f"{prefix}.test_size", self.test_size, "use 0 or more rows")
+        require(self.weight is None or self.count is None, f"{prefix}.count", self.count,
+                f"give either {prefix}.weight or {prefix}.count, not both")
+        require(self.weight is None or (math.isfinite(self.weight) and self.weight >= 0), f"{prefix}.weight",
+                self.weight, "use a finite weight >= 0 (0 leaves the source out)")
+        require(self.count is None or self.count >= 0, f"{prefix}.count", self.count,
+                "use 0 or more prompts (0 leaves the source out, null takes all)")
+
+
 @dataclass
 class DataConfig:
-    """Where the training prompts come from (hh-rlhf text format, one JSON object per line)."""
+    """The prompt mix: named sources, each with a weight (all of them) or an optional count.
 
-    name: str = "toy"
-    train_path: str = "???"
+    ``total_prompts`` sizes a weighted mix (null: the largest mix the weights allow); prompts over
+    ``max_prompt_chars`` characters are dropped, as in the paper; ``shuffle`` mixes with the run's seed.
+    """
+
+    name: str = "custom"
+    sources: dict[str, DataSourceConfig] = field(default_factory=dict)
+    total_prompts: Optional[int] = None
     max_prompt_chars: int = 1024
     shuffle: bool = True
 
     def check(self, prefix: str) -> None:
+        require(bool(self.sources), f"{prefix}.sources", {}, "name at least one prompt source (see conf/data/)")
+        for name, source in self.sources.items():
+            source.check(f"{prefix}.sources.{name}")
+        weighted = [name for name, source in self.sources.items() if source.weight is not None]
+        for name, source in self.sources.items() if weighted else ():
+            require(source.weight is not None, f"{prefix}.sources.{name}.weight", source.weight,
+                    f"give every source a weight, as {prefix}.sources.{weighted[0]} has, or none (then counts)")
+        require(any(source.count != 0 and source.weight != 0 for source in self.sources.values()),
+                f"{prefix}.sources", sorted(self.sources), "give at least one source a positive weight or count")
+        require(self.total_prompts is None or bool(weighted), f"{prefix}.total_prompts", self.total_prompts,
+                "it sizes a weighted mix: give the sources weights, or set it to null")
+        require(self.total_prompts is None or self.total_prompts > 0, f"{prefix}.total_prompts", self.total_prompts,
+                "use a positive prompt count, or null for the largest mix the weights allow")
         require(self.max_prompt_chars > 0, f"{prefix}.max_prompt_chars", self.max_prompt_chars,
                 "use a positive character count")
+
+    def local_paths(self) -> list[str]:
+        """Every local file the sources name, so the caller can build them first (the tiny world's prompts)."""
+        return [path for source in self.sources.values() for path in (source.path, source.test_path) if path]
 
 
 @dataclass
@@ -100,13 +164,39 @@ class MlflowConfig:
 
 @dataclass
 class ObjectiveConfig:
-    """What run.py returns to a sweeper: the mean of ``metric`` over the run's last ``last_n`` steps."""
+    """What run.py returns to a sweeper: each metric's mean over the run's last ``last_n`` steps.
 
-    metric: str = "reward/mean"
+    One metric gives a float (a single-objective study); several give a tuple, one value per Optuna
+    direction (a multi-objective study). ``penalties`` subtracts ``weight x mean(metric)`` from the first
+    objective, for example reward penalised by METEOR similarity (mode collapse).
+    """
+
+    metrics: list[str] = field(default_factory=lambda: ["reward/mean"])
+    penalties: dict[str, float] = field(default_factory=dict)
     last_n: int = 1
 
     def check(self, prefix: str) -> None:
+        require(bool(self.metrics), f"{prefix}.metrics", self.metrics, "name at least one metric, e.g. [reward/mean]")
         require(self.last_n >= 1, f"{prefix}.last_n", self.last_n, "average over at least 1 step")
+
+    def check_logged(self, logged: tuple[str, ...], algorithm: str, has_heldout: bool, prefix: str = "objective") -> None:
+        """Every named metric must be one the algorithm logs (held-out ones need a held-out reward model)."""
+        named = [(f"{prefix}.metrics", name) for name in self.metrics]
+        named += [(f"{prefix}.penalties", name) for name in self.penalties]
+        for key, name in named:
+            require(name in logged, key, name, f"{algorithm} logs {sorted(logged)}")
+            require(has_heldout or not name.startswith("heldout_"), key, name,
+                    "heldout_reward_model is null, so no held-out reward is logged; configure one or pick reward/*")
+
+    def value(self, history: dict[str, list[float]]) -> float | tuple[float, ...]:
+        """The objective from a run's metric history; NaN where a metric has no finite value."""
+        values = [self._tail_mean(history, name) for name in self.metrics]
+        values[0] -= sum(weight * self._tail_mean(history, name) for name, weight in self.penalties.items())
+        return values[0] if len(values) == 1 else tuple(values)
+
+    def _tail_mean(self, history: dict[str, list[float]], name: str) -> float:
+        finite = [value for value in history.get(name, []) if math.isfinite(value)][-self.last_n :]
+        return sum(finite) / len(finite) if finite else math.nan
 
 
 @dataclass

@@ -1,52 +1,354 @@
-"""Training prompts: hh-rlhf-formatted prompts read from JSON lines, served in a seeded shuffled stream."""
+"""Prompts: the paper's hh-rlhf and WebGPT sources (Hugging Face Hub or local files), mixed, filtered and
+split as the reference (openfeedback/superhf ``get_superhf_prompts``) does, served in a seeded shuffled stream.
+
+Every prompt is a first human turn in hh-rlhf text format, ``"\\n\\nHuman: ...\\n\\nAssistant:"``.
+"""
 
 from __future__ import annotations
 
+import gzip
 import json
+import math
 import random
+import zlib
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from itertools import chain, islice
 from pathlib import Path
+from typing import Any, Optional, TextIO
 
-from superhf_lab.config import ConfigError, DataConfig
+import mlflow
+
+from superhf_lab.config import ConfigError, DataConfig, DataSourceConfig
+
+HUMAN = "\n\nHuman:"
+ASSISTANT = "\n\nAssistant:"
+SPLITS = ("train", "test")
+_GZIP_MAGIC = b"\x1f\x8b"
+_ARRAY_READ_CHARS = 1 << 16  # how much more of a JSON array to read when an item is still incomplete
+
+Row = tuple[str, Any]  # (where it came from, for error messages: "file:line" or "hub split row N"; the row)
 
 
 class DataFileError(ValueError):
-    """A prompt file that is missing, empty or malformed; the message names the file and line."""
+    """A prompt file that is unreadable, empty or malformed; the message names the file and line."""
 
 
-def read_prompts(path: Path, key: str) -> list[str]:
-    """Prompts from a file of ``{"prompt": "\\n\\nHuman: ...\\n\\nAssistant:"}`` lines."""
-    if not path.is_file():
-        raise ConfigError(f"{key}={str(path)!r} is invalid: no such file")
-    prompts = []
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
+@dataclass
+class PromptSet:
+    """A split's prompts in mixed order, which source each came from, and how many each source gave."""
+
+    prompts: list[str]
+    sources: list[str]
+    counts: dict[str, int]
+
+
+def _first_turn(conversation: Any) -> str:
+    if not (isinstance(conversation, str) and conversation.startswith(HUMAN) and ASSISTANT in conversation):
+        raise ValueError("not a '\\n\\nHuman: ...\\n\\nAssistant: ...' conversation")
+    return conversation.split(ASSISTANT, 1)[0] + ASSISTANT
+
+
+def _non_empty(text: Any) -> str:
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("not a non-empty string")
+    return text
+
+
+# kind -> (what a row must hold, for error messages; how a row becomes a prompt)
+ROW_FORMATS: dict[str, tuple[str, Callable[[Any], str]]] = {
+    "hh_rlhf": ("a 'chosen' conversation", lambda row: _first_turn(row["chosen"])),
+    "hh_red_team": ("a 'transcript' conversation", lambda row: _first_turn(row["transcript"])),
+    "webgpt": ("a 'question' object with a 'full_text' string",
+               lambda row: f"{HUMAN} {_non_empty(row['question']['full_text'])}{ASSISTANT}"),
+    "prompts": ("a non-empty 'prompt' string", lambda row: _non_empty(row["prompt"])),
+}
+
+
+def read_rows(path: Path) -> Iterator[Row]:
+    """The JSON rows of a .jsonl or .jsonl.gz file, or of a file holding one JSON array (the hub's
+    red-team-attempts format), read as they are needed so that a capped count stops early."""
+    lines = _NumberedLines(path)
+    rows_seen = 0
+    try:
+        first_line = next((line for line in lines if line.strip()), None)
+        if first_line is not None:
+            rest = chain([first_line], lines)
+            parse = _array_rows if first_line.lstrip().startswith("[") else _jsonl_rows
+            for rows_seen, row in enumerate(parse(rest, lines, path), start=1):
+                yield row
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as error:  # gzip raises OSError subclasses too
+        raise DataFileError(
+            f"{path}:{lines.number + 1}: cannot be read ({type(error).__name__}: {error}); if the file is truncated "
+            "or corrupt, download it again"
+        ) from None
+    if rows_seen == 0:
+        raise DataFileError(f"{path}: holds no JSON rows")
+
+
+class _NumberedLines:
+    """The lines of a plain or gzip-compressed text file, remembering the current line's number."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.number = 0
+        self._lines = self._read()
+
+    def _read(self) -> Iterator[str]:
+        with _open_text(self.path) as text:
+            for self.number, line in enumerate(text, start=1):
+                yield line
+
+    def __iter__(self) -> Iterator[str]:
+        return self._lines
+
+
+def _open_text(path: Path) -> TextIO:
+    with path.open("rb") as probe:
+        compressed = probe.read(2) == _GZIP_MAGIC
+    return gzip.open(path, "rt", encoding="utf-8") if compressed else path.open(encoding="utf-8")
+
+
+def _jsonl_rows(lines: Iterator[str], numbered: _NumberedLines, path: Path) -> Iterator[Row]:
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DataFileError(f"{path}:{numbered.number}: expected a JSON object on each line ({error})") from None
+        yield f"{path}:{numbered.number}", row
+
+
+def _array_rows(lines: Iterator[str], numbered: _NumberedLines, path: Path) -> Iterator[Row]:
+    """Items of a JSON array, decoded one at a time from a buffer that holds only the unread part."""
+    decoder = json.JSONDecoder()
+    buffer, position, buffer_line = "", 0, numbered.number  # buffer_line: the line buffer[0] is on
+
+    def read_more(at_least: int) -> bool:
+        nonlocal buffer
+        added = ""
+        for line in lines:
+            added += line
+            if len(added) >= at_least:
+                break
+        buffer += added
+        return bool(added)
+
+    def line_at(index: int) -> int:
+        return buffer_line + buffer.count("\n", 0, index)
+
+    def next_char() -> str:
+        nonlocal position
+        while True:
+            while position < len(buffer) and buffer[position].isspace():
+                position += 1
+            if position < len(buffer) or not read_more(1):
+                return buffer[position] if position < len(buffer) else ""
+
+    def fail(index: int, expected: str) -> DataFileError:
+        return DataFileError(f"{path}:{line_at(index)}: expected {expected} in this JSON array file")
+
+    if next_char() != "[":
+        raise fail(position, "'['")
+    position += 1
+    if next_char() == "]":
+        return
+    while True:
+        next_char()
+        while True:
             try:
-                record = json.loads(line)
-                prompt = record["prompt"]
-            except (json.JSONDecodeError, TypeError, KeyError) as error:
-                raise DataFileError(
-                    f"{path}:{number}: expected a JSON object with a 'prompt' string ({type(error).__name__}: {error})"
-                ) from None
-            if not isinstance(prompt, str) or not prompt.strip():
-                raise DataFileError(f"{path}:{number}: 'prompt' must be a non-empty string")
-            prompts.append(prompt)
-    if not prompts:
-        raise DataFileError(f"{path}: holds no prompts")
-    return prompts
+                item, end = decoder.raw_decode(buffer, position)
+                break
+            except json.JSONDecodeError as error:
+                if not read_more(max(len(buffer) - position, _ARRAY_READ_CHARS)):
+                    raise fail(error.pos, f"a JSON object ({error.msg})") from None
+        yield f"{path}:{line_at(position)}", item
+        buffer_line = line_at(end)
+        buffer, position = buffer[end:], 0
+        separator = next_char()
+        position += 1
+        if separator == "]":
+            if next_char():
+                raise fail(position, "nothing after the closing ']'")
+            return
+        if separator != ",":
+            raise fail(position - 1, "',' or ']'")
 
 
-def load_training_prompts(config: DataConfig) -> list[str]:
-    """The configured prompts without those over ``max_prompt_chars`` (the paper drops them)."""
-    prompts = read_prompts(Path(config.train_path), "data.train_path")
-    kept = [prompt for prompt in prompts if len(prompt) <= config.max_prompt_chars]
-    if not kept:
+def _hub_rows(source: DataSourceConfig, split: str, key: str) -> Iterator[Row]:
+    """Rows streamed from the Hugging Face Hub, so a capped count downloads only what it needs."""
+    from datasets import load_dataset
+
+    try:
+        rows = load_dataset(source.hub_name, data_dir=source.hub_data_dir, revision=source.hub_revision, split=split,
+                            streaming=True)
+    except ConnectionError as error:
         raise ConfigError(
-            f"data.max_prompt_chars={config.max_prompt_chars} is invalid: it drops all {len(prompts)} prompts "
-            f"of {config.train_path}; raise it"
+            f"{key}.hub_name={source.hub_name!r} is unreachable ({error}); connect to the internet, or set {key}.path "
+            "to a local copy in the hub's row format"
+        ) from None
+    label = "/".join(part for part in (source.hub_name, source.hub_data_dir) if part)
+    index = -1
+    for index, row in enumerate(rows):
+        yield f"{label} ({split} split) row {index}", row
+    if index < 0:
+        raise DataFileError(f"{label} ({split} split): holds no rows")
+
+
+def _all_but_last(rows: Iterator[Row], held_out: int) -> Iterator[Row]:
+    """Every row except the last ``held_out``, found with a lookahead instead of reading the source first."""
+    lookahead: deque[Row] = deque()
+    for row in rows:
+        lookahead.append(row)
+        if len(lookahead) > held_out:
+            yield lookahead.popleft()
+
+
+class _SourceReader:
+    """One source's prompts for one split, read lazily, with the tallies that explain a shortfall."""
+
+    def __init__(self, name: str, source: DataSourceConfig, split: str, max_prompt_chars: int) -> None:
+        self.key = f"data.sources.{name}"
+        self.source = source
+        self.split = split
+        self.max_prompt_chars = max_prompt_chars
+        self.rows_read = 0
+        self.too_long = 0
+
+    def prompts(self) -> Iterator[str]:
+        """Prompts of at most ``max_prompt_chars`` characters; without its own test split, a source's last
+        ``test_size`` rows are its test set (as the reference's ``[:-2300]``)."""
+        rows = self._counted(self._split_rows())
+        if not self.source.has_test_split:
+            held_out = self.source.test_size
+            rows = _all_but_last(rows, held_out) if self.split == "train" else iter(deque(rows, maxlen=held_out))
+        description, to_prompt = ROW_FORMATS[self.source.kind]
+        for where, row in rows:
+            try:
+                prompt = to_prompt(row)
+            except (KeyError, TypeError, ValueError) as error:
+                raise DataFileError(
+                    f"{where}: expected a JSON object with {description} ({type(error).__name__}: {error})"
+                ) from None
+            if len(prompt) > self.max_prompt_chars:
+                self.too_long += 1
+                continue
+            yield prompt
+
+    def _split_rows(self) -> Iterator[Row]:
+        own_test_split = self.source.has_test_split and self.split == "test"
+        if not self.source.path:
+            return _hub_rows(self.source, "test" if own_test_split else "train", self.key)
+        key, path = f"{self.key}.path", self.source.path
+        if own_test_split:
+            key, path = f"{self.key}.test_path", self.source.test_path
+        if path is None:
+            raise ConfigError(
+                f"{key}=None is invalid: this source has its own test split; give its local file, or set "
+                f"{self.key}.has_test_split=false to hold out the last {self.source.test_size} rows of {self.key}.path"
+            )
+        if not Path(path).is_file():
+            hub = f", or set {self.key}.path=null to read {self.source.hub_name} from the Hugging Face Hub"
+            raise ConfigError(
+                f"{key}={path!r} is invalid: no such file; give an existing .jsonl or .jsonl.gz file"
+                + (hub if self.source.hub_name else "")
+            )
+        return read_rows(Path(path))
+
+    def _counted(self, rows: Iterator[Row]) -> Iterator[Row]:
+        for row in rows:
+            self.rows_read += 1
+            yield row
+
+    def take(self, wanted: Optional[int], wanted_key: str, wanted_value: Any) -> list[str]:
+        """``wanted`` prompts (all when None); too few raises a ConfigError naming the key to change."""
+        prompts = list(islice(self.prompts(), wanted))
+        needed = 1 if wanted is None else wanted
+        if len(prompts) >= needed:
+            return prompts
+        held_out = self.source.test_size
+        if not prompts and not self.source.has_test_split:
+            if self.split == "train" and self.rows_read <= held_out:
+                raise ConfigError(
+                    f"{self.key}.test_size={held_out} is invalid: the source has {self.rows_read} rows and its last "
+                    "test_size rows are the test set, leaving none to train on; lower it"
+                )
+            if self.split == "test" and held_out == 0:
+                raise ConfigError(f"{self.key}.test_size=0 is invalid: it holds out no test prompts; raise it")
+        limit = f"data.max_prompt_chars={self.max_prompt_chars}"
+        if not prompts and self.too_long:
+            raise ConfigError(
+                f"{limit} is invalid: it drops all {self.too_long} {self.split} prompts of {self.key}; raise it"
+            )
+        raise ConfigError(
+            f"{wanted_key}={wanted_value} is invalid: {self.key} has {len(prompts)} {self.split} prompts of at most "
+            f"{self.max_prompt_chars} characters ({limit}) and {needed} are needed; lower it"
         )
-    return kept
+
+
+def _apportion(total: int, weights: dict[str, float]) -> dict[str, int]:
+    """Whole counts in proportion to ``weights`` that add up to ``total`` (largest remainders round up)."""
+    weight_sum = sum(weights.values())
+    exact = {name: total * weight / weight_sum for name, weight in weights.items()}
+    counts = {name: math.floor(share) for name, share in exact.items()}
+    by_remainder = sorted(exact, key=lambda name: exact[name] - counts[name], reverse=True)
+    for name in by_remainder[: total - sum(counts.values())]:
+        counts[name] += 1
+    return counts
+
+
+def _take_weighted(readers: dict[str, _SourceReader], config: DataConfig) -> dict[str, list[str]]:
+    weights = {name: reader.source.weight for name, reader in readers.items()}
+    if config.total_prompts is not None:
+        counts = _apportion(config.total_prompts, weights)
+        return {name: reader.take(counts[name], "data.total_prompts", config.total_prompts)
+                for name, reader in readers.items()}
+    # No total: the largest mix with these proportions, which the scarcest source (for its weight) limits.
+    available = {name: reader.take(None, f"{reader.key}.weight", reader.source.weight) for name, reader in readers.items()}
+    weight_sum = sum(weights.values())
+    total = math.floor(min(len(available[name]) * weight_sum / weight for name, weight in weights.items()))
+    return {name: available[name][:count] for name, count in _apportion(total, weights).items()}
+
+
+def load_prompts(config: DataConfig, split: str, seed: int) -> PromptSet:
+    """The ``split`` ("train" or "test") of the configured mix, shuffled with ``seed`` when ``data.shuffle``.
+
+    Sources with a ``count`` give their first ``count`` prompts (read no further), sources without one give
+    all; weighted sources give ``data.total_prompts`` prompts in proportion to their weights (all that the
+    proportions allow when it is null). The test split holds every mixed source's held-out prompts.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r}: use one of {SPLITS}")
+    active = {name: source for name, source in config.sources.items() if source.count != 0 and source.weight != 0}
+    readers = {name: _SourceReader(name, source, split, config.max_prompt_chars) for name, source in active.items()}
+    if split == "train" and any(source.weight is not None for source in active.values()):
+        taken = _take_weighted(readers, config)
+    else:
+        counts = {name: source.count if split == "train" else None for name, source in active.items()}
+        taken = {name: reader.take(counts[name], f"{reader.key}.count", counts[name]) for name, reader in readers.items()}
+    mixed = [(prompt, name) for name, prompts in taken.items() for prompt in prompts]
+    if config.shuffle:
+        random.Random(seed).shuffle(mixed)
+    return PromptSet(
+        prompts=[prompt for prompt, _ in mixed],
+        sources=[name for _, name in mixed],
+        counts={name: len(taken.get(name, [])) for name in config.sources},
+    )
+
+
+def load_training_prompts(config: DataConfig, seed: int) -> PromptSet:
+    return load_prompts(config, "train", seed)
+
+
+def log_source_counts(counts: dict[str, int], split: str) -> None:
+    """Record how many prompts each source gave, as ``data.count.<split>.<source>`` params of the active run.
+
+    Logs nothing outside a run: the benchmark builds trainers without one, and MLflow would start one.
+    """
+    if mlflow.active_run() is not None:
+        mlflow.log_params({f"data.count.{split}.{name}": count for name, count in counts.items()})
 
 
 class PromptStream:

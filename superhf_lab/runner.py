@@ -10,7 +10,7 @@ import torch
 from omegaconf import DictConfig
 from transformers import set_seed
 
-from superhf_lab.config import ConfigError, RunConfig, validate_config
+from superhf_lab.config import RunConfig, validate_config
 from superhf_lab.models import resolve_device
 from superhf_lab.registry import AlgorithmPlugin, RunContext, get_algorithm
 from superhf_lab.sweeps import child_tags, current_sweep_job, parent_run_id
@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 def paths_in_tiny_world(config: RunConfig) -> list[str]:
     """The configured model and data paths that live in the tiny world's cache folder."""
     root = Path(config.tiny_world.dir).resolve()
-    candidates = [config.model.name_or_path, config.reward_model.name_or_path, config.data.train_path]
+    candidates = [config.model.name_or_path, config.reward_model.name_or_path, *config.data.local_paths()]
     if config.heldout_reward_model is not None:
         candidates.append(config.heldout_reward_model.name_or_path)
     return [path for path in candidates if path and Path(path).resolve().is_relative_to(root)]
@@ -33,10 +33,7 @@ def prepare(cfg: DictConfig) -> tuple[RunConfig, AlgorithmPlugin, torch.device]:
     config = validate_config(cfg)
     device = resolve_device(config.device, config.precision)
     plugin = get_algorithm(config.algorithm.name)
-    if config.objective.metric not in plugin.metric_names:
-        raise ConfigError(
-            f"objective.metric={config.objective.metric!r} is invalid: {plugin.name} logs {sorted(plugin.metric_names)}"
-        )
+    config.objective.check_logged(plugin.metric_names, plugin.name, has_heldout=config.heldout_reward_model is not None)
     check_tracking_store(config.mlflow)
     if paths_in_tiny_world(config):
         from superhf_lab.tiny_world import ensure_tiny_world
@@ -45,7 +42,7 @@ def prepare(cfg: DictConfig) -> tuple[RunConfig, AlgorithmPlugin, torch.device]:
     return config, plugin, device
 
 
-def run_experiment(cfg: DictConfig) -> float:
+def run_experiment(cfg: DictConfig) -> float | tuple[float, ...]:
     """Validate, seed, open the MLflow run, train with the selected plugin; returns the objective."""
     config, plugin, device = prepare(cfg)
     set_seed(config.seed)
@@ -61,9 +58,17 @@ def run_experiment(cfg: DictConfig) -> float:
         run_id = mlflow.active_run().info.run_id
         log.info("MLflow run %s in %s", run_id, mlflow.get_tracking_uri())
         plugin.train(RunContext(config, tracker, device))
-        objective = tracker.objective(config.objective.metric, config.objective.last_n)
-        mlflow.log_metric("objective", objective)
+        objective = config.objective.value(tracker.history)
+        log_objective(config.objective.metrics, objective)
     if sweep_job is not None:
         mlflow.MlflowClient().set_terminated(parent_id, "FINISHED")  # the parent ends with its latest job
-    log.info("objective %s (mean of the last %d) = %.4f", config.objective.metric, config.objective.last_n, objective)
+    log.info("objective %s (mean of the last %d steps) = %s", config.objective.metrics, config.objective.last_n, objective)
     return objective
+
+
+def log_objective(metrics: list[str], objective: float | tuple[float, ...]) -> None:
+    """``objective`` is the (first) value a sweeper optimises; a multi-objective run logs each one too."""
+    values = objective if isinstance(objective, tuple) else (objective,)
+    mlflow.log_metric("objective", values[0])
+    if len(values) > 1:
+        mlflow.log_metrics({f"objective/{name}": value for name, value in zip(metrics, values)})

@@ -1,8 +1,9 @@
 """Grouping the jobs of one Hydra multirun under one MLflow parent run.
 
 Every job of ``python run.py -m ...`` becomes a child run (``mlflow.parentRunId``) of a parent run found
-or created by the first job, keyed by the sweep's output folder, so the MLflow UI nests the jobs and
-one sweep's runs are told apart from another's. Swept values are params (the flattened config) and
+or created by the first job, keyed by the sweep's output folder (or, for an Optuna study, by the
+study's name, so a resumed study keeps adding to one parent), so the MLflow UI nests the jobs and one
+sweep's runs are told apart from another's. Swept values are params (the flattened config) and
 ``sweep.<key>`` tags, ready for the UI's compare view and parallel-coordinates plot.
 """
 
@@ -17,6 +18,7 @@ from omegaconf import OmegaConf
 
 SWEEP_TAG = "superhf_lab.sweep"
 ROLE_TAG = "superhf_lab.role"
+STUDY_TAG = "superhf_lab.optuna_study"
 
 
 def _as_pairs(overrides) -> dict[str, str]:
@@ -30,13 +32,18 @@ class SweepJob:
     sweep_dir: str
     job_number: int
     overrides: tuple[str, ...]  # this job's command-line overrides, one value each
-    sweep_overrides: tuple[str, ...]  # the multirun's, as typed (kl_coef=0,0.1,0.35)
+    swept_keys: frozenset[str]  # the keys whose values vary across the sweep
+    study_name: str | None = None  # set when hydra-optuna-sweeper launched the job
 
     @property
     def swept_values(self) -> dict[str, str]:
         """This job's values of the keys that vary across the sweep."""
-        typed = _as_pairs(self.sweep_overrides)
-        return {key: value for key, value in _as_pairs(self.overrides).items() if typed.get(key) != value}
+        return {key: value for key, value in _as_pairs(self.overrides).items() if key in self.swept_keys}
+
+    @property
+    def group(self) -> str:
+        """What the parent run is keyed by: the Optuna study, else the sweep's output folder."""
+        return f"optuna study {self.study_name}" if self.study_name else self.sweep_dir
 
 
 def current_sweep_job() -> SweepJob | None:
@@ -50,13 +57,23 @@ def current_sweep_job() -> SweepJob | None:
     if hydra.mode != RunMode.MULTIRUN:
         return None
     sweep_dir = Path(hydra.sweep.dir).resolve()
-    multirun_file = sweep_dir / "multirun.yaml"  # Hydra writes it before launching the jobs
-    typed = OmegaConf.load(multirun_file).hydra.overrides.task if multirun_file.is_file() else []
-    return SweepJob(str(sweep_dir), hydra.job.num, tuple(hydra.overrides.task), tuple(typed))
+    overrides = _as_pairs(hydra.overrides.task)
+    if "optuna" in str(hydra.sweeper.get("_target_")):
+        # The study's search space is hydra.sweeper.params; each job gets one sampled value per key.
+        swept = frozenset(hydra.sweeper.params or {})
+        return SweepJob(str(sweep_dir), hydra.job.num, tuple(hydra.overrides.task), swept, hydra.sweeper.study_name)
+    multirun_file = sweep_dir / "multirun.yaml"  # the basic sweeper writes it before launching the jobs
+    typed = _as_pairs(OmegaConf.load(multirun_file).hydra.overrides.task) if multirun_file.is_file() else {}
+    swept = frozenset(key for key, value in overrides.items() if typed.get(key) != value)
+    return SweepJob(str(sweep_dir), hydra.job.num, tuple(hydra.overrides.task), swept)
 
 
 def parent_run_id(job: SweepJob, experiment_name: str) -> str:
-    """The sweep's parent run, created by whichever job gets here first (a file lock serialises jobs)."""
+    """The sweep's parent run, created by whichever job gets here first (a file lock serialises jobs).
+
+    Jobs of one sweep share the lock; a study resumed while another invocation of it is still starting
+    could create a second parent, which only splits the study's runs between two parents.
+    """
     client = mlflow.MlflowClient()
     experiment_id = client.get_experiment_by_name(experiment_name).experiment_id
     lock_path = Path(job.sweep_dir) / ".mlflow_parent.lock"
@@ -64,13 +81,18 @@ def parent_run_id(job: SweepJob, experiment_name: str) -> str:
     with lock_path.open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         found = client.search_runs(
-            [experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = '{job.sweep_dir}' and tags.`{ROLE_TAG}` = 'sweep'",
+            [experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = '{job.group}' and tags.`{ROLE_TAG}` = 'sweep'",
             max_results=1,
         )
         if found:
             return found[0].info.run_id
-        name = "sweep " + "/".join(Path(job.sweep_dir).parts[-2:])
-        parent = client.create_run(experiment_id, run_name=name, tags={SWEEP_TAG: job.sweep_dir, ROLE_TAG: "sweep"})
+        tags = {SWEEP_TAG: job.group, ROLE_TAG: "sweep"}
+        if job.study_name:
+            tags[STUDY_TAG] = job.study_name
+            name = job.group
+        else:
+            name = "sweep " + "/".join(Path(job.sweep_dir).parts[-2:])
+        parent = client.create_run(experiment_id, run_name=name, tags=tags)
         client.log_param(parent.info.run_id, "sweep_dir", job.sweep_dir)
         return parent.info.run_id
 
@@ -78,8 +100,9 @@ def parent_run_id(job: SweepJob, experiment_name: str) -> str:
 def child_tags(job: SweepJob, parent_id: str) -> dict[str, str]:
     return {
         "mlflow.parentRunId": parent_id,
-        SWEEP_TAG: job.sweep_dir,
+        SWEEP_TAG: job.group,
         ROLE_TAG: "job",
+        "sweep.dir": job.sweep_dir,
         "sweep.job_number": str(job.job_number),
         "sweep.overrides": " ".join(job.overrides),
         **{f"sweep.{key}": value for key, value in job.swept_values.items()},

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 from collections import defaultdict
 from typing import Any, Iterator
@@ -51,10 +50,6 @@ class Tracker:
         if self._pending_rows:
             mlflow.log_table(pd.DataFrame(self._pending_rows), artifact_file=COMPLETIONS_TABLE)
         self._pending_rows, self._pending_calls = [], 0
-
-    def objective(self, metric: str, last_n: int) -> float:
-        values = [value for value in self.history.get(metric, []) if math.isfinite(value)]
-        return float(sum(values[-last_n:]) / len(values[-last_n:])) if values else float("nan")
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:

@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import requests
 from hydra import compose, initialize_config_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def compose_config(overrides: list[str]):
+def compose_config(overrides: list[str], return_hydra_config: bool = False):
     """The config run.py would see for these overrides (``output_dir`` set, since no Hydra run exists)."""
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
-        cfg = compose("config", overrides=overrides)
+        cfg = compose("config", overrides=overrides, return_hydra_config=return_hydra_config)
     cfg.output_dir = "outputs/test"
     return cfg
 
@@ -36,3 +41,51 @@ def tiny_world():
     from superhf_lab.tiny_world import ensure_tiny_world
 
     return ensure_tiny_world(ROOT / ".cache" / "tiny_world")
+
+
+TRACKING_SERVER = ROOT / ".venv-tracking" / "bin" / "mlflow"  # built by `make test` (see the Makefile)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def mlflow_server_process(folder: Path, port: int | None = None):
+    """A real ``mlflow server`` on a sqlite database, as the README tells users to start one."""
+    if not TRACKING_SERVER.exists():
+        pytest.fail(f"{TRACKING_SERVER} is missing: `make test` builds the tracking server's environment")
+    port = port or _free_port()
+    folder.mkdir(parents=True, exist_ok=True)
+    log = (folder / "server.log").open("w")
+    server = subprocess.Popen(
+        [str(TRACKING_SERVER), "server", "--backend-store-uri", f"sqlite:///{folder}/mlflow.db",
+         "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "2"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if requests.get(uri + "/health", timeout=2).ok:
+                    break
+            except requests.RequestException:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"mlflow server did not start:\n{(folder / 'server.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield uri
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    with mlflow_server_process(tmp_path_factory.mktemp("mlflow_server")) as uri:
+        yield uri

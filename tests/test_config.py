@@ -1,9 +1,10 @@
 """Bad configuration fails before any model loads, naming the key and the fix."""
 
 import pytest
+from omegaconf import open_dict
 
 from conftest import compose_config, run_cli
-from superhf_lab.config import ConfigError, validate_config
+from superhf_lab.config import ConfigError, ObjectiveConfig, validate_config
 from superhf_lab.runner import prepare
 
 
@@ -74,12 +75,40 @@ def test_impossible_values_name_the_key(override, message):
 
 
 def test_fail_fast_checks_run_before_any_model_is_loaded(tmp_path):
-    cfg = compose_config(["objective.metric=reward/median", f"mlflow.tracking_uri=sqlite:///{tmp_path}/m.db"])
-    with pytest.raises(ConfigError, match="objective.metric='reward/median' is invalid"):
+    store = f"mlflow.tracking_uri=sqlite:///{tmp_path}/m.db"
+    cfg = compose_config(["objective.metrics=[reward/mean,reward/median]", store])
+    with pytest.raises(ConfigError, match="objective.metrics='reward/median' is invalid: superhf logs"):
+        prepare(cfg)
+    cfg = compose_config(["objective.metrics=[heldout_reward/mean]", "heldout_reward_model=null", store])
+    with pytest.raises(ConfigError, match="objective.metrics='heldout_reward/mean' is invalid: heldout_reward_model is null"):
         prepare(cfg)
     cfg = compose_config(["device=cuda:3"])
     with pytest.raises(ConfigError, match="device='cuda:3'|no CUDA"):
         prepare(cfg)
+
+
+def test_objective_averages_the_tail_and_subtracts_penalties():
+    history = {"reward/mean": [0.0, 1.0, 3.0], "diversity/meteor_similarity": [0.5, 0.2, float("nan")]}
+    assert ObjectiveConfig(metrics=["reward/mean"], last_n=2).value(history) == 2.0
+    penalised = ObjectiveConfig(metrics=["reward/mean"], penalties={"diversity/meteor_similarity": 2.0}, last_n=2)
+    assert penalised.value(history) == pytest.approx(2.0 - 2.0 * 0.35), "NaN values are left out of the mean"
+    both = ObjectiveConfig(metrics=["reward/mean", "diversity/meteor_similarity"], last_n=1)
+    assert both.value(history) == (3.0, 0.2)
+
+
+def test_study_configs_compose_from_any_directory(tmp_path, monkeypatch):
+    """sweeps/hparams_search is on Hydra's search path through the project's plugin, not the cwd."""
+    monkeypatch.chdir(tmp_path)
+    for study, direction in (("kl_coef", "maximize"), ("learning_rate", "maximize"),
+                             ("superbatch_top_k", "maximize"), ("reward_vs_diversity", ["maximize", "minimize"])):
+        cfg = compose_config([f"hparams_search={study}"], return_hydra_config=True)
+        sweeper = cfg.hydra.sweeper
+        assert "OptunaSweeper" in sweeper._target_ and sweeper.max_failure_rate == 1.0
+        assert (sweeper.direction if isinstance(direction, str) else list(sweeper.direction)) == direction
+        assert len(cfg.objective.metrics) == (2 if isinstance(direction, list) else 1)
+        with open_dict(cfg):
+            del cfg.hydra
+        validate_config(cfg)
 
 
 def test_dead_tracking_server_fails_before_training(tmp_path):

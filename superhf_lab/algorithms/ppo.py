@@ -31,7 +31,7 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from superhf_lab.completions import Completion, completion_metrics, completion_rows, score_completions
 from superhf_lab.config import LoraSettings, require
-from superhf_lab.data import load_training_prompts
+from superhf_lab.data import load_training_prompts, log_source_counts
 from superhf_lab.models import load_policy
 from superhf_lab.registry import RunContext, register_algorithm
 from superhf_lab.rewards import RewardScorer, build_scorers
@@ -239,7 +239,9 @@ def build_ppo_trainer(context: RunContext):
 
     run = context.config
     cfg: PPOAlgorithmConfig = run.algorithm
-    prompts = load_training_prompts(run.data)
+    prompt_set = load_training_prompts(run.data, run.seed)
+    log_source_counts(prompt_set.counts, "train")
+    prompts = prompt_set.prompts
     policy, tokenizer = load_policy(run.model, context.device)
     value_model = AutoModelForSequenceClassification.from_pretrained(
         run.model.name_or_path, revision=run.model.revision, num_labels=1,

@@ -30,7 +30,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
 from superhf_lab.completions import Completion, completion_metrics, completion_rows, score_completions
 from superhf_lab.config import LoraSettings, require
-from superhf_lab.data import PromptStream, load_training_prompts
+from superhf_lab.data import PromptStream, load_training_prompts, log_source_counts
 from superhf_lab.models import autocast, load_policy
 from superhf_lab.registry import RunContext, register_algorithm
 from superhf_lab.rewards import RewardScorer, build_scorers
@@ -335,7 +335,9 @@ def build_trainer(context: RunContext) -> tuple[SuperHFTrainer, PromptStream]:
     """Prompts first (cheap to validate), then the policy and the reward models."""
     run = context.config
     cfg: SuperHFConfig = run.algorithm
-    stream = PromptStream(load_training_prompts(run.data), seed=run.seed, shuffle=run.data.shuffle)
+    prompt_set = load_training_prompts(run.data, run.seed)
+    log_source_counts(prompt_set.counts, "train")
+    stream = PromptStream(prompt_set.prompts, seed=run.seed, shuffle=run.data.shuffle)
     policy, tokenizer = load_policy(run.model, context.device)
     reward_scorer, heldout_scorer = build_scorers(run, context.device, cfg.minibatch_size_scoring)
     trainer = SuperHFTrainer(cfg, run.kl_coef, policy, tokenizer, reward_scorer, heldout_scorer, context.device, run.precision)
