@@ -5,6 +5,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from superhf_lab.checkpoint import Preempted
 from superhf_lab.config import ConfigError
 from superhf_lab.data import DataFileError
 from superhf_lab.runner import run_experiment
@@ -12,7 +13,7 @@ from superhf_lab.sweeps import current_sweep_job
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def main(cfg: DictConfig) -> float | tuple[float, ...]:
+def main(cfg: DictConfig) -> float | tuple[float, ...] | None:
     try:
         return run_experiment(cfg)
     except (ConfigError, DataFileError) as error:
@@ -20,6 +21,11 @@ def main(cfg: DictConfig) -> float | tuple[float, ...]:
             raise  # the sweeper records the job as failed: an Optuna trial becomes FAIL and the study goes on
         print(f"Configuration error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    except Preempted as stop:
+        if current_sweep_job() is not None:
+            raise  # the whole sweep stops; its next invocation re-queues this trial
+        print(f"Preempted: {stop}. Re-run the same command to continue.", file=sys.stderr)
+        raise SystemExit(143) from None  # 128 + SIGTERM, as if the signal had ended the process
 
 
 if __name__ == "__main__":

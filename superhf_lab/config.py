@@ -15,6 +15,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 DEVICES_HELP = "use 'auto', 'cpu', 'cuda' or 'cuda:N'"
 PRECISIONS = ("fp32", "bf16", "fp16")
+MODES = ("train", "eval")
+RESUME_MODES = ("auto", "never")
 
 
 class ConfigError(ValueError):
@@ -72,6 +74,7 @@ class DataSourceConfig:
     ``webgpt`` (``question.full_text``) or ``prompts`` (a ready ``prompt``). A source with ``has_test_split``
     has its own test split (the hub's ``test``, locally ``test_path``); otherwise its last ``test_size`` rows
     are the test set and the rest is for training. ``weight`` or ``count`` sets its share of the training mix.
+    ``where`` keeps the rows whose fields equal the given values (``{family: harmful}``), after the split.
     """
 
     kind: str = "???"
@@ -84,6 +87,7 @@ class DataSourceConfig:
     test_size: int = 2300
     weight: Optional[float] = None
     count: Optional[int] = None
+    where: dict[str, str] = field(default_factory=dict)  # keep only rows whose fields have these values
 
     def check(self, prefix: str) -> None:
         require(self.kind in SOURCE_KINDS, f"{prefix}.kind", self.kind, f"use one of {SOURCE_KINDS}")
@@ -148,18 +152,24 @@ class TinyWorldConfig:
 
 @dataclass
 class MlflowConfig:
-    """Tracking settings. ``tracking_uri: null`` defers to MLFLOW_TRACKING_URI, else local sqlite."""
+    """Tracking settings. ``tracking_uri: null`` defers to MLFLOW_TRACKING_URI, else local sqlite.
+
+    ``retry_every_s``: how often a run retries a server that stopped answering; meanwhile its metrics
+    wait in a local spool file (see superhf_lab/tracking.py).
+    """
 
     tracking_uri: Optional[str] = None
     experiment_name: str = "superhf_lab"
     run_name: Optional[str] = None
     completions_logged_per_superbatch: int = 4
+    retry_every_s: float = 30.0
 
     def check(self, prefix: str) -> None:
         require(bool(self.experiment_name.strip()), f"{prefix}.experiment_name", self.experiment_name,
                 "give the experiment a name")
         require(self.completions_logged_per_superbatch >= 0, f"{prefix}.completions_logged_per_superbatch",
                 self.completions_logged_per_superbatch, "use 0 or more")
+        require(self.retry_every_s >= 0, f"{prefix}.retry_every_s", self.retry_every_s, "use 0 or more seconds")
 
 
 @dataclass
@@ -222,6 +232,76 @@ class LoraSettings:
 
 
 @dataclass
+class SamplingSettings:
+    """How completions are sampled: ``generate`` keyword arguments plus the policy-only conversation prompt."""
+
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 0.9
+    generation_top_k: int = 0  # transformers' top-k sampling filter; 0 disables it
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    conversation_prompt: str = ""  # prepended to every prompt the policy sees, never shown to a reward model
+
+    def check(self, prefix: str) -> None:
+        require(self.max_new_tokens > 0, f"{prefix}.max_new_tokens", self.max_new_tokens, "use a positive integer")
+        require(self.temperature > 0, f"{prefix}.temperature", self.temperature, "sampling needs a temperature > 0")
+        require(0 < self.top_p <= 1, f"{prefix}.top_p", self.top_p, "use a value in (0, 1]")
+        require(self.generation_top_k >= 0, f"{prefix}.generation_top_k", self.generation_top_k, "use 0 (off) or more")
+        require(self.repetition_penalty > 0, f"{prefix}.repetition_penalty", self.repetition_penalty,
+                "use a value > 0 (1.0 is no penalty)")
+        require(self.no_repeat_ngram_size >= 0, f"{prefix}.no_repeat_ngram_size", self.no_repeat_ngram_size,
+                "use 0 (off) or more")
+
+
+
+@dataclass
+class EvalConfig:
+    """Held-out evaluation on the data mix's test prompts: one sampled completion per prompt.
+
+    ``mode=eval`` evaluates ``policy`` (a hub name, a local folder, or an MLflow artifact URI such as
+    ``runs:/<run_id>/policy``; null: the starting policy ``model``). Training runs evaluate their final
+    policy (``at_end``) and, for SuperHF, every ``every_n_superbatches`` superbatches.
+    """
+
+    policy: Optional[str] = None
+    prompts_per_source: Optional[int] = 64  # a seeded sample of each source's test prompts; null: all of them
+    meteor_pairs_per_source: int = 128  # the reference's number of METEOR pairs
+    at_end: bool = True
+    every_n_superbatches: int = 0  # 0: off
+    batch_size: int = 32
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)
+
+    def check(self, prefix: str) -> None:
+        require(self.prompts_per_source is None or self.prompts_per_source >= 2, f"{prefix}.prompts_per_source",
+                self.prompts_per_source, "use 2 or more (METEOR compares pairs), or null for every test prompt")
+        require(self.meteor_pairs_per_source >= 2, f"{prefix}.meteor_pairs_per_source", self.meteor_pairs_per_source,
+                "use 2 or more pairs")
+        require(self.every_n_superbatches >= 0, f"{prefix}.every_n_superbatches", self.every_n_superbatches,
+                "use 0 (off) or more")
+        require(self.batch_size > 0, f"{prefix}.batch_size", self.batch_size, "use a positive integer")
+        self.sampling.check(f"{prefix}.sampling")
+
+
+@dataclass
+class CheckpointConfig:
+    """Checkpoints for continuing a killed run exactly (superhf_lab/checkpoint.py).
+
+    ``resume: auto`` continues the newest unfinished checkpoint of the same configuration (re-run the same
+    command); ``never`` starts over (its checkpoints replace the old ones).
+    """
+
+    dir: str = "checkpoints"
+    every_n_superbatches: int = 10  # also at the end and on SIGTERM; 0: only then
+    resume: str = "auto"
+
+    def check(self, prefix: str) -> None:
+        require(self.every_n_superbatches >= 0, f"{prefix}.every_n_superbatches", self.every_n_superbatches,
+                "use 0 (only at the end and on SIGTERM) or more")
+        require(self.resume in RESUME_MODES, f"{prefix}.resume", self.resume, f"use one of {RESUME_MODES}")
+
+
+@dataclass
 class RunConfig:
     """The whole run. ``algorithm`` is typed by the plugin that ``algorithm.name`` selects."""
 
@@ -233,6 +313,9 @@ class RunConfig:
     tiny_world: TinyWorldConfig = field(default_factory=TinyWorldConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    mode: str = "train"
     kl_coef: float = 0.35
     seed: int = 0
     device: str = "auto"
@@ -240,7 +323,8 @@ class RunConfig:
     output_dir: str = "outputs"
 
     def check(self) -> None:
-        for section in (self.model, self.reward_model, self.data, self.mlflow, self.objective):
+        for section in (self.model, self.reward_model, self.data, self.mlflow, self.objective, self.eval,
+                        self.checkpoint):
             section.check(_field_name(self, section))
         if self.heldout_reward_model is not None:
             self.heldout_reward_model.check("heldout_reward_model")
@@ -249,6 +333,7 @@ class RunConfig:
         require(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
                 "device", self.device, DEVICES_HELP)
         require(self.precision in PRECISIONS, "precision", self.precision, f"use one of {PRECISIONS}")
+        require(self.mode in MODES, "mode", self.mode, f"use one of {MODES}")
         self.algorithm.check()
 
 

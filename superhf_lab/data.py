@@ -66,6 +66,10 @@ ROW_FORMATS: dict[str, tuple[str, Callable[[Any], str]]] = {
 }
 
 
+def _matches(row: Any, conditions: dict[str, str]) -> bool:
+    return isinstance(row, dict) and all(str(row.get(field)) == value for field, value in conditions.items())
+
+
 def read_rows(path: Path) -> Iterator[Row]:
     """The JSON rows of a .jsonl or .jsonl.gz file, or of a file holding one JSON array (the hub's
     red-team-attempts format), read as they are needed so that a capped count stops early."""
@@ -226,6 +230,8 @@ class _SourceReader:
             rows = _all_but_last(rows, held_out) if self.split == "train" else iter(deque(rows, maxlen=held_out))
         description, to_prompt = ROW_FORMATS[self.source.kind]
         for where, row in rows:
+            if self.source.where and not _matches(row, self.source.where):
+                continue
             try:
                 prompt = to_prompt(row)
             except (KeyError, TypeError, ValueError) as error:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
+from superhf_lab.checkpoint import CheckpointStore, StopRequest
 from superhf_lab.config import ConfigError
 
 if TYPE_CHECKING:
@@ -23,11 +24,15 @@ if TYPE_CHECKING:
 
 @dataclass
 class RunContext:
-    """What an algorithm receives: the validated config, where to log, and the device to use."""
+    """What an algorithm receives: the validated config, where to log, the device to use and, for plugins
+    that checkpoint, where checkpoints go, whether to resume from the newest one, and SIGTERM's stop request."""
 
     config: RunConfig
     tracker: Tracker
     device: torch.device
+    checkpoints: CheckpointStore | None = None
+    resume: bool = False
+    stop: StopRequest = field(default_factory=StopRequest)
 
     @property
     def algorithm(self) -> Any:
@@ -40,19 +45,20 @@ class AlgorithmPlugin:
     config_class: type
     train: Callable[[RunContext], None]
     metric_names: tuple[str, ...]
+    checkpoints: bool = False  # saves and resumes checkpoints, and stops cleanly on SIGTERM
 
 
 _PLUGINS: dict[str, AlgorithmPlugin] = {}
 _discovered = False
 
 
-def register_algorithm(name: str, config_class: type, metric_names: tuple[str, ...]):
+def register_algorithm(name: str, config_class: type, metric_names: tuple[str, ...], checkpoints: bool = False):
     """Decorator for an algorithm's ``train(context)`` function."""
 
     def decorator(train: Callable[[RunContext], None]) -> Callable[[RunContext], None]:
         if name in _PLUGINS and _PLUGINS[name].train is not train:
             raise RuntimeError(f"two algorithm plugins are named {name!r}")
-        _PLUGINS[name] = AlgorithmPlugin(name, config_class, train, metric_names)
+        _PLUGINS[name] = AlgorithmPlugin(name, config_class, train, metric_names, checkpoints)
         return train
 
     return decorator

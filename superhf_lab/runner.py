@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -10,11 +11,12 @@ import torch
 from omegaconf import DictConfig
 from transformers import set_seed
 
+from superhf_lab.checkpoint import CheckpointStore, StopRequest, run_fingerprint, stop_on_sigterm
 from superhf_lab.config import RunConfig, validate_config
-from superhf_lab.models import resolve_device
+from superhf_lab.models import check_model_sources, resolve_device
 from superhf_lab.registry import AlgorithmPlugin, RunContext, get_algorithm
 from superhf_lab.sweeps import child_tags, current_sweep_job, parent_run_id
-from superhf_lab.tracking import check_tracking_store, tracked_run
+from superhf_lab.tracking import Tracker, check_tracking_store, set_terminated_or_warn, tracked_run
 
 log = logging.getLogger(__name__)
 
@@ -29,46 +31,90 @@ def paths_in_tiny_world(config: RunConfig) -> list[str]:
 
 
 def prepare(cfg: DictConfig) -> tuple[RunConfig, AlgorithmPlugin, torch.device]:
-    """Everything that can fail fast: config, device, objective name, tracking store, tiny world."""
+    """Everything that can fail fast: config, device, objective name, tracking store, tiny world, model sources."""
     config = validate_config(cfg)
     device = resolve_device(config.device, config.precision)
     plugin = get_algorithm(config.algorithm.name)
-    config.objective.check_logged(plugin.metric_names, plugin.name, has_heldout=config.heldout_reward_model is not None)
+    if config.mode == "train":
+        config.objective.check_logged(plugin.metric_names, plugin.name, has_heldout=config.heldout_reward_model is not None)
     check_tracking_store(config.mlflow)
     if paths_in_tiny_world(config):
         from superhf_lab.tiny_world import ensure_tiny_world
 
         ensure_tiny_world(config.tiny_world.dir)
+    check_model_sources(config)  # model folders and hub names, reward heads: before the MLflow run opens
     return config, plugin, device
 
 
-def run_experiment(cfg: DictConfig) -> float | tuple[float, ...]:
-    """Validate, seed, open the MLflow run, train with the selected plugin; returns the objective."""
+def run_experiment(cfg: DictConfig) -> float | tuple[float, ...] | None:
+    """Validate, seed, open the MLflow run, then train with the selected plugin (returning the objective)
+    or, with ``mode=eval``, evaluate ``eval.policy`` (returning nothing)."""
     config, plugin, device = prepare(cfg)
     set_seed(config.seed)
-    tags = {"algorithm": plugin.name, "output_dir": config.output_dir}
+    if config.mode == "eval":
+        run_name = config.mlflow.run_name or f"eval {config.eval.policy or config.model.name_or_path}"
+        tags = {"mode": "eval", "output_dir": config.output_dir}
+        with tracked_run(cfg, tags, run_name, config.output_dir, config.mlflow.retry_every_s) as tracker:
+            evaluate_policy(RunContext(config, tracker, device))
+        return None
+    tags = {"algorithm": plugin.name, "mode": "train", "output_dir": config.output_dir}
     sweep_job = current_sweep_job()
     run_name = config.mlflow.run_name
-    if sweep_job is not None:
+    if sweep_job is None:
+        run_name = run_name or f"{plugin.name} kl_coef={config.kl_coef:g} seed={config.seed}"
+    else:
         parent_id = parent_run_id(sweep_job, config.mlflow.experiment_name)
         tags.update(child_tags(sweep_job, parent_id))
         swept = " ".join(f"{key}={value}" for key, value in sweep_job.swept_values.items())
         run_name = run_name or swept or f"job {sweep_job.job_number}"
-    with tracked_run(cfg, tags, run_name) as tracker:
+    checkpoints, resume_run_id = checkpoint_store(cfg, config, plugin)
+    with tracked_run(cfg, tags, run_name, config.output_dir, config.mlflow.retry_every_s, resume_run_id) as tracker:
         run_id = mlflow.active_run().info.run_id
         log.info("MLflow run %s in %s", run_id, mlflow.get_tracking_uri())
-        plugin.train(RunContext(config, tracker, device))
+        with stop_on_sigterm() if checkpoints else contextlib.nullcontext(StopRequest()) as stop:
+            plugin.train(RunContext(config, tracker, device, checkpoints, resume_run_id is not None, stop))
         objective = config.objective.value(tracker.history)
-        log_objective(config.objective.metrics, objective)
+        log_objective(tracker, config.objective.metrics, objective)
     if sweep_job is not None:
-        mlflow.MlflowClient().set_terminated(parent_id, "FINISHED")  # the parent ends with its latest job
+        set_terminated_or_warn(parent_id, "FINISHED")  # the parent ends with its latest job
     log.info("objective %s (mean of the last %d steps) = %s", config.objective.metrics, config.objective.last_n, objective)
     return objective
 
 
-def log_objective(metrics: list[str], objective: float | tuple[float, ...]) -> None:
+def checkpoint_store(cfg: DictConfig, config: RunConfig, plugin: AlgorithmPlugin) -> tuple[CheckpointStore | None, str | None]:
+    """Where this configuration's checkpoints go, and the MLflow run to continue when an unfinished one exists."""
+    if not plugin.checkpoints:
+        return None, None
+    store = CheckpointStore(Path(config.checkpoint.dir) / run_fingerprint(cfg))
+    meta = store.latest_meta() if config.checkpoint.resume == "auto" else None
+    if meta is None or meta["finished"]:
+        return store, None
+    try:
+        mlflow.MlflowClient().get_run(meta["run_id"])
+    except Exception as error:  # another tracking store, or the run was deleted
+        log.warning("checkpoint %s belongs to MLflow run %s, which this store lacks (%s); starting over",
+                    store.folder, meta["run_id"], str(error).splitlines()[0])
+        return store, None
+    log.info("continuing MLflow run %s from its checkpoint after superbatch %d", meta["run_id"], meta["step"])
+    return store, meta["run_id"]
+
+
+def evaluate_policy(context: RunContext) -> None:
+    """``mode=eval``: ``eval.policy`` (or the starting policy) on the data mix's test prompts, logged at step 0."""
+    from superhf_lab.evaluation import PolicyEvaluator, load_policy_to_evaluate
+    from superhf_lab.rewards import build_scorers
+
+    config = context.config
+    policy, tokenizer, reference_logits = load_policy_to_evaluate(config, context.device)
+    scorer, heldout = build_scorers(config, context.device, config.eval.batch_size)
+    context.tracker.set_tag("superhf_lab.evaluated_policy", config.eval.policy or config.model.name_or_path)
+    PolicyEvaluator(config, tokenizer, scorer, heldout, context.device).evaluate(policy, reference_logits, context.tracker, 0)
+
+
+def log_objective(tracker: Tracker, metrics: list[str], objective: float | tuple[float, ...]) -> None:
     """``objective`` is the (first) value a sweeper optimises; a multi-objective run logs each one too."""
     values = objective if isinstance(objective, tuple) else (objective,)
-    mlflow.log_metric("objective", values[0])
+    logged = {"objective": values[0]}
     if len(values) > 1:
-        mlflow.log_metrics({f"objective/{name}": value for name, value in zip(metrics, values)})
+        logged.update({f"objective/{name}": value for name, value in zip(metrics, values)})
+    tracker.log_metrics(logged, step=0)

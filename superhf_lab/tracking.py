@@ -1,43 +1,208 @@
-"""MLflow bookkeeping: one run per job, params from the resolved config, metrics per step."""
+"""MLflow bookkeeping: one run per job, params from the resolved config, metrics per step.
+
+A tracking server that dies mid-run must not cost the run: what the server does not take is kept in
+memory and in a local spool file (JSON lines in the run's output folder), synced with its original steps
+and timestamps when the server answers again or at the end of the run, or later with
+``python -m superhf_lab.tracking sync <spool file>``.
+"""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import json
+import logging
 import os
+import shutil
+import sys
+import time
 from collections import defaultdict
+from pathlib import Path
 from typing import Any, Iterator
 
 import mlflow
 import pandas as pd
 import requests
+from mlflow.entities import Metric
+from mlflow.exceptions import RestException
 from omegaconf import DictConfig, OmegaConf
 
+from superhf_lab.checkpoint import Preempted
 from superhf_lab.config import ConfigError, MlflowConfig
+
+log = logging.getLogger(__name__)
 
 COMPLETIONS_TABLE = "completions.json"
 RESOLVED_CONFIG = "config.yaml"
+SYNC_COMMAND = "python -m superhf_lab.tracking sync"
 _MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 _PARAMS_PER_BATCH = 100  # MLflow's limit on params per request
+_METRICS_PER_BATCH = 1000  # MLflow's limit on metrics per request
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # table appends would print bars
+
+# MLflow's defaults retry a dead server for minutes (7 retries, exponential backoff, 120 s timeout);
+# a run's own logging gives up after a few seconds instead and keeps what it could not send.
+_BOUNDED_HTTP = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
+}
+
+
+@contextlib.contextmanager
+def bounded_http() -> Iterator[None]:
+    """MLflow calls inside fail within seconds against a dead server (MLflow reads these per request)."""
+    saved = {name: os.environ.get(name) for name in _BOUNDED_HTTP}
+    os.environ.update(_BOUNDED_HTTP)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def server_answers(tracking_uri: str) -> bool:
+    """A cheap probe before sending a backlog; stores that are not HTTP servers always count as up."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return True
+    try:
+        return requests.get(tracking_uri.rstrip("/") + "/health", timeout=2).ok
+    except requests.RequestException:
+        return False
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _is_our_bug(error: Exception) -> bool:
+    """A 4xx answer means the server is up and rejected the request: buffering would only hide the bug."""
+    return isinstance(error, RestException) and 400 <= error.get_http_status_code() < 500
+
+
+# Records are what a run sends to MLflow, as JSON-ready dicts (one spool line each):
+#   {"kind": "metric", "key", "value", "step", "timestamp"}
+#   {"kind": "table", "artifact_file", "rows"}          rows appended to a table artifact (log_table)
+#   {"kind": "artifacts", "local_dir", "artifact_path"}  a folder's files (log_artifacts)
+#   {"kind": "tag", "key", "value"}
+#   {"kind": "end_run", "status", "end_time"}
+# A spool file starts with {"kind": "run", "run_id", "tracking_uri"}.
+
+
+def send_records(client: mlflow.MlflowClient, run_id: str, records: list[dict]) -> tuple[int, Exception | None]:
+    """Send records in order; returns how many were sent and the error that stopped the rest (or None).
+
+    Metrics keep their own step and timestamp. A resent metric does not duplicate: the server's database
+    drops a metric whose key, step, timestamp and value it already holds.
+    """
+    sent = 0
+    with bounded_http():
+        while sent < len(records):
+            try:
+                sent += _send_next(client, run_id, records, sent)
+            except Exception as error:
+                if _is_our_bug(error):
+                    raise
+                return sent, error
+    return sent, None
+
+
+def _send_next(client: mlflow.MlflowClient, run_id: str, records: list[dict], start: int) -> int:
+    """Send ``records[start]`` (with the metrics right after it, in one request); returns how many went."""
+    record = records[start]
+    kind = record["kind"]
+    if kind == "metric":
+        batch = []
+        for item in records[start : start + _METRICS_PER_BATCH]:
+            if item["kind"] != "metric":
+                break
+            batch.append(Metric(item["key"], item["value"], item["timestamp"], item["step"]))
+        client.log_batch(run_id, metrics=batch, synchronous=True)
+        return len(batch)
+    if kind == "table":
+        client.log_table(run_id, pd.DataFrame(record["rows"]), artifact_file=record["artifact_file"])
+    elif kind == "artifacts":
+        client.log_artifacts(run_id, record["local_dir"], record["artifact_path"])
+    elif kind == "tag":
+        client.set_tag(run_id, record["key"], record["value"])
+    elif kind == "end_run":
+        client.set_terminated(run_id, record["status"], record["end_time"])
+    else:
+        raise ValueError(f"unknown record kind {kind!r}")
+    return 1
+
+
+def _json_default(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else str(value)  # numpy scalars; anything else as text
 
 
 class Tracker:
-    """Logs to the active MLflow run and keeps the history that the run's objective is read from.
+    """Logs to one MLflow run and keeps the history that the run's objective is read from.
+
+    Everything a run logs after it started goes through here, so a tracking server that stops answering
+    never stops the run: unsent records wait in memory and in a spool file
+    (``spool_dir/mlflow-unsynced-<run id>.jsonl``, folders for ``log_artifacts`` copied next to it), new
+    ones queue behind them, and the backlog is retried at most every ``retry_every_s`` seconds and at the
+    end of the run. The spool is removed once everything is synced, so one left behind holds exactly
+    what MLflow is missing.
 
     Completion rows are buffered and appended to the table every ``table_flush_every`` calls (each
     append rewrites the artifact) and once more when the run closes.
     """
 
-    def __init__(self, table_flush_every: int = 25) -> None:
+    def __init__(self, run_id: str | None = None, spool_dir: str | Path = ".", retry_every_s: float = 30.0,
+                 table_flush_every: int = 25) -> None:
         self.history: dict[str, list[float]] = defaultdict(list)
         self.table_flush_every = table_flush_every
+        self.retry_every_s = retry_every_s
+        self._run_id = run_id
+        self._spool_dir = Path(spool_dir)
         self._pending_rows: list[dict[str, Any]] = []
         self._pending_calls = 0
+        self._unsynced: list[dict] = []  # records the server has not taken yet, oldest first
+        self._next_retry = 0.0
+        self._client: mlflow.MlflowClient | None = None
+        self._copied_folders = 0
 
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        mlflow.log_metrics({name: float(value) for name, value in metrics.items()}, step=step)
+    @property
+    def run_id(self) -> str:
+        if self._run_id is None:
+            self._run_id = mlflow.active_run().info.run_id
+        return self._run_id
+
+    @property
+    def client(self) -> mlflow.MlflowClient:
+        if self._client is None:
+            self._client = mlflow.MlflowClient()
+        return self._client
+
+    @property
+    def spool_path(self) -> Path:
+        return self._spool_dir / f"mlflow-unsynced-{self.run_id}.jsonl"
+
+    def log_metrics(self, metrics: dict[str, float], step: int, send: bool = True) -> None:
+        """Record a step's metrics for the objective and send them to MLflow.
+
+        ``send=False`` only records them: a resumed run re-running a step that MLflow already holds.
+        """
         for name, value in metrics.items():
             self.history[name].append(float(value))
+        if send:
+            timestamp = _now_ms()
+            self._send([{"kind": "metric", "key": name, "value": float(value), "step": step, "timestamp": timestamp}
+                        for name, value in metrics.items()])
+
+    def logged_steps(self, key: str) -> set[int]:
+        """Steps of metric ``key`` that MLflow holds for this run, or that wait in this tracker's backlog.
+
+        Asks the server, so a resumed run calls it before training, where a dead server may stop it.
+        """
+        with bounded_http():
+            steps = {metric.step for metric in self.client.get_metric_history(self.run_id, key)}
+        return steps | {record["step"] for record in self._unsynced if record.get("key") == key and "step" in record}
 
     def log_completions(self, rows: list[dict[str, Any]]) -> None:
         """Queue sample rows (prompt, completion, rewards...) for the run's completions table."""
@@ -48,8 +213,134 @@ class Tracker:
 
     def flush(self) -> None:
         if self._pending_rows:
-            mlflow.log_table(pd.DataFrame(self._pending_rows), artifact_file=COMPLETIONS_TABLE)
+            self.log_table(self._pending_rows, COMPLETIONS_TABLE)
         self._pending_rows, self._pending_calls = [], 0
+
+    def log_table(self, rows: list[dict[str, Any]] | pd.DataFrame, artifact_file: str) -> None:
+        """Append rows to a table artifact, as ``mlflow.log_table``."""
+        if isinstance(rows, pd.DataFrame):
+            rows = rows.to_dict(orient="records")
+        self._send([{"kind": "table", "artifact_file": artifact_file, "rows": list(rows)}])
+
+    def log_artifacts(self, local_dir: str | Path, artifact_path: str | None = None) -> None:
+        """Upload a folder's files, as ``mlflow.log_artifacts``; the folder may be deleted right after."""
+        self._send([{"kind": "artifacts", "local_dir": str(local_dir), "artifact_path": artifact_path}])
+
+    def set_tag(self, key: str, value: str) -> None:
+        self._send([{"kind": "tag", "key": key, "value": str(value)}])
+
+    def finish(self, status: str) -> None:
+        """End the MLflow run without raising or hanging: a last sync, then the status, else the spool."""
+        self.flush()
+        self._retry_backlog(force=True)
+        try:
+            with bounded_http():
+                mlflow.end_run(status)  # leaves the active run first, so a failure below still ends it here
+            ended = True
+        except Exception as error:
+            log.debug("ending MLflow run %s failed: %s", self.run_id, error)
+            ended = False
+        if not ended:
+            self._queue([{"kind": "end_run", "status": status, "end_time": _now_ms()}])
+        if self._unsynced:
+            log.error(
+                "MLflow at %s is unreachable; %d records of run %s that it has not got (metrics, tables, artifacts, "
+                "tags or the run's end status) are kept in %s. Sync them once the server is back: %s %s --tracking-uri %s",
+                mlflow.get_tracking_uri(), len(self._unsynced), self.run_id, self.spool_path,
+                SYNC_COMMAND, self.spool_path, mlflow.get_tracking_uri(),
+            )
+
+    def _send(self, records: list[dict]) -> None:
+        """Send now when nothing waits; otherwise queue behind the backlog so the order stays intact."""
+        if self._unsynced:
+            self._queue(records)
+            self._retry_backlog()
+            return
+        sent, error = send_records(self.client, self.run_id, records)
+        if error is None:
+            return
+        log.warning(
+            "MLflow at %s stopped answering (%s). Training goes on; run %s's metrics and artifacts are kept in "
+            "%s and sent again at most every %.0f s and at the end of the run",
+            mlflow.get_tracking_uri(), str(error).splitlines()[0], self.run_id, self.spool_path, self.retry_every_s,
+        )
+        self._next_retry = time.monotonic() + self.retry_every_s
+        self._queue(records[sent:])
+
+    def _queue(self, records: list[dict]) -> None:
+        """Keep records in memory and append them to the spool file, so a crash loses nothing either."""
+        records = [self._keep_local_copy(record) for record in records]
+        new_file = not self.spool_path.exists()
+        self._unsynced.extend(records)
+        self._spool_dir.mkdir(parents=True, exist_ok=True)
+        with self.spool_path.open("a", encoding="utf-8") as spool:
+            if new_file:
+                spool.write(json.dumps(_spool_header(self.run_id, mlflow.get_tracking_uri())) + "\n")
+            spool.writelines(json.dumps(record, default=_json_default) + "\n" for record in records)
+
+    def _keep_local_copy(self, record: dict) -> dict:
+        """Artifact folders are copied next to the spool: the caller's folder may be temporary."""
+        if record["kind"] != "artifacts":
+            return record
+        self._copied_folders += 1
+        copy = spool_files_dir(self.spool_path) / str(self._copied_folders)
+        shutil.copytree(record["local_dir"], copy, dirs_exist_ok=True)
+        return {**record, "local_dir": str(copy.resolve())}
+
+    def _retry_backlog(self, force: bool = False) -> None:
+        if not self._unsynced or (not force and time.monotonic() < self._next_retry):
+            return
+        self._next_retry = time.monotonic() + self.retry_every_s
+        if not server_answers(mlflow.get_tracking_uri()):
+            return
+        sent, error = send_records(self.client, self.run_id, self._unsynced)
+        self._unsynced = self._unsynced[sent:]
+        write_spool(self.spool_path, self.run_id, mlflow.get_tracking_uri(), self._unsynced)
+        if error is None:
+            log.info("MLflow at %s answers again: synced %d buffered records of run %s",
+                     mlflow.get_tracking_uri(), sent, self.run_id)
+
+
+def _spool_header(run_id: str, tracking_uri: str) -> dict:
+    return {"kind": "run", "run_id": run_id, "tracking_uri": tracking_uri}
+
+
+def spool_files_dir(spool_path: Path) -> Path:
+    """Where a spool keeps copies of the folders its ``artifacts`` records upload."""
+    return spool_path.with_suffix(".files")
+
+
+def write_spool(path: Path, run_id: str, tracking_uri: str, records: list[dict]) -> None:
+    """Replace the spool file with ``records``, atomically; no records removes it and its copied folders."""
+    if not records:
+        path.unlink(missing_ok=True)
+        shutil.rmtree(spool_files_dir(path), ignore_errors=True)
+        return
+    partial = path.with_suffix(".partial")
+    with partial.open("w", encoding="utf-8") as spool:
+        spool.write(json.dumps(_spool_header(run_id, tracking_uri)) + "\n")
+        spool.writelines(json.dumps(record, default=_json_default) + "\n" for record in records)
+    partial.replace(path)
+
+
+def read_spool(path: Path) -> tuple[dict, list[dict]]:
+    """The spool file's header (run id, tracking URI) and its records."""
+    lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not lines or lines[0].get("kind") != "run":
+        raise ValueError(f"{path} is not a spool file written by superhf_lab.tracking (no run header)")
+    return lines[0], lines[1:]
+
+
+def sync_spool(path: Path, tracking_uri: str | None = None) -> int:
+    """Send a spool file's records to its run; the file is removed when all are in. Returns the count sent."""
+    header, records = read_spool(path)
+    uri = tracking_uri or header["tracking_uri"]
+    sent, error = send_records(mlflow.MlflowClient(tracking_uri=uri), header["run_id"], records)
+    write_spool(path, header["run_id"], header["tracking_uri"], records[sent:])
+    if error is not None:
+        raise ConnectionError(f"MLflow at {uri} took {sent} of {len(records)} records ({str(error).splitlines()[0]}); "
+                              f"the rest stay in {path}")
+    return sent
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -94,16 +385,60 @@ def check_tracking_store(config: MlflowConfig) -> str:
 
 
 @contextlib.contextmanager
-def tracked_run(resolved: DictConfig, tags: dict[str, str], run_name: str | None) -> Iterator[Tracker]:
-    """An MLflow run holding the flattened config as params and the resolved YAML as an artifact."""
-    with mlflow.start_run(run_name=run_name, tags=tags):
-        params = flatten(OmegaConf.to_container(resolved, resolve=True))
-        items = list(params.items())
-        for start in range(0, len(items), _PARAMS_PER_BATCH):
-            mlflow.log_params(dict(items[start : start + _PARAMS_PER_BATCH]))
-        mlflow.log_text(OmegaConf.to_yaml(resolved, resolve=True), RESOLVED_CONFIG)
-        tracker = Tracker()
-        try:
-            yield tracker
-        finally:
-            tracker.flush()  # what was sampled before a crash is kept too
+def tracked_run(resolved: DictConfig, tags: dict[str, str], run_name: str | None, output_dir: str | Path = ".",
+                retry_every_s: float = 30.0, run_id: str | None = None) -> Iterator[Tracker]:
+    """An MLflow run holding the flattened config as params and the resolved YAML as an artifact.
+
+    Opening the run needs the server (it was probed just before, so failing here fails before training);
+    after that, logging and ending the run never raise for a server that went away (see :class:`Tracker`).
+    """
+    with bounded_http():  # run_id: continue that run (a resumed checkpoint's)
+        run = mlflow.start_run(run_id=run_id, run_name=run_name, tags=tags)
+    tracker = Tracker(run.info.run_id, output_dir, retry_every_s)
+    status = "FAILED"
+    try:
+        with bounded_http():
+            params = flatten(OmegaConf.to_container(resolved, resolve=True))
+            if run_id is not None:  # a resumed run keeps its params; only where its outputs go changed
+                params = {key: value for key, value in params.items() if key not in run.data.params}
+            items = list(params.items())
+            for start in range(0, len(items), _PARAMS_PER_BATCH):
+                mlflow.log_params(dict(items[start : start + _PARAMS_PER_BATCH]))
+            mlflow.log_text(OmegaConf.to_yaml(resolved, resolve=True), RESOLVED_CONFIG)
+        yield tracker
+        status = "FINISHED"
+    except Preempted:
+        status = "KILLED"  # resumable: re-running the command continues this run
+        raise
+    finally:
+        tracker.finish(status)  # what was sampled before a crash is kept too
+
+
+def set_terminated_or_warn(run_id: str, status: str) -> None:
+    """End another run (a sweep's parent) without letting a dead server fail the job that trained."""
+    try:
+        with bounded_http():
+            mlflow.MlflowClient().set_terminated(run_id, status)
+    except Exception as error:
+        log.warning("could not mark MLflow run %s %s (%s)", run_id, status, str(error).splitlines()[0])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m superhf_lab.tracking",
+                                     description="Send what a run could not log to MLflow while its server was down.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    sync = commands.add_parser("sync", help="send a spool file's metrics, completions and run status to its run")
+    sync.add_argument("spool_file", type=Path, help="mlflow-unsynced-<run id>.jsonl in the run's output folder")
+    sync.add_argument("--tracking-uri", help="default: the URI the run logged to (in the file's first line)")
+    args = parser.parse_args(argv)
+    try:
+        sent = sync_spool(args.spool_file, args.tracking_uri)
+    except (OSError, ValueError) as error:  # ConnectionError is an OSError
+        print(f"sync failed: {error}", file=sys.stderr)
+        return 1
+    print(f"synced {sent} records from {args.spool_file} (file removed)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -66,7 +66,7 @@ def test_arxiv_experiment_uses_lora_and_a_conversation_prompt():
         ("+algorithm.superbatchsize=8", "config key 'algorithm.superbatchsize'"),
         ("algorithm.lr_schedule=step", "algorithm.lr_schedule='step' is invalid"),
         ("precision=fp8", "precision='fp8' is invalid"),
-        ("algorithm.name=dpo", "available algorithms are ['ppo', 'superhf']"),
+        ("algorithm.name=dpo", "available algorithms are ['best_of_n', 'ppo', 'superhf']"),
     ],
 )
 def test_impossible_values_name_the_key(override, message):

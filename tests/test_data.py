@@ -265,23 +265,28 @@ def test_real_hh_rlhf_harmless_base_test_file():
 def test_toy_data_reads_the_tiny_worlds_train_and_test_prompts():
     world = ROOT / ".cache" / "tiny_world"
     config = validate_config(compose_config([f"tiny_world.dir={world}"])).data
-    assert config.local_paths() == [str(world / "prompts" / "train.jsonl"), str(world / "prompts" / "test.jsonl")]
+    assert set(config.local_paths()) == {str(world / "prompts" / "train.jsonl"), str(world / "prompts" / "test.jsonl")}
     if not all(Path(path).is_file() for path in config.local_paths()):
         pytest.skip("the tiny world is not built here")
     train, test = (load_prompts(config, split, seed=0) for split in ("train", "test"))
-    assert (train.counts, test.counts) == ({"tiny_world": 2000}, {"tiny_world": 300})
+    assert sum(train.counts.values()) == 2000 and sum(test.counts.values()) == 300
+    assert set(train.counts) == {"helpful", "harmful", "open"} and min(test.counts.values()) > 30
+    family = {json.loads(line)["prompt"]: json.loads(line)["family"]
+              for line in (world / "prompts" / "test.jsonl").read_text().splitlines()}
+    assert all(family[prompt] == source for prompt, source in zip(test.prompts, test.sources)), "split by family"
 
 
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["data.sources.tiny_world.count=-1"], "data.sources.tiny_world.count=-1 is invalid"),
-        (["data.sources.tiny_world.count=5", "+data.sources.tiny_world.weight=1"],
-         "data.sources.tiny_world.count=5 is invalid: give either data.sources.tiny_world.weight or"),
-        (["data.sources.tiny_world.kind=csv"], "data.sources.tiny_world.kind='csv' is invalid: use one of"),
-        (["data.sources.tiny_world.path=null"], "data.sources.tiny_world.path=None is invalid: give a local"),
-        (["data.sources.tiny_world.has_test_split=false"], "data.sources.tiny_world.test_path=.* is invalid: set"),
-        (["data.sources.tiny_world.count=0"], "data.sources=\\['tiny_world'\\] is invalid: give at least one source"),
+        (["data.sources.helpful.count=-1"], "data.sources.helpful.count=-1 is invalid"),
+        (["data.sources.helpful.count=5", "+data.sources.helpful.weight=1"],
+         "data.sources.helpful.count=5 is invalid: give either data.sources.helpful.weight or"),
+        (["data.sources.helpful.kind=csv"], "data.sources.helpful.kind='csv' is invalid: use one of"),
+        (["data.sources.helpful.path=null"], "data.sources.helpful.path=None is invalid: give a local"),
+        (["data.sources.helpful.has_test_split=false"], "data.sources.helpful.test_path=.* is invalid: set"),
+        ([f"data.sources.{name}.count=0" for name in ("helpful", "harmful", "open")],
+         "data.sources=\\['harmful', 'helpful', 'open'\\] is invalid: give at least one source"),
         (["+data.total_prompts=10"], "data.total_prompts=10 is invalid: it sizes a weighted mix"),
         (["data.max_prompt_chars=0"], "data.max_prompt_chars=0 is invalid"),
         (["data=paper_mix", "data.sources.webgpt_comparisons.weight=null"],
@@ -306,6 +311,7 @@ def test_source_counts_are_logged_into_the_active_run_only(tmp_path):
     previous_uri = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     try:
+        mlflow.set_experiment("counts")  # not an experiment id left active by another test's store
         log_source_counts({"a": 3}, "train")
         assert mlflow.active_run() is None, "no run is started just to hold the counts"
         with mlflow.start_run() as run:

@@ -148,3 +148,70 @@ def test_nonfinite_losses_are_skipped_counted_and_limited(tiny_causal_lm):
         torch.testing.assert_close(parameter, before[name], equal_nan=True, msg=f"{name} changed on a NaN loss")
     with pytest.raises(FloatingPointError, match="max_nonfinite_losses"):
         trainer.finetune(kept)
+
+
+CPU_OOM = "DefaultCPUAllocator: can't allocate memory: you tried to allocate 17179869184 bytes."
+
+
+def _fails_above(function, limit, size_of):
+    """``function`` that raises the CPU allocator's out-of-memory error when its batch is above ``limit``."""
+
+    def wrapped(*args, **kwargs):
+        if size_of(*args, **kwargs) > limit:
+            raise RuntimeError(CPU_OOM)
+        return function(*args, **kwargs)
+
+    return wrapped
+
+
+def test_finetuning_out_of_memory_halves_into_micro_batches_with_the_same_update(tiny_causal_lm):
+    kept = [Completion(f"p{i}", i, "reply " * (i + 1), 3, True) for i in range(6)]
+    updated = {}
+    for limit in (None, 2):
+        torch.manual_seed(1)
+        policy = GPTNeoXForCausalLM(tiny_causal_lm.config)
+        config = SuperHFConfig(minibatch_size_finetuning=8, max_grad_norm=None)
+        trainer = SuperHFTrainer(config, 0.1, policy, _Tokenizer(), _ConstantScorer(), None, torch.device("cpu"), "fp32")
+        if limit:
+            policy.forward = _fails_above(policy.forward, limit, lambda **inputs: inputs["input_ids"].shape[0])
+        trainer.finetune(kept)
+        updated[limit] = (dict(policy.named_parameters()), trainer.batch_sizes["finetuning"])
+    assert (updated[2][1].size, updated[2][1].halvings) == (2, 2), "8 -> 4 -> 2"
+    for name, parameter in updated[None][0].items():
+        torch.testing.assert_close(updated[2][0][name], parameter, rtol=1e-5, atol=1e-6,
+                                   msg=f"{name}: one optimizer step over the same minibatch either way")
+
+
+def test_out_of_memory_beyond_the_halving_limit_names_the_key(tiny_causal_lm):
+    policy = GPTNeoXForCausalLM(tiny_causal_lm.config)
+    config = SuperHFConfig(minibatch_size_finetuning=8, max_oom_halvings=1)
+    trainer = SuperHFTrainer(config, 0.1, policy, _Tokenizer(), _ConstantScorer(), None, torch.device("cpu"), "fp32")
+    policy.forward = _fails_above(policy.forward, 1, lambda **inputs: inputs["input_ids"].shape[0])
+    with pytest.raises(RuntimeError, match="algorithm.minibatch_size_finetuning=4 after 1 halvings .*max_oom_halvings=1"):
+        trainer.finetune([Completion(f"p{i}", i, "reply", 1, True) for i in range(8)])
+
+
+class _BatchLimitedScorer:
+    """A reward model that runs out of memory on minibatches above 3."""
+
+    batch_size = 32
+
+    def score(self, prompts, completions):
+        if self.batch_size > 3:
+            raise RuntimeError(CPU_OOM)
+        return [float(len(c)) for c in completions]
+
+
+def test_generation_and_scoring_out_of_memory_halve_and_go_on(tiny_world):
+    from superhf_lab.config import ModelConfig
+    from superhf_lab.models import load_policy
+
+    policy, tokenizer = load_policy(ModelConfig(name_or_path=str(tiny_world.policy)), torch.device("cpu"))
+    config = SuperHFConfig(superbatch_size=4, minibatch_size_generating=8, minibatch_size_scoring=32, max_new_tokens=4)
+    trainer = SuperHFTrainer(config, 0.1, policy, tokenizer, _BatchLimitedScorer(), None, torch.device("cpu"), "fp32")
+    policy.generate = _fails_above(policy.generate, 2, lambda **inputs: inputs["input_ids"].shape[0])
+    completions = trainer.generate(["\n\nHuman: How do I bake bread?\n\nAssistant:"] * 2)
+    assert len(completions) == 8 and trainer.batch_sizes["generating"].size == 2
+    trainer.score(completions)
+    assert trainer.batch_sizes["scoring"].size == 2 and trainer.batch_sizes["scoring"].halvings == 4
+    assert [c.reward for c in completions] == [float(len(c.text)) for c in completions]

@@ -32,7 +32,8 @@ from transformers.modeling_outputs import BaseModelOutput
 from superhf_lab.completions import Completion, completion_metrics, completion_rows, score_completions
 from superhf_lab.config import LoraSettings, require
 from superhf_lab.data import load_training_prompts, log_source_counts
-from superhf_lab.models import load_policy
+from superhf_lab.evaluation import EVAL_METRIC_NAMES, PolicyEvaluator, eval_metric, save_policy_artifact
+from superhf_lab.models import check_context_fits, load_policy
 from superhf_lab.registry import RunContext, register_algorithm
 from superhf_lab.rewards import RewardScorer, build_scorers
 from superhf_lab.text import decode_completion
@@ -44,6 +45,7 @@ METRIC_NAMES = (
     "completion/length_tokens_mean", "completion/empty_fraction", "completion/truncated_fraction",
     "ppo/clipfrac", "ppo/entropy", "ppo/approx_kl",
     "time/scoring_s", "time/step_s", "progress/prompts_seen", "progress/completions_generated",
+    *(eval_metric(name) for name in EVAL_METRIC_NAMES),
 )
 KL_ESTIMATORS = ("k1", "k3")
 
@@ -243,6 +245,7 @@ def build_ppo_trainer(context: RunContext):
     log_source_counts(prompt_set.counts, "train")
     prompts = prompt_set.prompts
     policy, tokenizer = load_policy(run.model, context.device)
+    check_context_fits(tokenizer, policy.config, prompts, cfg.max_new_tokens, run.data.max_prompt_chars)
     value_model = AutoModelForSequenceClassification.from_pretrained(
         run.model.name_or_path, revision=run.model.revision, num_labels=1,
         trust_remote_code=run.model.trust_remote_code,
@@ -282,6 +285,27 @@ def build_ppo_trainer(context: RunContext):
 
 @register_algorithm("ppo", PPOAlgorithmConfig, METRIC_NAMES)
 def train_ppo(context: RunContext) -> None:
-    """Run TRL's PPO loop; the callbacks log every update to the tracker."""
-    build_ppo_trainer(context).train()
+    """Run TRL's PPO loop (the callbacks log every update), then evaluate and save the final policy."""
+    trainer = build_ppo_trainer(context)
+    trainer.train()
+    policy = trainer.accelerator.unwrap_model(trainer.model).policy
+    if context.config.eval.at_end:
+        rewards = trainer.reward_model
+        evaluator = PolicyEvaluator(context.config, trainer.processing_class, rewards.scorer, rewards.heldout_scorer,
+                                    context.device)
+        evaluator.evaluate(policy, _starting_policy_logits(trainer, policy), context.tracker,
+                           step=context.algorithm.num_updates - 1)
+    save_policy_artifact(context.tracker, policy, trainer.processing_class)
+
+
+def _starting_policy_logits(trainer, policy):
+    """TRL's frozen reference copy, or with LoRA (no copy) the policy with its adapter disabled."""
+    if trainer.ref_model is not None:
+        return lambda **inputs: trainer.ref_model(**inputs).logits
+
+    def adapter_disabled_logits(**inputs: torch.Tensor) -> torch.Tensor:
+        with policy.disable_adapter():
+            return policy(**inputs).logits
+
+    return adapter_disabled_logits
 

@@ -17,6 +17,7 @@ penalises, so one ``kl_coef`` sweep reads the same for both algorithms.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -28,14 +29,18 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
+from superhf_lab.checkpoint import Preempted, capture_rng, restore_rng
 from superhf_lab.completions import Completion, completion_metrics, completion_rows, score_completions
-from superhf_lab.config import LoraSettings, require
+from superhf_lab.config import LoraSettings, SamplingSettings, require
 from superhf_lab.data import PromptStream, load_training_prompts, log_source_counts
-from superhf_lab.models import autocast, load_policy
+from superhf_lab.evaluation import EVAL_METRIC_NAMES, PolicyEvaluator, eval_metric, save_policy_artifact
+from superhf_lab.memory import HalvingBatchSize
+from superhf_lab.models import autocast, check_context_fits, load_policy
 from superhf_lab.registry import RunContext, register_algorithm
 from superhf_lab.rewards import RewardScorer, build_scorers
-from superhf_lab.text import decode_completion, with_conversation_prompt
+from superhf_lab.sampling import completion_token_ids, sample_completions
 
+log = logging.getLogger(__name__)
 LR_SCHEDULES = ("cosine", "linear", "constant")
 
 # Stable metric names, shared with every algorithm that wants to be overlaid with SuperHF in MLflow.
@@ -47,6 +52,8 @@ METRIC_NAMES = (
     "completion/length_tokens_mean", "completion/empty_fraction", "completion/truncated_fraction",
     "time/generation_s", "time/scoring_s", "time/finetuning_s", "time/step_s",
     "progress/prompts_seen", "progress/completions_generated", "train/nonfinite_losses_skipped",
+    "memory/oom_halvings",
+    *(eval_metric(name) for name in EVAL_METRIC_NAMES),
 )
 
 
@@ -76,25 +83,27 @@ class SuperHFConfig:
     minibatch_size_scoring: int = 32
     minibatch_size_finetuning: int = 8
     max_nonfinite_losses: int = 10  # stop the run after this many skipped NaN/inf losses
+    max_oom_halvings: int = 4  # out of memory halves that phase's minibatch, at most this often per phase
     lora: LoraSettings = field(default_factory=LoraSettings)
+
+    @property
+    def sampling(self) -> SamplingSettings:
+        return SamplingSettings(
+            max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
+            generation_top_k=self.generation_top_k, repetition_penalty=self.repetition_penalty,
+            no_repeat_ngram_size=self.no_repeat_ngram_size, conversation_prompt=self.conversation_prompt,
+        )
 
     def check(self) -> None:
         positive = (
-            "num_superbatches", "prompt_accumulation_steps", "superbatch_size", "top_k", "max_new_tokens",
+            "num_superbatches", "prompt_accumulation_steps", "superbatch_size", "top_k",
             "minibatch_size_generating", "minibatch_size_scoring", "minibatch_size_finetuning",
         )
         for name in positive:
             require(getattr(self, name) > 0, f"algorithm.{name}", getattr(self, name), "use a positive integer")
         require(self.top_k <= self.superbatch_size, "algorithm.top_k", self.top_k,
                 f"keep at most algorithm.superbatch_size={self.superbatch_size} completions per prompt")
-        require(self.temperature > 0, "algorithm.temperature", self.temperature,
-                "SuperHF samples its completions; use a temperature > 0 (1.0 in the paper)")
-        require(0 < self.top_p <= 1, "algorithm.top_p", self.top_p, "use a value in (0, 1]")
-        require(self.generation_top_k >= 0, "algorithm.generation_top_k", self.generation_top_k, "use 0 (off) or more")
-        require(self.repetition_penalty > 0, "algorithm.repetition_penalty", self.repetition_penalty,
-                "use a value > 0 (1.0 is no penalty)")
-        require(self.no_repeat_ngram_size >= 0, "algorithm.no_repeat_ngram_size", self.no_repeat_ngram_size,
-                "use 0 (off) or more")
+        self.sampling.check("algorithm")
         require(self.learning_rate > 0, "algorithm.learning_rate", self.learning_rate, "use a value > 0")
         require(self.lr_schedule in LR_SCHEDULES, "algorithm.lr_schedule", self.lr_schedule, f"use one of {LR_SCHEDULES}")
         require(0 <= self.warmup_superbatches <= self.num_superbatches, "algorithm.warmup_superbatches",
@@ -102,6 +111,7 @@ class SuperHFConfig:
         require(self.max_grad_norm is None or self.max_grad_norm > 0, "algorithm.max_grad_norm",
                 self.max_grad_norm, "use null (no clipping) or a value > 0")
         require(self.max_nonfinite_losses >= 0, "algorithm.max_nonfinite_losses", self.max_nonfinite_losses, "use 0 or more")
+        require(self.max_oom_halvings >= 0, "algorithm.max_oom_halvings", self.max_oom_halvings, "use 0 (never) or more")
         self.lora.check("algorithm.lora")
 
 
@@ -194,6 +204,11 @@ class SuperHFTrainer:
         )
         self.grad_scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
         self.nonfinite_losses = 0
+        self.batch_sizes = {
+            phase: HalvingBatchSize(f"algorithm.minibatch_size_{phase}", getattr(config, f"minibatch_size_{phase}"),
+                                    config.max_oom_halvings)
+            for phase in ("generating", "scoring", "finetuning")
+        }
 
     def _prepare_policy(self, policy: PreTrainedModel) -> tuple[PreTrainedModel, PreTrainedModel | None]:
         if not self.config.lora.enabled:
@@ -202,53 +217,33 @@ class SuperHFTrainer:
 
         return get_peft_model(policy, self.config.lora.to_peft()), None
 
-    def _reference_logits(self, **inputs: torch.Tensor) -> torch.Tensor:
+    def reference_logits(self, **inputs: torch.Tensor) -> torch.Tensor:
         with torch.no_grad(), autocast(self.device, self.precision):
             if self.frozen_reference is not None:
                 return self.frozen_reference(**inputs).logits
             with self.policy.disable_adapter():
                 return self.policy(**inputs).logits
 
-    @torch.no_grad()
     def generate(self, prompts: list[str]) -> list[Completion]:
         """``superbatch_size`` sampled completions per prompt, cut where the model starts a new turn."""
         cfg = self.config
-        jobs = [(index, prompt) for index, prompt in enumerate(prompts) for _ in range(cfg.superbatch_size)]
-        self.policy.eval()
-        completions = []
-        for start in range(0, len(jobs), cfg.minibatch_size_generating):
-            batch = jobs[start : start + cfg.minibatch_size_generating]
-            encoded = self.tokenizer(
-                [with_conversation_prompt(cfg.conversation_prompt, prompt) for _, prompt in batch],
-                return_tensors="pt", padding=True,
-            ).to(self.device)
-            with autocast(self.device, self.precision):
-                output = self.policy.generate(
-                    **encoded, do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p,
-                    top_k=cfg.generation_top_k, repetition_penalty=cfg.repetition_penalty,
-                    no_repeat_ngram_size=cfg.no_repeat_ngram_size, max_new_tokens=cfg.max_new_tokens,
-                    pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
-                )
-            new_tokens = output[:, encoded["input_ids"].shape[1] :].tolist()
-            for (prompt_index, prompt), tokens in zip(batch, new_tokens):
-                completions.append(self._decode(prompt_index, prompt, tokens))
-        return completions
-
-    def _decode(self, prompt_index: int, prompt: str, tokens: list[int]) -> Completion:
-        text, num_tokens, finished = decode_completion(self.tokenizer, tokens)
-        return Completion(prompt, prompt_index, text, num_tokens=num_tokens, finished=finished)
+        return self.batch_sizes["generating"].run(lambda size: sample_completions(
+            self.policy, self.tokenizer, prompts, cfg.superbatch_size, cfg.sampling, size, self.device, self.precision
+        ))
 
     def score(self, completions: list[Completion]) -> None:
         """Reward (and held-out reward) of prompt+completion, each scorer using its own tokenizer."""
-        score_completions(completions, self.reward_scorer, self.heldout_scorer)
+
+        def score_in_minibatches_of(size: int) -> None:
+            for scorer in (self.reward_scorer, self.heldout_scorer):
+                if hasattr(scorer, "batch_size"):
+                    scorer.batch_size = size
+            score_completions(completions, self.reward_scorer, self.heldout_scorer)
+
+        self.batch_sizes["scoring"].run(score_in_minibatches_of)
 
     def training_example(self, completion: Completion) -> tuple[list[int], list[int]]:
-        context = with_conversation_prompt(self.config.conversation_prompt, completion.prompt)
-        prompt_ids = self.tokenizer(context).input_ids
-        completion_ids = self.tokenizer(completion.text, add_special_tokens=False).input_ids
-        if completion.finished:
-            completion_ids.append(self.tokenizer.eos_token_id)
-        return prompt_ids, completion_ids
+        return completion_token_ids(self.tokenizer, self.config.conversation_prompt, completion)
 
     def finetune(self, kept: list[Completion]) -> dict[str, float]:
         """One optimizer step per minibatch of kept completions; non-finite losses are skipped and counted."""
@@ -257,34 +252,71 @@ class SuperHFTrainer:
         steps = 0
         size = self.config.minibatch_size_finetuning
         for start in range(0, len(kept), size):
-            prompt_ids, completion_ids = zip(*(self.training_example(c) for c in kept[start : start + size]))
+            minibatch = kept[start : start + size]
+            losses = self.batch_sizes["finetuning"].run(lambda micro: self._accumulate_gradients(minibatch, micro))
+            if losses is None:
+                self._skip_nonfinite_loss()
+                continue
+            if self.config.max_grad_norm is not None:
+                self.grad_scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.config.max_grad_norm)
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+            for name, value in losses.items():
+                sums[name] += value
+            steps += 1
+        means = {name: total / steps if steps else math.nan for name, total in sums.items()}
+        means["loss/kl_penalty"] = self.kl_coef * means["kl"]
+        return means
+
+    def _accumulate_gradients(self, minibatch: list[Completion], micro_size: int) -> dict[str, float] | None:
+        """Gradients of the minibatch's mean loss, summed over micro-batches of ``micro_size`` (the whole
+        minibatch unless memory ran out); None, with no gradients left, when the loss is not finite."""
+        self.optimizer.zero_grad(set_to_none=True)
+        totals = {"loss/total": 0.0, "loss/ce": 0.0, "kl": 0.0}
+        for start in range(0, len(minibatch), micro_size):
+            part = minibatch[start : start + micro_size]
+            prompt_ids, completion_ids = zip(*(self.training_example(c) for c in part))
             input_ids, attention_mask, completion_mask = (
                 t.to(self.device)
                 for t in pad_examples(list(prompt_ids), list(completion_ids), self.tokenizer.pad_token_id, "right")
             )
             inputs = {"input_ids": input_ids, "attention_mask": attention_mask,
                       "position_ids": position_ids_for(attention_mask)}
-            reference_logits = self._reference_logits(**inputs)
+            reference_logits = self.reference_logits(**inputs)
             with autocast(self.device, self.precision):
                 logits = self.policy(**inputs).logits
             ce, kl = completion_ce_and_kl(logits, reference_logits, input_ids, completion_mask)
-            loss = ce.mean() + self.kl_coef * kl.mean()
-            self.optimizer.zero_grad(set_to_none=True)
+            share = len(part) / len(minibatch)
+            loss = (ce.mean() + self.kl_coef * kl.mean()) * share
             if not torch.isfinite(loss):
-                self._skip_nonfinite_loss()
-                continue
+                self.optimizer.zero_grad(set_to_none=True)
+                return None
             self.grad_scaler.scale(loss).backward()
-            if self.config.max_grad_norm is not None:
-                self.grad_scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.config.max_grad_norm)
-            self.grad_scaler.step(self.optimizer)
-            self.grad_scaler.update()
-            for name, value in (("loss/total", loss), ("loss/ce", ce.mean()), ("kl", kl.mean())):
-                sums[name] += value.item()
-            steps += 1
-        means = {name: total / steps if steps else math.nan for name, total in sums.items()}
-        means["loss/kl_penalty"] = self.kl_coef * means["kl"]
-        return means
+            totals["loss/total"] += loss.item()
+            totals["loss/ce"] += ce.mean().item() * share
+            totals["kl"] += kl.mean().item() * share
+        return totals
+
+    def state_dict(self) -> dict:
+        """What continuing exactly needs besides RNG and the prompt stream: weights (only the adapters with
+        LoRA), optimizer, schedule, loss scaler and the skipped-loss count."""
+        if self.config.lora.enabled:
+            weights = {name: p.detach().clone() for name, p in self.policy.named_parameters() if p.requires_grad}
+        else:
+            weights = self.policy.state_dict()
+        return {"policy": weights, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "grad_scaler": self.grad_scaler.state_dict(), "nonfinite_losses": self.nonfinite_losses,
+                "batch_sizes": {phase: (b.size, b.halvings) for phase, b in self.batch_sizes.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.policy.load_state_dict(state["policy"], strict=not self.config.lora.enabled)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.grad_scaler.load_state_dict(state["grad_scaler"])
+        self.nonfinite_losses = state["nonfinite_losses"]
+        for phase, (size, halvings) in state["batch_sizes"].items():
+            self.batch_sizes[phase].size, self.batch_sizes[phase].halvings = size, halvings
 
     def _skip_nonfinite_loss(self) -> None:
         self.nonfinite_losses += 1
@@ -315,6 +347,7 @@ class SuperHFTrainer:
             "time/scoring_s": scored - generated,
             "time/finetuning_s": finished - scored,
             "train/nonfinite_losses_skipped": self.nonfinite_losses,
+            "memory/oom_halvings": sum(b.halvings for b in self.batch_sizes.values()),
         }
         metrics["time/step_s"] = time.perf_counter() - started
         return metrics, completions, kept_indices
@@ -339,23 +372,74 @@ def build_trainer(context: RunContext) -> tuple[SuperHFTrainer, PromptStream]:
     log_source_counts(prompt_set.counts, "train")
     stream = PromptStream(prompt_set.prompts, seed=run.seed, shuffle=run.data.shuffle)
     policy, tokenizer = load_policy(run.model, context.device)
+    check_context_fits(tokenizer, policy.config, prompt_set.prompts, cfg.max_new_tokens, run.data.max_prompt_chars,
+                       cfg.conversation_prompt)
     reward_scorer, heldout_scorer = build_scorers(run, context.device, cfg.minibatch_size_scoring)
     trainer = SuperHFTrainer(cfg, run.kl_coef, policy, tokenizer, reward_scorer, heldout_scorer, context.device, run.precision)
     return trainer, stream
 
 
-@register_algorithm("superhf", SuperHFConfig, METRIC_NAMES)
+@register_algorithm("superhf", SuperHFConfig, METRIC_NAMES, checkpoints=True)
 def train_superhf(context: RunContext) -> None:
-    """Run every superbatch and log its metrics and sample completions to the tracker."""
+    """Run every superbatch and log its metrics and sample completions; evaluate and save the policy.
+
+    With checkpoints, a resumed run restores the newest checkpoint and re-runs the superbatches after it;
+    the steps MLflow already holds (logged before the kill) are not logged again, so the history has
+    each step once. SIGTERM ends the run after the current superbatch with a checkpoint (:class:`Preempted`).
+    """
     cfg: SuperHFConfig = context.algorithm
+    run = context.config
     trainer, stream = build_trainer(context)
-    progress = tqdm(range(cfg.num_superbatches), desc="SuperHF superbatches", unit="superbatch")
+    evaluator = None
+    if run.eval.at_end or run.eval.every_n_superbatches:
+        evaluator = PolicyEvaluator(run, trainer.tokenizer, trainer.reward_scorer, trainer.heldout_scorer, context.device)
+    first_step, logged_steps = 0, set()
+    if context.resume:
+        first_step = resume_from_checkpoint(context, trainer, stream)
+        logged_steps = context.tracker.logged_steps("progress/completions_generated")
+    if context.checkpoints is not None:
+        context.tracker.table_flush_every = math.inf  # the table is appended at checkpoints, so a resume adds no duplicates
+    progress = tqdm(range(first_step, cfg.num_superbatches), desc="SuperHF superbatches", unit="superbatch",
+                    initial=first_step, total=cfg.num_superbatches)
     for step in progress:
         metrics, completions, kept_indices = trainer.step(stream.take(cfg.prompt_accumulation_steps))
         metrics["progress/prompts_seen"] = stream.position
         metrics["progress/completions_generated"] = (step + 1) * cfg.prompt_accumulation_steps * cfg.superbatch_size
-        context.tracker.log_metrics(metrics, step=step)
-        context.tracker.log_completions(
-            completion_rows(step, completions, kept_indices, context.config.mlflow.completions_logged_per_superbatch)
-        )
+        already_logged = step in logged_steps
+        context.tracker.log_metrics(metrics, step=step, send=not already_logged)
+        if not already_logged:
+            context.tracker.log_completions(
+                completion_rows(step, completions, kept_indices, run.mlflow.completions_logged_per_superbatch)
+            )
         progress.set_postfix(reward=f"{metrics['reward/mean']:.3f}", kl=f"{metrics['kl']:.4f}")
+        last = step == cfg.num_superbatches - 1
+        due = run.eval.every_n_superbatches and (step + 1) % run.eval.every_n_superbatches == 0
+        if evaluator is not None and (due or (last and run.eval.at_end)):
+            evaluator.evaluate(trainer.policy, trainer.reference_logits, context.tracker, step, send=not already_logged)
+        if context.checkpoints is not None:
+            every = run.checkpoint.every_n_superbatches
+            if last or context.stop.requested or (every and (step + 1) % every == 0):
+                save_checkpoint(context, trainer, stream, step, finished=last)
+        if context.stop.requested and not last:
+            raise Preempted(f"stopped by SIGTERM after superbatch {step}; checkpoint in {context.checkpoints.folder}")
+    save_policy_artifact(context.tracker, trainer.policy, trainer.tokenizer)
+
+
+def save_checkpoint(context: RunContext, trainer: SuperHFTrainer, stream: PromptStream, step: int, finished: bool) -> None:
+    state = {"trainer": trainer.state_dict(), "stream_position": stream.position, "rng": capture_rng(),
+             "history": dict(context.tracker.history)}
+    meta = {"step": step, "run_id": context.tracker.run_id, "finished": finished}
+    context.checkpoints.save(state, meta)
+    context.tracker.flush()
+
+
+def resume_from_checkpoint(context: RunContext, trainer: SuperHFTrainer, stream: PromptStream) -> int:
+    """Restore the newest checkpoint; returns the first superbatch still to run."""
+    state, meta = context.checkpoints.load()
+    trainer.load_state_dict(state["trainer"])
+    stream.position = state["stream_position"]
+    context.tracker.history.clear()
+    context.tracker.history.update(state["history"])
+    restore_rng(state["rng"])
+    log.info("resumed from the checkpoint after superbatch %d in %s", meta["step"], context.checkpoints.folder)
+    return meta["step"] + 1

@@ -1,0 +1,107 @@
+"""Held-out evaluation per prompt source, saved policies, and the best-of-N baseline."""
+
+import math
+
+import mlflow
+import pytest
+
+from conftest import compose_config, run_cli
+from superhf_lab.algorithms.best_of_n import best_of_n_kl, best_per_prompt
+from superhf_lab.completions import Completion
+from superhf_lab.config import ConfigError, validate_config
+from superhf_lab.evaluation import evaluation_metrics, evaluation_prompts
+from superhf_lab.metrics import mean_and_ci95, meteor_pair_scores
+
+
+def _completion(prompt_index: int, text: str, reward: float, heldout: float = math.nan, tokens: int = 3) -> Completion:
+    return Completion(f"\n\nHuman: q{prompt_index}\n\nAssistant:", prompt_index, text, tokens, True, reward, heldout)
+
+
+def test_metrics_are_per_source_and_pooled_overall():
+    completions = [_completion(0, "the cat sat on the mat", 1.0, 0.5), _completion(1, "the cat sat on the mat", 3.0, 0.5),
+                   _completion(2, "a dog ran far away", -1.0, 0.0, tokens=5), _completion(3, "green tea is hot", 0.0, 1.0)]
+    sources = ["harmful", "harmful", "helpful", "helpful"]
+    metrics = evaluation_metrics(completions, sources, [0.1, 0.3, 0.0, 0.2], [1.0, 3.0, 0.0, 2.0], 128, seed=0)
+    assert metrics["eval/harmful/reward/mean"] == 2.0 and metrics["eval/helpful/reward/mean"] == -0.5
+    assert metrics["eval/all/reward/mean"] == 0.75 and metrics["eval/all/prompts"] == 4
+    assert metrics["eval/harmful/diversity/meteor_similarity"] > 0.99, "identical completions: mode collapse"
+    assert metrics["eval/helpful/diversity/meteor_similarity"] < 0.2
+    assert metrics["eval/all/diversity/meteor_similarity"] == pytest.approx(
+        (metrics["eval/harmful/diversity/meteor_similarity"] + metrics["eval/helpful/diversity/meteor_similarity"]) / 2
+    ), "overall METEOR pools the pairs drawn within each source, never across sources"
+    assert metrics["eval/harmful/kl"] == pytest.approx(0.2) and metrics["eval/all/kl_sequence"] == 1.5
+    assert metrics["eval/helpful/heldout_reward/mean"] == 0.5
+    assert metrics["eval/helpful/completion/length_tokens_mean"] == 4.0
+
+
+def test_meteor_pairs_are_seeded_scored_both_ways_and_capped():
+    texts = [f"answer number {i} talks about topic {i % 3}" for i in range(12)]
+    scores = meteor_pair_scores(texts, num_pairs=20, seed=1)
+    assert len(scores) == 20 and scores == meteor_pair_scores(texts, num_pairs=20, seed=1)
+    assert scores != meteor_pair_scores(texts, num_pairs=20, seed=2)
+    assert len(meteor_pair_scores(texts[:4], num_pairs=128, seed=0)) == 6, "fewer pairs than asked: all of them"
+    mean, half_width = mean_and_ci95([0.2, 0.4, 0.6])
+    assert mean == pytest.approx(0.4) and half_width == pytest.approx(1.96 * 0.2 / math.sqrt(3))
+
+
+def test_best_of_n_keeps_the_top_reward_per_prompt_and_its_kl_has_a_closed_form():
+    samples = [_completion(0, "a", 0.1), _completion(0, "b", 0.9), _completion(1, "c", -2.0), _completion(1, "d", -3.0)]
+    assert [c.text for c in best_per_prompt(samples)] == ["b", "c"]
+    assert best_of_n_kl(1) == 0.0
+    assert best_of_n_kl(16) == pytest.approx(math.log(16) - 15 / 16)
+
+
+def test_evaluation_prompts_sample_each_source_with_the_seed(tiny_world):
+    config = validate_config(compose_config([f"tiny_world.dir={tiny_world.root}", "eval.prompts_per_source=10"]))
+    chosen = evaluation_prompts(config)
+    assert chosen.counts == {"helpful": 10, "harmful": 10, "open": 10}
+    assert evaluation_prompts(config).prompts == chosen.prompts
+    config.seed = 1
+    assert evaluation_prompts(config).prompts != chosen.prompts
+    with pytest.raises(ConfigError, match="eval.prompts_per_source=1 is invalid"):
+        validate_config(compose_config(["eval.prompts_per_source=1"]))
+
+
+@pytest.mark.slow
+def test_trained_policies_are_saved_and_evaluated_like_base_and_best_of_n(tiny_world, tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    common = [f"tiny_world.dir={tiny_world.root}", f"mlflow.tracking_uri={uri}", "eval.prompts_per_source=8",
+              "eval.meteor_pairs_per_source=16"]
+    client = mlflow.MlflowClient(uri)
+
+    def latest_run():
+        return client.search_runs([client.get_experiment_by_name("tiny_world").experiment_id],
+                                  order_by=["attributes.start_time DESC"], max_results=1)[0]
+
+    def run(args):
+        result = run_cli([*args, *common], cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return latest_run()
+
+    trained = run(["algorithm.num_superbatches=4", "algorithm.superbatch_size=4", "eval.every_n_superbatches=2"])
+    assert [m.step for m in client.get_metric_history(trained.info.run_id, "eval/harmful/reward/mean")] == [1, 3]
+    assert {f"data.count.train.{s}" for s in ("helpful", "harmful", "open")} <= set(trained.data.params)
+    assert trained.data.metrics["eval/all/prompts"] == 24 and trained.data.metrics["eval/all/kl"] > 0
+    assert {"eval/completions_step_1.json", "eval/completions_step_3.json"} == {
+        a.path for a in client.list_artifacts(trained.info.run_id, "eval")}
+    policy_uri = trained.data.tags["superhf_lab.policy_uri"]
+
+    evaluated = run(["mode=eval", f"eval.policy={policy_uri}"])
+    assert evaluated.data.metrics["eval/all/kl"] > 0, "the saved policy moved away from the starting one"
+    base = run(["mode=eval"])
+    assert base.data.metrics["eval/all/kl"] == 0.0 and base.data.metrics["eval/open/prompts"] == 8
+
+    lora = run(["algorithm.num_superbatches=2", "algorithm.superbatch_size=4", "algorithm.lora.enabled=true",
+                "algorithm.learning_rate=0.01", "eval.at_end=false"])
+    assert "adapter_config.json" in {a.path.split("/")[-1] for a in client.list_artifacts(lora.info.run_id, "policy")}
+    adapter = run(["mode=eval", f"eval.policy={lora.data.tags['superhf_lab.policy_uri']}"])
+    assert adapter.data.metrics["eval/all/kl"] > 0, "the adapter is applied to the starting policy"
+
+    best = run(["algorithm=best_of_n", "algorithm.n=4"])
+    assert best.data.metrics["eval/all/kl_sequence"] == pytest.approx(best_of_n_kl(4))
+    assert best.data.metrics["reward/mean"] == best.data.metrics["eval/all/reward/mean"]
+    assert best.data.metrics["eval/all/reward/mean"] > base.data.metrics["eval/all/reward/mean"], (
+        "picking the best of 4 by the reward model raises the reward model's score")
+
+    result = run_cli(["mode=eval", "eval.policy=runs:/0123456789abcdef/policy", *common], cwd=tmp_path)
+    assert result.returncode == 2 and "eval.policy='runs:/0123456789abcdef/policy' could not be downloaded" in result.stderr
