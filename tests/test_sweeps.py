@@ -124,3 +124,18 @@ def test_parallel_launchers_log_concurrent_jobs_to_a_tracking_server(launcher, t
         assert child.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
         assert [m.step for m in client.get_metric_history(child.info.run_id, "reward/mean")] == [0, 1]
         assert "completions.json" in {a.path for a in client.list_artifacts(child.info.run_id)}
+
+
+def test_a_trial_left_running_by_a_dead_sweep_is_requeued_first(tiny_world, tmp_path):
+    """A sweep killed mid-trial leaves it RUNNING; the next invocation fails it and runs its parameters again."""
+    storage = f"sqlite:///{tmp_path}/studies.db"
+    study = optuna.create_study(study_name="kl_coef_tiny_world_superhf", storage=storage, direction="maximize")
+    orphan = study.ask()
+    orphan.suggest_float("kl_coef", 0.0, 1.0)
+    result = run_cli(["-m", "hparams_search=kl_coef", "hydra.sweeper.n_trials=1", f"hydra.sweeper.storage={storage}",
+                      f"tiny_world.dir={tiny_world.root}", f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+                      *SMALL], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    trials = optuna.load_study(study_name=study.study_name, storage=storage).trials
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]
+    assert trials[1].params == orphan.params, "the orphaned trial's parameters ran again"
