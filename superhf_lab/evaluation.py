@@ -164,7 +164,7 @@ class PolicyEvaluator:
         """
         run, settings = self.config, self.config.eval.sampling
         completions = sample_completions(policy, self.tokenizer, self.prompts.prompts, 1, settings,
-                                         run.eval.batch_size, self.device, run.precision)
+                                         run.eval.batch_size, self.device, run.precision, progress="evaluation")
         score_completions(completions, self.reward_scorer, self.heldout_scorer)
         if reference_logits is None:
             kl_token = kl_sequence = [0.0] * len(completions)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from superhf_lab.completions import Completion
@@ -21,13 +22,18 @@ def sample_completions(
     batch_size: int,
     device: torch.device,
     precision: str,
+    progress: str | None = None,
 ) -> list[Completion]:
-    """``per_prompt`` completions of each prompt (prompt-major order), cut where the model starts a new turn."""
+    """``per_prompt`` completions of each prompt (prompt-major order), cut where the model starts a new turn.
+
+    ``progress`` names a progress bar over the minibatches (long evaluations); None shows none.
+    """
     jobs = [(index, prompt) for index, prompt in enumerate(prompts) for _ in range(per_prompt)]
     was_training = policy.training
     policy.eval()
     completions = []
-    for start in range(0, len(jobs), batch_size):
+    for start in tqdm(range(0, len(jobs), batch_size), desc=progress, unit="minibatch", disable=progress is None,
+                      leave=False):
         batch = jobs[start : start + batch_size]
         encoded = tokenizer(
             [with_conversation_prompt(settings.conversation_prompt, prompt) for _, prompt in batch],

@@ -67,7 +67,7 @@ def run_best_of_n(context: RunContext) -> None:
     policy, tokenizer = load_policy(run.model, context.device)
     scorer, heldout = build_scorers(run, context.device, cfg.minibatch_size_scoring)
     samples = sample_completions(policy, tokenizer, prompts.prompts, cfg.n, run.eval.sampling, run.eval.batch_size,
-                                 context.device, run.precision)
+                                 context.device, run.precision, progress=f"best-of-{cfg.n} sampling")
     score_completions(samples, scorer, heldout)
     chosen = best_per_prompt(samples)
     kl_sequence = [best_of_n_kl(cfg.n)] * len(chosen)
