@@ -33,7 +33,7 @@ def _wait_for(condition, timeout: float, what: str, process: subprocess.Popen | 
             pytest.fail(f"the run exited ({process.returncode}) while waiting for {what}")
         if time.monotonic() > deadline:
             pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.5)
+        time.sleep(0.1)
 
 
 def _sync_cli(spool: Path, uri: str) -> subprocess.CompletedProcess:
@@ -115,7 +115,7 @@ def test_training_goes_on_while_the_tracking_server_is_down_and_syncs_when_it_re
     The run is paused (SIGSTOP) while a server starts or stops, so the outage falls mid-run however fast
     the machine trains; the run itself never notices the pauses.
     """
-    port, folder, steps = _free_port(), tmp_path / "server", 12
+    port, folder, steps = _free_port(), tmp_path / "server", 30  # enough steps left that the outage ends mid-run
     uri = f"http://127.0.0.1:{port}"
     client = mlflow.MlflowClient(uri)
     log_file = tmp_path / "run.log"
@@ -135,7 +135,7 @@ def test_training_goes_on_while_the_tracking_server_is_down_and_syncs_when_it_re
             run.send_signal(signal.SIGSTOP)
             run_id = _only_run_id(client, "faults")
         run.send_signal(signal.SIGCONT)  # the server is gone: training goes on, metrics go to the spool
-        _wait_for(lambda: len(_spool_steps(tmp_path / "outputs")) >= 2, 120, "two spooled superbatches", run)
+        _wait_for(lambda: len(_spool_steps(tmp_path / "outputs")) >= 1, 120, "a spooled superbatch", run)
         run.send_signal(signal.SIGSTOP)
         first_spooled, last_spooled = min(_spool_steps(tmp_path / "outputs")), max(_spool_steps(tmp_path / "outputs"))
         with mlflow_server_process(folder, port=port):

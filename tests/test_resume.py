@@ -18,7 +18,7 @@ from superhf_lab.checkpoint import CheckpointStore
 
 pytestmark = pytest.mark.slow
 
-SUPERBATCHES = 6
+SUPERBATCHES = 10  # with checkpoints every 2, enough left after the kill on a fast machine
 RUN = [f"algorithm.num_superbatches={SUPERBATCHES}", "algorithm.superbatch_size=4", "checkpoint.every_n_superbatches=2",
        "eval.at_end=false"]
 
@@ -40,7 +40,7 @@ def _wait_until(condition, process: subprocess.Popen, timeout: float = 300) -> N
     while not condition():
         assert process.poll() is None, "the run ended before the test could stop it"
         assert time.monotonic() < deadline, "timed out waiting for the run"
-        time.sleep(0.2)
+        time.sleep(0.05)
 
 
 def _history_steps(client: mlflow.MlflowClient, run_id: str, metric: str = "reward/mean") -> list[int]:
@@ -70,7 +70,7 @@ def test_sigkilled_run_resumes_to_the_same_weights_and_a_gap_free_history(tiny_w
     process.send_signal(signal.SIGKILL)
     process.wait()
     killed = _checkpoint_meta(checkpoints)
-    assert not killed["finished"] and killed["step"] in (1, 3)
+    assert not killed["finished"] and killed["step"] % 2 == 1
 
     resumed = run_cli(args, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
