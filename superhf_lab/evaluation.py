@@ -34,7 +34,7 @@ from superhf_lab.data import PromptSet, load_prompts
 from superhf_lab.metrics import mean_and_ci95, meteor_pair_scores
 from superhf_lab.models import autocast, load_policy
 from superhf_lab.rewards import RewardScorer
-from superhf_lab.sampling import completion_token_ids, sample_completions
+from superhf_lab.sampling import sample_completions
 
 OVERALL = "all"
 POLICY_ARTIFACT = "policy"
@@ -75,22 +75,18 @@ def completion_kl(
     precision: str,
 ) -> tuple[list[float], list[float]]:
     """Exact KL(policy || reference) on each completion: (mean per completion token, sum over its tokens)."""
-    from superhf_lab.algorithms.superhf import completion_ce_and_kl, pad_examples, position_ids_for
+    from superhf_lab.algorithms.superhf import completion_batch, completion_ce_and_kl
 
     was_training = policy.training
     policy.eval()
     per_token, per_sequence = [], []
     for start in range(0, len(completions), batch_size):
-        examples = [completion_token_ids(tokenizer, conversation_prompt, c) for c in completions[start : start + batch_size]]
-        prompt_ids, completion_ids = zip(*examples)
-        input_ids, attention_mask, completion_mask = (
-            t.to(device) for t in pad_examples(list(prompt_ids), list(completion_ids), tokenizer.pad_token_id, "right")
-        )
-        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids_for(attention_mask)}
+        inputs, completion_mask = completion_batch(tokenizer, conversation_prompt, completions[start : start + batch_size],
+                                                   device)
         with autocast(device, precision):
             logits = policy(**inputs).logits
             reference = reference_logits(**inputs)
-        _, kl = completion_ce_and_kl(logits, reference, input_ids, completion_mask)
+        _, kl = completion_ce_and_kl(logits, reference, inputs["input_ids"], completion_mask)
         tokens = completion_mask[:, 1:].sum(-1).clamp(min=1)
         per_token += kl.tolist()
         per_sequence += (kl * tokens).tolist()

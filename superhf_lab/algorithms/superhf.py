@@ -156,6 +156,19 @@ def position_ids_for(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
 
 
+def completion_batch(
+    tokenizer: PreTrainedTokenizerBase, conversation_prompt: str, completions: list[Completion], device: torch.device
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Model inputs for prompt + completion sequences (right-padded, positions counted from the first token)
+    and the mask of the completion tokens, for the loss and for KL."""
+    prompt_ids, completion_ids = zip(*(completion_token_ids(tokenizer, conversation_prompt, c) for c in completions))
+    input_ids, attention_mask, completion_mask = (
+        t.to(device) for t in pad_examples(list(prompt_ids), list(completion_ids), tokenizer.pad_token_id, "right")
+    )
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids_for(attention_mask)}
+    return inputs, completion_mask
+
+
 def completion_ce_and_kl(
     logits: torch.Tensor, reference_logits: torch.Tensor, input_ids: torch.Tensor, completion_mask: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -276,17 +289,11 @@ class SuperHFTrainer:
         totals = {"loss/total": 0.0, "loss/ce": 0.0, "kl": 0.0}
         for start in range(0, len(minibatch), micro_size):
             part = minibatch[start : start + micro_size]
-            prompt_ids, completion_ids = zip(*(self.training_example(c) for c in part))
-            input_ids, attention_mask, completion_mask = (
-                t.to(self.device)
-                for t in pad_examples(list(prompt_ids), list(completion_ids), self.tokenizer.pad_token_id, "right")
-            )
-            inputs = {"input_ids": input_ids, "attention_mask": attention_mask,
-                      "position_ids": position_ids_for(attention_mask)}
+            inputs, completion_mask = completion_batch(self.tokenizer, self.config.conversation_prompt, part, self.device)
             reference_logits = self.reference_logits(**inputs)
             with autocast(self.device, self.precision):
                 logits = self.policy(**inputs).logits
-            ce, kl = completion_ce_and_kl(logits, reference_logits, input_ids, completion_mask)
+            ce, kl = completion_ce_and_kl(logits, reference_logits, inputs["input_ids"], completion_mask)
             share = len(part) / len(minibatch)
             loss = (ce.mean() + self.kl_coef * kl.mean()) * share
             if not torch.isfinite(loss):
