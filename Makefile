@@ -63,8 +63,9 @@ test: install tracking-install
 bench: install
 	$(PY) -m superhf_lab.bench $(ARGS)
 
-ui: install
-	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db
+# The UI is MLflow's server, so it runs from the tracking server's environment too (see above).
+ui: tracking-install
+	$(TRACKING_VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db
 
 clean:
 	rm -rf outputs multirun/2* mlflow.db mlflow-server.db optuna.db mlruns mlartifacts reports .cache
