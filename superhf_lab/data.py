@@ -21,6 +21,7 @@ from typing import Any, Optional, TextIO
 import mlflow
 
 from superhf_lab.config import ConfigError, DataConfig, DataSourceConfig
+from superhf_lab.tracking import bounded_http
 
 HUMAN = "\n\nHuman:"
 ASSISTANT = "\n\nAssistant:"
@@ -352,9 +353,11 @@ def log_source_counts(counts: dict[str, int], split: str) -> None:
     """Record how many prompts each source gave, as ``data.count.<split>.<source>`` params of the active run.
 
     Logs nothing outside a run: the benchmark builds trainers without one, and MLflow would start one.
+    A tracking server that died since the run started fails this within seconds, before training.
     """
     if mlflow.active_run() is not None:
-        mlflow.log_params({f"data.count.{split}.{name}": count for name, count in counts.items()})
+        with bounded_http():
+            mlflow.log_params({f"data.count.{split}.{name}": count for name, count in counts.items()})
 
 
 class PromptStream:
