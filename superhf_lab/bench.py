@@ -18,6 +18,7 @@ from superhf_lab.algorithms.superhf import build_trainer
 from superhf_lab.config import validate_config
 from superhf_lab.models import resolve_device
 from superhf_lab.registry import RunContext
+from superhf_lab.sampling import completion_token_ids
 from superhf_lab.tiny_world import ensure_tiny_world
 from superhf_lab.tracking import Tracker
 
@@ -53,7 +54,10 @@ def main() -> None:
         totals["metrics_s"] += metrics["time/step_s"] - sum(metrics[f"time/{phase}"] for phase in phases)
         completions_count += len(completions)
         generated_tokens += sum(c.num_tokens for c in completions)
-        finetuning_tokens += sum(sum(map(len, trainer.training_example(completions[i]))) for i in kept_indices)
+        finetuning_tokens += sum(
+            sum(map(len, completion_token_ids(trainer.tokenizer, trainer.config.conversation_prompt, completions[i])))
+            for i in kept_indices
+        )
 
     print(json.dumps({
         "benchmark": "superhf_superbatch_phases",

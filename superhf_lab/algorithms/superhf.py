@@ -255,9 +255,6 @@ class SuperHFTrainer:
 
         self.batch_sizes["scoring"].run(score_in_minibatches_of)
 
-    def training_example(self, completion: Completion) -> tuple[list[int], list[int]]:
-        return completion_token_ids(self.tokenizer, self.config.conversation_prompt, completion)
-
     def finetune(self, kept: list[Completion]) -> dict[str, float]:
         """One optimizer step per minibatch of kept completions; non-finite losses are skipped and counted."""
         self.policy.train()
