@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from superhf_lab.metrics import distinct_n, meteor_similarity
+from superhf_lab.metrics import distinct_n, meteor_similarity, meteor_similarity_within_prompt
 
 
 @dataclass
@@ -23,37 +23,46 @@ class Completion:
     heldout_reward: float = math.nan
 
 
-def score_completions(completions: list[Completion], scorer, heldout_scorer=None) -> None:
-    """Fill in each completion's reward (and held-out reward) for its prompt, in place."""
+def score_completions(completions: list[Completion], reward_input: str, scorer, heldout_scorer=None) -> None:
+    """Fill in each completion's reward (and held-out reward) for its prompt, in place.
+
+    ``reward_input`` is the template of what a reward model reads (``text.reward_input``).
+    """
     prompts = [c.prompt for c in completions]
     texts = [c.text for c in completions]
-    for completion, reward in zip(completions, scorer.score(prompts, texts), strict=True):
+    for completion, reward in zip(completions, scorer.score(prompts, texts, reward_input), strict=True):
         completion.reward = reward
     if heldout_scorer is not None:
-        for completion, reward in zip(completions, heldout_scorer.score(prompts, texts), strict=True):
+        for completion, reward in zip(completions, heldout_scorer.score(prompts, texts, reward_input), strict=True):
             completion.heldout_reward = reward
 
 
 def completion_metrics(completions: list[Completion]) -> dict[str, float]:
-    """Reward, held-out reward (when scored), diversity and length statistics of one step's completions."""
+    """Reward, held-out reward (when scored), diversity and length statistics of one step's completions.
+
+    Diversity is measured on the non-empty completions. A METEOR similarity with no pair to measure (one
+    prompt in the step; one completion per prompt for the within-prompt one) is left out, not logged as NaN.
+    """
     rewards = np.array([c.reward for c in completions])
     heldout = np.array([c.heldout_reward for c in completions])
-    texts = [c.text for c in completions]
-    nonempty = [t for t in texts if t.strip()]
+    nonempty = [c for c in completions if c.text.strip()]
+    texts, prompts = [c.text for c in nonempty], [c.prompt for c in nonempty]
     metrics = {
         "reward/mean": rewards.mean(),
         "reward/std": rewards.std(),
-        "diversity/meteor_similarity": meteor_similarity(nonempty),
-        "diversity/distinct_1": distinct_n(nonempty, 1),
-        "diversity/distinct_2": distinct_n(nonempty, 2),
+        "diversity/meteor_similarity": meteor_similarity(texts, prompts),
+        "diversity/meteor_similarity_within_prompt": meteor_similarity_within_prompt(texts, prompts),
+        "diversity/distinct_1": distinct_n(texts, 1),
+        "diversity/distinct_2": distinct_n(texts, 2),
         "completion/length_tokens_mean": float(np.mean([c.num_tokens for c in completions])),
-        "completion/empty_fraction": 1 - len(nonempty) / len(texts),
+        "completion/empty_fraction": 1 - len(nonempty) / len(completions),
         "completion/truncated_fraction": float(np.mean([not c.finished for c in completions])),
     }
     if not np.isnan(heldout).all():  # a held-out reward model is configured
         metrics["heldout_reward/mean"] = heldout.mean()
         metrics["heldout_reward/std"] = heldout.std()
-    return metrics
+    return {name: value for name, value in metrics.items() if not name.startswith("diversity/meteor")
+            or not math.isnan(value)}
 
 
 def completion_rows(step: int, completions: list[Completion], kept_indices: list[int], limit: int) -> list[dict]:

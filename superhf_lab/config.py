@@ -13,6 +13,8 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from superhf_lab.text import CUT_PATTERNS, REWARD_INPUT_FIELDS
+
 DEVICES_HELP = "use 'auto', 'cpu', 'cuda' or 'cuda:N'"
 PRECISIONS = ("fp32", "bf16", "fp16")
 MODES = ("train", "eval")
@@ -63,7 +65,7 @@ class RewardModelConfig:
         require(self.max_length > 0, f"{prefix}.max_length", self.max_length, "use a positive token count")
 
 
-SOURCE_KINDS = ("hh_rlhf", "hh_red_team", "webgpt", "prompts")  # how a row becomes a prompt: superhf_lab/data.py
+SOURCE_KINDS = ("hh_rlhf", "hh_red_team", "webgpt", "self_instruct", "prompts")  # how a row becomes a prompt: superhf_lab/data.py
 
 
 @dataclass
@@ -71,7 +73,8 @@ class DataSourceConfig:
     """One prompt source: a local file when ``path`` is set, else a Hugging Face Hub dataset, in the hub's row format.
 
     ``kind``: ``hh_rlhf`` (rows of ``chosen``/``rejected`` conversations), ``hh_red_team`` (a ``transcript``),
-    ``webgpt`` (``question.full_text``) or ``prompts`` (a ready ``prompt``). A source with ``has_test_split``
+    ``webgpt`` (``question.full_text``), ``self_instruct`` (a ``prompt`` up to "Output:") or ``prompts`` (a
+    ready ``prompt``). A source with ``has_test_split``
     has its own test split (the hub's ``test``, locally ``test_path``); otherwise its last ``test_size`` rows
     are the test set and the rest is for training. ``weight`` or ``count`` sets its share of the training mix.
     ``where`` keeps the rows whose fields equal the given values (``{family: harmful}``), after the split.
@@ -209,6 +212,33 @@ class ObjectiveConfig:
         return sum(finite) / len(finite) if finite else math.nan
 
 
+def check_reward_input(template: str, key: str) -> None:
+    for field_name in REWARD_INPUT_FIELDS:
+        require(template.count(field_name) == 1, key, template,
+                f"write {' and '.join(REWARD_INPUT_FIELDS)} exactly once each, e.g. '{{prompt}} {{completion}}'")
+
+
+def check_cut(cut: str, key: str) -> None:
+    require(cut in CUT_PATTERNS, key, cut, f"use one of {tuple(CUT_PATTERNS)}")
+
+
+@dataclass
+class TextConfig:
+    """How sampled text becomes a completion and what reward models read, the same for every algorithm.
+
+    ``cut``: where a completion ends (``next_turn``, or the reference trainer's pattern ``reference``; see
+    superhf_lab/text.py). ``reward_input``: the text every reward model scores, with ``{prompt}`` and the
+    stripped ``{completion}`` filled in (the reference prepends its conversation prompt).
+    """
+
+    cut: str = "next_turn"
+    reward_input: str = "{prompt} {completion}"
+
+    def check(self, prefix: str) -> None:
+        check_cut(self.cut, f"{prefix}.cut")
+        check_reward_input(self.reward_input, f"{prefix}.reward_input")
+
+
 @dataclass
 class LoraSettings:
     """LoRA adapters (peft) on the policy; the KL reference is then the model with adapters disabled."""
@@ -266,13 +296,18 @@ class EvalConfig:
 
     policy: Optional[str] = None
     prompts_per_source: Optional[int] = 64  # a seeded sample of each source's test prompts; null: all of them
-    meteor_pairs_per_source: int = 128  # the reference's number of METEOR pairs
+    meteor_pairs_per_source: int = 128
+    seed: int = 0  # the test-prompt sample and METEOR pairs: the same for every run, whatever its seed
     at_end: bool = True
     every_n_superbatches: int = 0  # 0: off
     batch_size: int = 32
+    cut: str = "next_turn"  # as text.cut, for the evaluation's completions
+    reward_input: str = "{prompt} {completion}"  # as text.reward_input, for the evaluation's scoring
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
 
     def check(self, prefix: str) -> None:
+        check_cut(self.cut, f"{prefix}.cut")
+        check_reward_input(self.reward_input, f"{prefix}.reward_input")
         require(self.prompts_per_source is None or self.prompts_per_source >= 2, f"{prefix}.prompts_per_source",
                 self.prompts_per_source, "use 2 or more (METEOR compares pairs), or null for every test prompt")
         require(self.meteor_pairs_per_source >= 2, f"{prefix}.meteor_pairs_per_source", self.meteor_pairs_per_source,
@@ -311,6 +346,7 @@ class RunConfig:
     algorithm: Any = None
     data: DataConfig = field(default_factory=DataConfig)
     tiny_world: TinyWorldConfig = field(default_factory=TinyWorldConfig)
+    text: TextConfig = field(default_factory=TextConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -323,7 +359,7 @@ class RunConfig:
     output_dir: str = "outputs"
 
     def check(self) -> None:
-        for section in (self.model, self.reward_model, self.data, self.mlflow, self.objective, self.eval,
+        for section in (self.model, self.reward_model, self.data, self.text, self.mlflow, self.objective, self.eval,
                         self.checkpoint):
             section.check(_field_name(self, section))
         if self.heldout_reward_model is not None:

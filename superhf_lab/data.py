@@ -57,12 +57,21 @@ def _non_empty(text: Any) -> str:
     return text
 
 
+def _instruction(prompt: Any) -> str:
+    """A yizhongw/self_instruct ``prompt`` without its "Output:" tail, as the reference trainer reads it."""
+    if not isinstance(prompt, str):
+        raise TypeError("not a string")
+    return _non_empty(prompt.split("Output:")[0].strip())
+
+
 # kind -> (what a row must hold, for error messages; how a row becomes a prompt)
 ROW_FORMATS: dict[str, tuple[str, Callable[[Any], str]]] = {
     "hh_rlhf": ("a 'chosen' conversation", lambda row: _first_turn(row["chosen"])),
     "hh_red_team": ("a 'transcript' conversation", lambda row: _first_turn(row["transcript"])),
     "webgpt": ("a 'question' object with a 'full_text' string",
                lambda row: f"{HUMAN} {_non_empty(row['question']['full_text'])}{ASSISTANT}"),
+    "self_instruct": ("a 'prompt' string with an instruction before 'Output:'",
+                      lambda row: f"{HUMAN} {_instruction(row['prompt'])}{ASSISTANT}"),
     "prompts": ("a non-empty 'prompt' string", lambda row: _non_empty(row["prompt"])),
 }
 

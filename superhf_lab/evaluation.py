@@ -7,10 +7,15 @@ Metrics are logged as ``eval/<source>/<name>`` and ``eval/all/<name>``:
 
 - ``reward/mean``, ``heldout_reward/mean``
 - ``diversity/meteor_similarity`` and ``diversity/meteor_similarity_ci95`` (half-width of the 95% interval),
-  over ``eval.meteor_pairs_per_source`` seeded pairs per source (``all`` pools every source's pairs)
+  over ``eval.meteor_pairs_per_source`` seeded pairs of completions to different prompts per source
+  (``all`` pools every source's pairs)
 - ``kl``: exact KL(policy || start) per completion token, averaged; ``kl_sequence``: summed over the
-  completion's tokens, averaged (best-of-N logs its analytic ``log N - (N-1)/N`` here)
+  completion's tokens, averaged. Best-of-N has no per-token distribution and logs the upper bound
+  ``log N - (N-1)/N`` on its sequence KL as ``kl_sequence_bound`` instead.
 - ``completion/length_tokens_mean``, ``prompts``
+
+Which test prompts and METEOR pairs are drawn depends on ``eval.seed`` alone, so every run, whatever its
+training seed, is judged on the same prompts.
 """
 
 from __future__ import annotations
@@ -20,7 +25,6 @@ import random
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Optional
 
 import mlflow
 import numpy as np
@@ -42,6 +46,7 @@ EVAL_METRIC_NAMES = (
     "reward/mean", "heldout_reward/mean", "diversity/meteor_similarity", "diversity/meteor_similarity_ci95",
     "kl", "kl_sequence", "completion/length_tokens_mean", "prompts",
 )
+BOUND_METRIC_NAMES = ("kl_sequence_bound",)  # in place of kl and kl_sequence, for policies known only by a bound
 ReferenceLogits = Callable[..., torch.Tensor]  # (**model inputs) -> logits of the starting policy
 
 
@@ -51,9 +56,9 @@ def eval_metric(name: str, scope: str = OVERALL) -> str:
 
 def evaluation_prompts(config: RunConfig) -> PromptSet:
     """A seeded sample of ``eval.prompts_per_source`` test prompts from each source of the data mix."""
-    test = load_prompts(config.data, "test", config.seed)
+    test = load_prompts(config.data, "test", config.eval.seed)
     wanted = config.eval.prompts_per_source
-    rng = random.Random(config.seed)
+    rng = random.Random(config.eval.seed)
     chosen: list[int] = []
     for source in dict.fromkeys(test.sources):
         indices = [i for i, name in enumerate(test.sources) if name == source]
@@ -97,12 +102,14 @@ def completion_kl(
 def evaluation_metrics(
     completions: list[Completion],
     sources: list[str],
-    kl_per_token: Optional[list[float]],
-    kl_per_sequence: list[float],
+    kl: dict[str, list[float]],
     meteor_pairs: int,
     seed: int,
 ) -> dict[str, float]:
-    """Per-source and overall metrics of one completion per test prompt (``sources[i]`` is prompt i's source)."""
+    """Per-source and overall metrics of one completion per test prompt (``sources[i]`` is prompt i's source).
+
+    ``kl`` maps KL metric names (``kl`` and ``kl_sequence``, or ``kl_sequence_bound``) to a value per completion.
+    """
     metrics: dict[str, float] = {}
     pooled_meteor: list[float] = []
     scopes = {source: [i for i, s in enumerate(sources) if s == source] for source in dict.fromkeys(sources)}
@@ -111,32 +118,33 @@ def evaluation_metrics(
         if scope == OVERALL:
             meteor = pooled_meteor
         else:
-            nonempty = [c.text for c in chosen if c.text.strip()]
-            meteor = meteor_pair_scores(nonempty, meteor_pairs, seed)
+            nonempty = [c for c in chosen if c.text.strip()]
+            meteor = meteor_pair_scores([c.text for c in nonempty], [c.prompt for c in nonempty], meteor_pairs, seed)
             pooled_meteor += meteor
         meteor_mean, meteor_ci = mean_and_ci95(meteor)
         values = {
             "reward/mean": np.mean([c.reward for c in chosen]),
             "diversity/meteor_similarity": meteor_mean,
             "diversity/meteor_similarity_ci95": meteor_ci,
-            "kl_sequence": np.mean([kl_per_sequence[i] for i in indices]),
+            **{name: np.mean([values[i] for i in indices]) for name, values in kl.items()},
             "completion/length_tokens_mean": np.mean([c.num_tokens for c in chosen]),
             "prompts": len(indices),
         }
         heldout = [c.heldout_reward for c in chosen]
         if not all(math.isnan(value) for value in heldout):
             values["heldout_reward/mean"] = np.mean(heldout)
-        if kl_per_token is not None:
-            values["kl"] = np.mean([kl_per_token[i] for i in indices])
         metrics.update({eval_metric(name, scope): float(value) for name, value in values.items()})
     return metrics
 
 
-def completion_table(step: int, completions: list[Completion], sources: list[str], kl_per_sequence: list[float]) -> pd.DataFrame:
+def completion_table(step: int, completions: list[Completion], sources: list[str],
+                     kl: dict[str, list[float]]) -> pd.DataFrame:
+    """One row per test prompt: its completion, rewards and per-completion KL values."""
     return pd.DataFrame([
         {"step": step, "source": source, "prompt": c.prompt, "completion": c.text, "reward": c.reward,
-         "heldout_reward": c.heldout_reward, "kl_sequence": kl, "num_tokens": c.num_tokens}
-        for c, source, kl in zip(completions, sources, kl_per_sequence, strict=True)
+         "heldout_reward": c.heldout_reward, **{name: values[i] for name, values in kl.items()},
+         "num_tokens": c.num_tokens}
+        for i, (c, source) in enumerate(zip(completions, sources, strict=True))
     ])
 
 
@@ -160,19 +168,21 @@ class PolicyEvaluator:
         """
         run, settings = self.config, self.config.eval.sampling
         completions = sample_completions(policy, self.tokenizer, self.prompts.prompts, 1, settings,
-                                         run.eval.batch_size, self.device, run.precision, progress="evaluation")
-        score_completions(completions, self.reward_scorer, self.heldout_scorer)
+                                         run.eval.batch_size, self.device, run.precision, run.eval.cut,
+                                         progress="evaluation")
+        score_completions(completions, run.eval.reward_input, self.reward_scorer, self.heldout_scorer)
         if reference_logits is None:
             kl_token = kl_sequence = [0.0] * len(completions)
         else:
             kl_token, kl_sequence = completion_kl(self.tokenizer, policy, reference_logits, completions,
                                                   settings.conversation_prompt, run.eval.batch_size, self.device,
                                                   run.precision)
-        metrics = evaluation_metrics(completions, self.prompts.sources, kl_token, kl_sequence,
-                                     run.eval.meteor_pairs_per_source, run.seed)
+        kl = {"kl": kl_token, "kl_sequence": kl_sequence}
+        metrics = evaluation_metrics(completions, self.prompts.sources, kl, run.eval.meteor_pairs_per_source,
+                                     run.eval.seed)
         tracker.log_metrics(metrics, step=step, send=send)
         if send:
-            log_evaluation_table(tracker, completion_table(step, completions, self.prompts.sources, kl_sequence), step)
+            log_evaluation_table(tracker, completion_table(step, completions, self.prompts.sources, kl), step)
         return metrics
 
 

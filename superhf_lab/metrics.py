@@ -1,10 +1,16 @@
-"""Diversity metrics for completions: METEOR similarity (the paper's mode-collapse signal) and distinct-n."""
+"""Diversity metrics for completions: METEOR similarity (the paper's mode-collapse signal) and distinct-n.
+
+One definition of METEOR similarity everywhere: a pair of completions is compared on whitespace tokens,
+scored in both directions (METEOR is asymmetric) and the two scores averaged. ``meteor_similarity`` pairs
+completions to *different* prompts (what the paper's evaluation measures), ``..._within_prompt`` pairs
+completions to the same prompt (only algorithms that sample several per prompt have any).
+"""
 
 from __future__ import annotations
 
 import math
 import random
-from itertools import combinations, permutations
+from itertools import combinations
 
 import numpy as np
 
@@ -23,28 +29,52 @@ def _meteor(reference: list[str], hypothesis: list[str]) -> float:
     return meteor_score([reference], hypothesis)
 
 
-def meteor_similarity(completions: list[str]) -> float:
-    """Mean METEOR score over all ordered pairs of completions, on whitespace tokens.
+def symmetric_meteor(texts: list[str], pairs: list[tuple[int, int]]) -> list[float]:
+    """For each pair (i, j): (METEOR(reference i, hypothesis j) + METEOR(reference j, hypothesis i)) / 2."""
+    tokens = [text.split() for text in texts]
+    return [(_meteor(tokens[i], tokens[j]) + _meteor(tokens[j], tokens[i])) / 2 for i, j in pairs]
 
-    This is the SuperHF reference's ``_calculate_meteor_similarity``: METEOR is asymmetric, so both
-    directions of every pair count. 1.0 means identical texts (mode collapse); NaN for fewer than 2.
+
+def pairs_between_prompts(prompts: list[str]) -> list[tuple[int, int]]:
+    """Index pairs (i < j) of completions whose prompts differ."""
+    return [(i, j) for i, j in combinations(range(len(prompts)), 2) if prompts[i] != prompts[j]]
+
+
+def pairs_within_prompts(prompts: list[str]) -> list[tuple[int, int]]:
+    """Index pairs (i < j) of completions to the same prompt, in index order."""
+    groups: dict[str, list[int]] = {}
+    for index, prompt in enumerate(prompts):
+        groups.setdefault(prompt, []).append(index)
+    return sorted(pair for group in groups.values() for pair in combinations(group, 2))
+
+
+def _mean(values: list[float]) -> float:
+    return float(np.mean(values)) if values else math.nan
+
+
+def meteor_similarity(texts: list[str], prompts: list[str]) -> float:
+    """Mean symmetric METEOR over every pair of completions to different prompts; NaN when there is none.
+
+    ``prompts[i]`` is the prompt ``texts[i]`` answers. 1.0 means identical answers to different questions:
+    mode collapse.
     """
-    if len(completions) < 2:
-        return float("nan")
-    tokenized = [completion.split() for completion in completions]
-    return float(np.mean([_meteor(reference, hypothesis) for reference, hypothesis in permutations(tokenized, 2)]))
+    return _mean(symmetric_meteor(texts, pairs_between_prompts(prompts)))
 
 
-def meteor_pair_scores(completions: list[str], num_pairs: int, seed: int) -> list[float]:
-    """METEOR similarity of ``num_pairs`` seeded random pairs of completions, each scored both ways and averaged.
+def meteor_similarity_within_prompt(texts: list[str], prompts: list[str]) -> float:
+    """Mean symmetric METEOR over every pair of completions to the same prompt; NaN when there is none."""
+    return _mean(symmetric_meteor(texts, pairs_within_prompts(prompts)))
 
-    The paper's measure of mode collapse at evaluation time (whitespace tokens, prompts removed); with
-    fewer possible pairs than ``num_pairs`` every pair is used.
+
+def meteor_pair_scores(texts: list[str], prompts: list[str], num_pairs: int, seed: int) -> list[float]:
+    """Symmetric METEOR of ``num_pairs`` seeded random pairs of completions to different prompts.
+
+    The evaluation's estimate of :func:`meteor_similarity` (test sets are too large for every pair); with
+    fewer such pairs than ``num_pairs``, every pair is used.
     """
-    tokenized = [completion.split() for completion in completions]
-    every_pair = list(combinations(range(len(tokenized)), 2))
+    every_pair = pairs_between_prompts(prompts)
     pairs = every_pair if len(every_pair) <= num_pairs else random.Random(seed).sample(every_pair, num_pairs)
-    return [(_meteor(tokenized[i], tokenized[j]) + _meteor(tokenized[j], tokenized[i])) / 2 for i, j in pairs]
+    return symmetric_meteor(texts, pairs)
 
 
 def mean_and_ci95(values: list[float]) -> tuple[float, float]:

@@ -12,11 +12,12 @@ import torch
 
 from superhf_lab.config import RewardModelConfig, RunConfig
 from superhf_lab.models import autocast, load_reward_model
+from superhf_lab.text import reward_model_input
 
 
 class RewardScorer(Protocol):
-    def score(self, prompts: list[str], completions: list[str]) -> list[float]:
-        """One reward per (prompt, completion) pair."""
+    def score(self, prompts: list[str], completions: list[str], reward_input: str) -> list[float]:
+        """One reward per (prompt, completion) pair; a model reads ``reward_input`` filled in with both."""
         ...
 
 
@@ -31,8 +32,9 @@ class ModelRewardScorer:
         self.batch_size = batch_size
 
     @torch.no_grad()
-    def score(self, prompts: list[str], completions: list[str]) -> list[float]:
-        texts = [prompt + completion for prompt, completion in zip(prompts, completions, strict=True)]
+    def score(self, prompts: list[str], completions: list[str], reward_input: str) -> list[float]:
+        texts = [reward_model_input(reward_input, prompt, completion)
+                 for prompt, completion in zip(prompts, completions, strict=True)]
         scores: list[float] = []
         for start in range(0, len(texts), self.batch_size):
             encoded = self.tokenizer(
@@ -46,9 +48,12 @@ class ModelRewardScorer:
 
 
 class GoldRewardScorer:
-    """The tiny world's programmatic gold reward: ground truth that the proxy model only approximates."""
+    """The tiny world's programmatic gold reward: ground truth that the proxy model only approximates.
 
-    def score(self, prompts: list[str], completions: list[str]) -> list[float]:
+    It judges the answer to the question itself, so the reward-model input template does not apply.
+    """
+
+    def score(self, prompts: list[str], completions: list[str], reward_input: str) -> list[float]:
         from superhf_lab.tiny_world import gold_reward_batch
 
         return gold_reward_batch(prompts, completions)

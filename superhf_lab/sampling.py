@@ -22,9 +22,11 @@ def sample_completions(
     batch_size: int,
     device: torch.device,
     precision: str,
+    cut: str,
     progress: str | None = None,
 ) -> list[Completion]:
-    """``per_prompt`` completions of each prompt (prompt-major order), cut where the model starts a new turn.
+    """``per_prompt`` completions of each prompt (prompt-major order), cut where ``cut`` says a new turn starts
+    (``text.cut``, see :data:`superhf_lab.text.CUT_PATTERNS`).
 
     ``progress`` names a progress bar over the minibatches (long evaluations); None shows none.
     """
@@ -48,7 +50,7 @@ def sample_completions(
             )
         new_tokens = output[:, encoded["input_ids"].shape[1] :].tolist()
         for (prompt_index, prompt), tokens in zip(batch, new_tokens):
-            text, num_tokens, finished = decode_completion(tokenizer, tokens)
+            text, num_tokens, finished = decode_completion(tokenizer, tokens, cut)
             completions.append(Completion(prompt, prompt_index, text, num_tokens=num_tokens, finished=finished))
     policy.train(was_training)
     return completions

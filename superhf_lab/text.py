@@ -1,4 +1,5 @@
-"""Conversation text handling shared by every algorithm, so all of them optimise the same reward."""
+"""Conversation text handling shared by every algorithm and the evaluation, so all of them optimise and
+are judged on the same text: where a completion ends, and what a reward model reads."""
 
 from __future__ import annotations
 
@@ -7,13 +8,21 @@ import re
 HUMAN_TURN = "\n\nHuman:"
 ASSISTANT_TURN = "\n\nAssistant:"
 
-# Where a policy starts writing the next turn itself: "\n\nHuman:", "\nAssistant:", "\n\nH:", "\nUser:"...
-_NEXT_TURN = re.compile(r"\n\s*(?:Human|Assistant|User|H|A)\s*:")
+# Where a completion is cut (``text.cut`` and ``eval.cut``):
+CUT_PATTERNS = {
+    # A turn the policy starts itself: "\n\nHuman:", "\nAssistant:", "\n\nH:", "\nUser:" ..., and a "Human:" or
+    # "Assistant:" inside a line, which would otherwise let a completion script the human's reply to the reward model.
+    "next_turn": re.compile(r"\n\s*(?:Human|Assistant|User|H|A)\s*:|\b(?:Human|Assistant)\s*:"),
+    # The reference trainer's PROMPT_DELIMITER_REGEX_MEDIUM: any "\n\n<label>:", and any "Human" or "Assistant".
+    "reference": re.compile(r"\n\n[^:]+:|Human|Assistant"),
+}
+REWARD_INPUT_FIELDS = ("{prompt}", "{completion}")
+_REWARD_INPUT_FIELD = re.compile(r"\{(prompt|completion)\}")
 
 
-def trim_completion(completion: str) -> tuple[str, bool]:
-    """Cut a completion where the model starts another turn; returns (text, whether it was cut)."""
-    match = _NEXT_TURN.search(completion)
+def trim_completion(completion: str, cut: str = "next_turn") -> tuple[str, bool]:
+    """Cut a completion where ``CUT_PATTERNS[cut]`` first matches; returns (text, whether it was cut)."""
+    match = CUT_PATTERNS[cut].search(completion)
     if match is None:
         return completion.rstrip(), False
     return completion[: match.start()].rstrip(), True
@@ -24,15 +33,24 @@ def with_conversation_prompt(conversation_prompt: str, prompt: str) -> str:
     return conversation_prompt + prompt
 
 
-def decode_completion(tokenizer, token_ids: list[int]) -> tuple[str, int, bool]:
+def reward_model_input(template: str, prompt: str, completion: str) -> str:
+    """The text a reward model scores: ``template`` with ``{prompt}`` and the stripped ``{completion}`` filled in.
+
+    One pass, so a prompt that happens to contain "{completion}" is never substituted twice.
+    """
+    values = {"prompt": prompt, "completion": completion.strip()}
+    return _REWARD_INPUT_FIELD.sub(lambda match: values[match.group(1)], template)
+
+
+def decode_completion(tokenizer, token_ids: list[int], cut: str = "next_turn") -> tuple[str, int, bool]:
     """Generated token ids to completion text, the same way for every algorithm.
 
-    Stops at the first EOS, decodes without special tokens and cuts at the next turn. Returns the text,
-    the number of tokens before EOS, and whether the completion ended (EOS or a next turn) rather than
-    running into the token limit.
+    Stops at the first EOS, decodes without special tokens and cuts where ``cut`` says a new turn starts.
+    Returns the text, the number of tokens before EOS, and whether the completion ended (EOS or a next
+    turn) rather than running into the token limit.
     """
     eos = tokenizer.eos_token_id
     ended = eos in token_ids
     kept = token_ids[: token_ids.index(eos)] if ended else token_ids
-    text, cut = trim_completion(tokenizer.decode(kept, skip_special_tokens=True))
-    return text, len(kept), ended or cut
+    text, was_cut = trim_completion(tokenizer.decode(kept, skip_special_tokens=True), cut)
+    return text, len(kept), ended or was_cut

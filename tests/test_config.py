@@ -1,7 +1,9 @@
 """Bad configuration fails before any model loads, naming the key and the fix."""
 
+import re
+
 import pytest
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 
 from conftest import compose_config, run_cli
 from superhf_lab.config import ConfigError, ObjectiveConfig, validate_config
@@ -47,12 +49,59 @@ def test_paper_table2_carries_the_reports_hyperparameters():
     assert (algo.minibatch_size_generating, algo.minibatch_size_finetuning, config.precision) == (32, 8, "fp32")
 
 
-def test_arxiv_experiment_uses_lora_and_a_conversation_prompt():
-    config = validate_config(compose_config(["experiment=superhf_arxiv"]))
+# openfeedback/superhf experiments/superhf/shf_iterative_v1/configs/default.yaml, key: value (and where it lands here).
+REFERENCE_DEFAULT_YAML = {
+    "seed": ("seed", 66), "learning_rate": ("algorithm.learning_rate", 2e-5),
+    "scheduler_name": ("algorithm.lr_schedule", "cosine"), "scheduler_warmup_steps": ("algorithm.warmup_superbatches", 32),
+    "kl_coefficient": ("kl_coef", 0.35), "max_prompt_char_length": ("data.max_prompt_chars", 1024),
+    "temperature": ("algorithm.temperature", 1.0), "top_p": ("algorithm.top_p", 0.95),
+    "prompt_accumulation_steps": ("algorithm.prompt_accumulation_steps", 2),
+    "superbatch_size": ("algorithm.superbatch_size", 16), "completion_filter_top_k": ("algorithm.top_k", 1),
+    "max_new_tokens": ("algorithm.max_new_tokens", 64), "max_length_rm": ("reward_model.max_length", 1024),
+    "minibatch_size_generating": ("algorithm.minibatch_size_generating", 16),
+    "minibatch_size_scoring": ("algorithm.minibatch_size_scoring", 8),
+    "minibatch_size_finetuning": ("algorithm.minibatch_size_finetuning", 2), "mixed_precision": ("precision", "bf16"),
+    "lora_r": ("algorithm.lora.r", 4), "lora_alpha": ("algorithm.lora.alpha", 32),
+    "lora_dropout": ("algorithm.lora.dropout", 0.05), "lora_target_modules": ("algorithm.lora.target_modules",
+                                                                            ["q_proj", "v_proj"]),
+    "conversation_prompt": ("algorithm.conversation_prompt",
+                            "A human user sends a message, and a helpful and harmless AI assistant responds."),
+    "repetition_penalty": ("algorithm.repetition_penalty", 1.0),
+    "no_repeat_ngram_size": ("algorithm.no_repeat_ngram_size", 0), "length_penalty": ("algorithm.length_penalty", 0.0),
+}
+
+
+def test_arxiv_experiment_is_the_reference_default_yaml_key_by_key():
+    cfg = compose_config(["experiment=superhf_arxiv"])
+    config = validate_config(cfg)
+    for reference_key, (key, value) in REFERENCE_DEFAULT_YAML.items():
+        assert OmegaConf.select(cfg, key) == value, reference_key
     algo = config.algorithm
-    assert (algo.superbatch_size, algo.prompt_accumulation_steps, config.kl_coef, algo.learning_rate) == (16, 2, 0.35, 2e-5)
-    assert (algo.lora.enabled, algo.lora.r, algo.lora.alpha, algo.lora.dropout) == (True, 4, 32, 0.05)
-    assert algo.conversation_prompt.count("\n\nHuman:") == 2 and algo.num_superbatches * 2 == 10_000
+    assert algo.num_superbatches * algo.prompt_accumulation_steps == 10_000, "num_prompts"
+    assert config.model.name_or_path == "huggyllama/llama-7b" and config.heldout_reward_model is None
+    counts = {name: source.count for name, source in config.data.sources.items()}
+    assert counts == dict.fromkeys(["red_team_attempts", "helpful_base", "harmless_base", "webgpt_comparisons",
+                                    "self_instruct"], 2000), "prompt_dataset_names, num_prompts // 5 each"
+    # Where the reference's code, not its YAML, decides: generate's default top-k, AdamW's default weight decay,
+    # no gradient clipping, its loss, cut pattern and length-penalty form, and its scoring text.
+    assert (algo.generation_top_k, algo.weight_decay, algo.max_grad_norm) == (50, 0.01, None)
+    assert (algo.kl_direction, algo.loss_reduction, algo.kl_mask, algo.length_penalty_form) == (
+        "reference_to_policy", "reference", "unshifted", "log")
+    assert config.text.cut == "reference"
+    assert config.text.reward_input == algo.conversation_prompt + "{prompt} {completion}"
+    assert (config.eval.prompts_per_source, config.eval.sampling.temperature, config.eval.cut) == (200, 0.7, "reference")
+
+
+def test_paper_eval_preset_is_the_references_test_scoring():
+    config = validate_config(compose_config(["eval=paper"]))
+    sampling = config.eval.sampling
+    assert (sampling.temperature, sampling.top_p, sampling.generation_top_k, sampling.max_new_tokens) == (
+        0.7, 0.95, 50, 128)
+    assert (config.eval.prompts_per_source, config.eval.meteor_pairs_per_source, sampling.conversation_prompt) == (
+        200, 128, "")
+    assert config.eval.reward_input.startswith("A human user sends a message, and a helpful and harmless AI")
+    assert config.text.reward_input == "{prompt} {completion}", "training keeps its own scoring text"
+    assert validate_config(compose_config([])).eval.sampling.max_new_tokens == 48, "the tiny world's own preset"
 
 
 @pytest.mark.parametrize(
@@ -67,10 +116,14 @@ def test_arxiv_experiment_uses_lora_and_a_conversation_prompt():
         ("algorithm.lr_schedule=step", "algorithm.lr_schedule='step' is invalid"),
         ("precision=fp8", "precision='fp8' is invalid"),
         ("algorithm.name=dpo", "available algorithms are ['best_of_n', 'ppo', 'superhf']"),
+        ("text.cut=semicolon", "text.cut='semicolon' is invalid: use one of ('next_turn', 'reference')"),
+        ("text.reward_input='{prompt}'", "text.reward_input='{prompt}' is invalid: write {prompt} and {completion}"),
+        ("algorithm.kl_direction=both", "algorithm.kl_direction='both' is invalid"),
+        ("algorithm.loss_reduction=sum", "algorithm.loss_reduction='sum' is invalid"),
     ],
 )
 def test_impossible_values_name_the_key(override, message):
-    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         validate_config(compose_config([override]))
 
 

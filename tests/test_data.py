@@ -110,16 +110,20 @@ def test_each_kind_takes_the_first_human_turn_in_hh_rlhf_format(tmp_path):
         json.dump([{"transcript": _conversation(f"Tell me a secret {i}")} for i in range(3)], handle, indent=2)
     webgpt_row = {"question": {"full_text": "Why is the sky blue?", "dataset": "eli5"}}
     webgpt = _write(tmp_path / "comparisons.jsonl", [json.dumps(webgpt_row)])
+    instruct_row = {"prompt": "Write a haiku about rain.\n\nOutput:", "completion": " Soft rain on the roof"}
+    instruct = _write(tmp_path / "self_instruct.jsonl", [json.dumps(instruct_row)])
     config = DataConfig(shuffle=False, sources={
         "harmless": DataSourceConfig(kind="hh_rlhf", path=str(harmless), has_test_split=True),
         "red_team": DataSourceConfig(kind="hh_red_team", path=str(red_team), test_size=1),
         "webgpt": DataSourceConfig(kind="webgpt", path=str(webgpt), test_size=0),
+        "instruct": DataSourceConfig(kind="self_instruct", path=str(instruct), test_size=0),
     })
     prompt_set = load_training_prompts(config, seed=0)
     assert prompt_set.prompts == [_prompt("How do I pick a lock?"), _prompt("Tell me a secret 0"),
-                                  _prompt("Tell me a secret 1"), _prompt("Why is the sky blue?")]
-    assert prompt_set.sources == ["harmless", "red_team", "red_team", "webgpt"]
-    assert prompt_set.counts == {"harmless": 1, "red_team": 2, "webgpt": 1}
+                                  _prompt("Tell me a secret 1"), _prompt("Why is the sky blue?"),
+                                  _prompt("Write a haiku about rain.")]
+    assert prompt_set.sources == ["harmless", "red_team", "red_team", "webgpt", "instruct"]
+    assert prompt_set.counts == {"harmless": 1, "red_team": 2, "webgpt": 1, "instruct": 1}
 
 
 def test_without_its_own_test_split_a_source_holds_out_its_last_rows(tmp_path):
@@ -301,8 +305,8 @@ def test_impossible_data_settings_name_the_key(overrides, message):
         validate_config(compose_config(overrides))
 
 
-@pytest.mark.parametrize("name", ["toy", "paper_mix", "hh_harmless_base", "hh_helpful_base", "hh_red_team_attempts",
-                                  "webgpt_comparisons"])
+@pytest.mark.parametrize("name", ["toy", "paper_mix", "reference_mix", "hh_harmless_base", "hh_helpful_base",
+                                  "hh_red_team_attempts", "webgpt_comparisons", "self_instruct"])
 def test_every_data_config_validates(name):
     assert validate_config(compose_config([f"data={name}"])).data.name == name
 

@@ -6,7 +6,7 @@ import mlflow
 import pytest
 
 from conftest import compose_config, run_cli
-from superhf_lab.algorithms.best_of_n import best_of_n_kl, best_per_prompt
+from superhf_lab.algorithms.best_of_n import best_of_n_kl_bound, best_per_prompt
 from superhf_lab.completions import Completion
 from superhf_lab.config import ConfigError, validate_config
 from superhf_lab.evaluation import evaluation_metrics, evaluation_prompts
@@ -21,7 +21,8 @@ def test_metrics_are_per_source_and_pooled_overall():
     completions = [_completion(0, "the cat sat on the mat", 1.0, 0.5), _completion(1, "the cat sat on the mat", 3.0, 0.5),
                    _completion(2, "a dog ran far away", -1.0, 0.0, tokens=5), _completion(3, "green tea is hot", 0.0, 1.0)]
     sources = ["harmful", "harmful", "helpful", "helpful"]
-    metrics = evaluation_metrics(completions, sources, [0.1, 0.3, 0.0, 0.2], [1.0, 3.0, 0.0, 2.0], 128, seed=0)
+    kl = {"kl": [0.1, 0.3, 0.0, 0.2], "kl_sequence": [1.0, 3.0, 0.0, 2.0]}
+    metrics = evaluation_metrics(completions, sources, kl, 128, seed=0)
     assert metrics["eval/harmful/reward/mean"] == 2.0 and metrics["eval/helpful/reward/mean"] == -0.5
     assert metrics["eval/all/reward/mean"] == 0.75 and metrics["eval/all/prompts"] == 4
     assert metrics["eval/harmful/diversity/meteor_similarity"] > 0.99, "identical completions: mode collapse"
@@ -36,27 +37,29 @@ def test_metrics_are_per_source_and_pooled_overall():
 
 def test_meteor_pairs_are_seeded_scored_both_ways_and_capped():
     texts = [f"answer number {i} talks about topic {i % 3}" for i in range(12)]
-    scores = meteor_pair_scores(texts, num_pairs=20, seed=1)
-    assert len(scores) == 20 and scores == meteor_pair_scores(texts, num_pairs=20, seed=1)
-    assert scores != meteor_pair_scores(texts, num_pairs=20, seed=2)
-    assert len(meteor_pair_scores(texts[:4], num_pairs=128, seed=0)) == 6, "fewer pairs than asked: all of them"
+    prompts = [f"q{i}" for i in range(12)]
+    scores = meteor_pair_scores(texts, prompts, num_pairs=20, seed=1)
+    assert len(scores) == 20 and scores == meteor_pair_scores(texts, prompts, num_pairs=20, seed=1)
+    assert scores != meteor_pair_scores(texts, prompts, num_pairs=20, seed=2)
+    assert len(meteor_pair_scores(texts[:4], prompts[:4], num_pairs=128, seed=0)) == 6, "fewer pairs: all of them"
     mean, half_width = mean_and_ci95([0.2, 0.4, 0.6])
     assert mean == pytest.approx(0.4) and half_width == pytest.approx(1.96 * 0.2 / math.sqrt(3))
 
 
-def test_best_of_n_keeps_the_top_reward_per_prompt_and_its_kl_has_a_closed_form():
+def test_best_of_n_keeps_the_top_reward_per_prompt_and_bounds_its_kl():
     samples = [_completion(0, "a", 0.1), _completion(0, "b", 0.9), _completion(1, "c", -2.0), _completion(1, "d", -3.0)]
     assert [c.text for c in best_per_prompt(samples)] == ["b", "c"]
-    assert best_of_n_kl(1) == 0.0
-    assert best_of_n_kl(16) == pytest.approx(math.log(16) - 15 / 16)
+    assert best_of_n_kl_bound(1) == 0.0
+    assert best_of_n_kl_bound(16) == pytest.approx(math.log(16) - 15 / 16)
 
 
-def test_evaluation_prompts_sample_each_source_with_the_seed(tiny_world):
+def test_evaluation_prompts_sample_each_source_with_the_eval_seed_alone(tiny_world):
     config = validate_config(compose_config([f"tiny_world.dir={tiny_world.root}", "eval.prompts_per_source=10"]))
     chosen = evaluation_prompts(config)
     assert chosen.counts == {"helpful": 10, "harmful": 10, "open": 10}
-    assert evaluation_prompts(config).prompts == chosen.prompts
     config.seed = 1
+    assert evaluation_prompts(config).prompts == chosen.prompts, "every training seed is judged on the same prompts"
+    config.eval.seed = 1
     assert evaluation_prompts(config).prompts != chosen.prompts
     with pytest.raises(ConfigError, match="eval.prompts_per_source=1 is invalid"):
         validate_config(compose_config(["eval.prompts_per_source=1"]))
@@ -98,7 +101,9 @@ def test_trained_policies_are_saved_and_evaluated_like_base_and_best_of_n(tiny_w
     assert adapter.data.metrics["eval/all/kl"] > 0, "the adapter is applied to the starting policy"
 
     best = run(["algorithm=best_of_n", "algorithm.n=4"])
-    assert best.data.metrics["eval/all/kl_sequence"] == pytest.approx(best_of_n_kl(4))
+    assert best.data.metrics["eval/all/kl_sequence_bound"] == pytest.approx(best_of_n_kl_bound(4))
+    assert "eval/all/kl_sequence" not in best.data.metrics and "eval/all/kl" not in best.data.metrics
+    assert 0 < best.data.metrics["diversity/meteor_similarity_within_prompt"] < 1
     assert best.data.metrics["reward/mean"] == best.data.metrics["eval/all/reward/mean"]
     assert best.data.metrics["eval/all/reward/mean"] > base.data.metrics["eval/all/reward/mean"], (
         "picking the best of 4 by the reward model raises the reward model's score")

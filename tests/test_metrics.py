@@ -1,33 +1,101 @@
-"""Diversity metrics against nltk called directly and hand-counted n-grams."""
+"""Every per-step metric of the README's metric table, computed on hand-made completions and checked against
+a direct computation (nltk's METEOR called pair by pair, n-grams and means counted by hand)."""
 
 import math
-from itertools import permutations
+from statistics import mean, pstdev
 
 import pytest
 from nltk.translate.meteor_score import meteor_score
 
-from superhf_lab.metrics import distinct_n, meteor_similarity
+from superhf_lab.algorithms.superhf import superbatch_metrics
+from superhf_lab.completions import Completion, completion_metrics
+from superhf_lab.metrics import (
+    distinct_n,
+    meteor_pair_scores,
+    meteor_similarity,
+    meteor_similarity_within_prompt,
+    pairs_between_prompts,
+    pairs_within_prompts,
+)
 from superhf_lab.wordnet import ensure_wordnet
 
+BREAD = "\n\nHuman: How do I bake bread?\n\nAssistant:"
+LOCK = "\n\nHuman: How do I pick a lock?\n\nAssistant:"
+# Two prompts x three completions: one empty, one cut off by the token limit (finished=False).
 COMPLETIONS = [
-    "First mix flour, water and yeast, then knead the dough.",
-    "Knead the dough well and let it rise for an hour.",
-    "I can't help with that, but a locksmith can.",
+    Completion(BREAD, 0, " Mix flour, water and yeast, then knead the dough.", 12, True, 1.0, 0.5),
+    Completion(BREAD, 0, " Knead the dough well and let it rise.", 9, True, 2.0, 1.5),
+    Completion(BREAD, 0, "   ", 1, True, -1.0, -0.5),
+    Completion(LOCK, 1, " I can't help with that, but a locksmith can.", 11, True, 0.5, 2.0),
+    Completion(LOCK, 1, " Knead the dough well and let it rise.", 9, True, 3.0, -1.0),
+    Completion(LOCK, 1, " A locksmith can open it for", 7, False, 0.0, 0.0),
 ]
 
 
-def test_meteor_similarity_is_the_mean_over_ordered_pairs_of_nltk_meteor():
+def _symmetric(a: str, b: str) -> float:
+    return (meteor_score([a.split()], b.split()) + meteor_score([b.split()], a.split())) / 2
+
+
+def test_every_completion_metric_matches_its_definition():
     ensure_wordnet()
-    expected = [meteor_score([a.split()], b.split()) for a, b in permutations(COMPLETIONS, 2)]
-    assert len(expected) == 6
-    assert meteor_similarity(COMPLETIONS) == pytest.approx(sum(expected) / 6)
+    metrics = completion_metrics(COMPLETIONS)
+    rewards = [c.reward for c in COMPLETIONS]
+    heldout = [c.heldout_reward for c in COMPLETIONS]
+    nonempty = [c for c in COMPLETIONS if c.text.strip()]
+    between = [_symmetric(a.text, b.text) for i, a in enumerate(nonempty) for b in nonempty[i + 1 :]
+               if a.prompt != b.prompt]
+    within = [_symmetric(a.text, b.text) for i, a in enumerate(nonempty) for b in nonempty[i + 1 :]
+              if a.prompt == b.prompt]
+    assert (len(between), len(within)) == (6, 4)
+    words = [c.text.split() for c in nonempty]
+    unigrams = [w for ws in words for w in ws]
+    bigrams = [tuple(ws[i : i + 2]) for ws in words for i in range(len(ws) - 1)]
+    expected = {
+        "reward/mean": mean(rewards),
+        "reward/std": pstdev(rewards),
+        "heldout_reward/mean": mean(heldout),
+        "heldout_reward/std": pstdev(heldout),
+        "diversity/meteor_similarity": mean(between),
+        "diversity/meteor_similarity_within_prompt": mean(within),
+        "diversity/distinct_1": len(set(unigrams)) / len(unigrams),
+        "diversity/distinct_2": len(set(bigrams)) / len(bigrams),
+        "completion/length_tokens_mean": mean(c.num_tokens for c in COMPLETIONS),
+        "completion/empty_fraction": 1 / 6,
+        "completion/truncated_fraction": 1 / 6,
+    }
+    assert metrics.keys() == expected.keys()
+    for name, value in expected.items():
+        assert metrics[name] == pytest.approx(value, rel=1e-12), name
 
 
-def test_meteor_similarity_is_high_for_collapsed_and_low_for_diverse_completions():
+def test_superbatch_metrics_add_the_kept_completions_rewards():
+    metrics = superbatch_metrics(COMPLETIONS, kept_indices=[1, 4])
+    assert metrics["reward/kept_mean"] == 2.5 and metrics["reward/kept_std"] == 0.5
+    assert metrics["heldout_reward/kept_mean"] == 0.25
+
+
+def test_same_answer_to_different_prompts_is_mode_collapse_and_counts_only_across_prompts():
+    ensure_wordnet()
     collapsed = ["Have a wonderful day, you are amazing!"] * 4
-    assert meteor_similarity(collapsed) > 0.99
-    assert meteor_similarity(COMPLETIONS) < 0.5
-    assert math.isnan(meteor_similarity(["alone"]))
+    assert meteor_similarity(collapsed, ["p1", "p2", "p3", "p4"]) > 0.99
+    assert math.isnan(meteor_similarity(collapsed, ["p1"] * 4)), "no pair of completions to different prompts"
+    assert meteor_similarity_within_prompt(collapsed, ["p1"] * 4) > 0.99
+    assert math.isnan(meteor_similarity_within_prompt(collapsed, ["p1", "p2", "p3", "p4"]))
+
+
+def test_a_metric_with_no_pair_to_measure_is_left_out():
+    one_prompt = [c for c in COMPLETIONS if c.prompt == BREAD]
+    assert "diversity/meteor_similarity" not in completion_metrics(one_prompt)
+    one_each = [COMPLETIONS[0], COMPLETIONS[3]]
+    assert "diversity/meteor_similarity_within_prompt" not in completion_metrics(one_each)
+
+
+def test_pairs_split_by_prompt_and_evaluation_samples_only_pairs_across_prompts():
+    prompts = ["a", "b", "a", "c"]
+    assert pairs_between_prompts(prompts) == [(0, 1), (0, 3), (1, 2), (1, 3), (2, 3)]
+    assert pairs_within_prompts(prompts) == [(0, 2)]
+    texts = ["same words here"] * 4
+    assert meteor_pair_scores(texts, prompts, num_pairs=128, seed=0) == pytest.approx([_symmetric(*texts[:2])] * 5)
 
 
 def test_distinct_n_counts_unique_ngrams_over_all_ngrams():

@@ -7,7 +7,7 @@ from conftest import run_cli
 from superhf_lab.algorithms.ppo import METRIC_NAMES as PPO_METRICS
 from superhf_lab.algorithms.ppo import AdaptiveKLController, TextRewardModel
 from superhf_lab.algorithms.superhf import METRIC_NAMES as SUPERHF_METRICS
-from superhf_lab.config import RewardModelConfig
+from superhf_lab.config import RewardModelConfig, TextConfig
 from superhf_lab.models import load_tokenizer
 from superhf_lab.rewards import ModelRewardScorer
 
@@ -25,7 +25,7 @@ def test_trl_reward_path_scores_the_same_text_as_superhf(tiny_world):
     scorer = ModelRewardScorer(RewardModelConfig(name_or_path=str(tiny_world.reward_model)), "reward_model",
                                torch.device("cpu"), "fp32", batch_size=8)
     assert policy_tokenizer(PROMPTS[0]).input_ids != scorer.tokenizer(PROMPTS[0], add_special_tokens=False).input_ids
-    adapter = TextRewardModel(policy_tokenizer, scorer, None, PROMPTS)
+    adapter = TextRewardModel(policy_tokenizer, scorer, None, PROMPTS, TextConfig())
 
     queries = policy_tokenizer(PROMPTS, return_tensors="pt", padding=True).input_ids
     # The first response runs on into a next turn, which both algorithms cut; both end with EOS, then padding.
@@ -38,7 +38,7 @@ def test_trl_reward_path_scores_the_same_text_as_superhf(tiny_world):
     _, trl_scores, _ = get_reward(adapter, torch.cat([queries, responses], 1), policy_tokenizer.pad_token_id,
                                   queries.shape[1])
 
-    expected = scorer.score(PROMPTS, COMPLETIONS)
+    expected = scorer.score(PROMPTS, COMPLETIONS, TextConfig().reward_input)
     torch.testing.assert_close(trl_scores, torch.tensor(expected), rtol=1e-5, atol=1e-5)
     scored, _ = adapter.take_scored()
     assert [c.text for c in scored] == COMPLETIONS and [c.prompt for c in scored] == PROMPTS
@@ -53,7 +53,7 @@ def test_adaptive_kl_moves_the_coefficient_towards_the_target():
 
 
 def test_ppo_and_superhf_share_their_comparison_metrics():
-    shared = {"reward/mean", "reward/std", "heldout_reward/mean", "kl", "loss/total", "lr",
+    shared = {"reward/mean", "reward/std", "heldout_reward/mean", "loss/total", "lr",
               "diversity/meteor_similarity", "diversity/distinct_1", "diversity/distinct_2",
               "completion/length_tokens_mean", "time/step_s", "progress/prompts_seen",
               "progress/completions_generated"}
@@ -79,7 +79,8 @@ def test_ppo_run_logs_every_metric_per_update(tiny_world, tmp_path):
         expected = [2] if name.startswith("eval/") else [0, 1, 2]  # the final policy is evaluated once
         assert sorted(m.step for m in client.get_metric_history(run.info.run_id, name)) == expected, name
     assert run.data.metrics["eval/all/kl"] > 0 and "superhf_lab.policy_uri" in run.data.tags
-    kl = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "kl"), key=lambda m: m.step)]
+    kl = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "kl_sequence_estimate"),
+                                  key=lambda m: m.step)]
     coef = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "kl_coef"), key=lambda m: m.step)]
     assert kl[0] == pytest.approx(0.0, abs=1e-6) and min(kl) >= 0
     assert coef[0] == pytest.approx(0.1) and coef[1] < coef[0], "KL far below the target of 6 lowers the coefficient"

@@ -11,27 +11,50 @@ from superhf_lab.algorithms.superhf import (
     SuperHFConfig,
     SuperHFTrainer,
     completion_ce_and_kl,
+    loss_terms,
+    minibatch_loss,
     pad_examples,
     position_ids_for,
     select_top_k,
 )
 from superhf_lab.completions import Completion
-from superhf_lab.text import trim_completion
+from superhf_lab.config import TextConfig
+from superhf_lab.text import reward_model_input, trim_completion
 
 
 @pytest.mark.parametrize(
-    ("raw", "expected", "cut"),
+    ("raw", "expected", "was_cut"),
     [
         (" Knead the dough.\n\nHuman: thanks", " Knead the dough.", True),
         (" Sure.\n\nAssistant: more", " Sure.", True),
         (" Yes.\nHuman: and?", " Yes.", True),
         (" Fine.\n\nH: ok", " Fine.", True),
+        (" Great answer! Human: yes, you are right.", " Great answer!", True),  # a scripted human reply inline
         (" Plan A: rest, then go.  ", " Plan A: rest, then go.", False),
+        (" Human rights matter.", " Human rights matter.", False),
         ("\n\nHuman: hi", "", True),
     ],
 )
-def test_trim_completion_cuts_at_the_next_turn(raw, expected, cut):
-    assert trim_completion(raw) == (expected, cut)
+def test_trim_completion_cuts_at_the_next_turn(raw, expected, was_cut):
+    assert trim_completion(raw) == (expected, was_cut)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (" Human rights matter.", ""),  # the reference cuts at any "Human" or "Assistant"
+        (" Step one.\n\nStep two: mix.", " Step one."),  # and at any "\n\n<label>:"
+        (" Plan A: rest.", " Plan A: rest."),
+    ],
+)
+def test_reference_cut_pattern_is_the_reference_trainers_regex(raw, expected):
+    assert trim_completion(raw, "reference")[0] == expected
+
+
+def test_reward_input_fills_the_template_once_with_the_stripped_completion():
+    assert reward_model_input("{prompt} {completion}", "\n\nHuman: hi\n\nAssistant:", "  Hello.\n") == (
+        "\n\nHuman: hi\n\nAssistant: Hello.")
+    assert reward_model_input("Be kind.{prompt} {completion}", "{completion}?", "a") == "Be kind.{completion}? a"
 
 
 def _completion(prompt_index, reward, text="answer"):
@@ -52,6 +75,15 @@ def test_select_top_k_length_penalty_prefers_shorter_completions():
     completions = [_completion(0, 1.0, text="x" * 100), _completion(0, 0.9, text="x")]
     assert select_top_k(completions, top_k=1) == [0]
     assert select_top_k(completions, top_k=1, length_penalty=0.01) == [1]
+
+
+def test_log_length_penalty_is_the_reference_trainers_form():
+    """Characters of the stripped text: 100 and 2. Linear, 0.01: 0.0 vs 0.78 keeps the short one; log, 0.05:
+    1 - 0.05 log 100 = 0.770 vs 0.8 - 0.05 log 2 = 0.765 keeps the long one; log, 0.5: -1.30 vs 0.45 the short."""
+    completions = [_completion(0, 1.0, text="x" * 100), _completion(0, 0.8, text=" xx ")]
+    assert select_top_k(completions, top_k=1, length_penalty=0.01, length_penalty_form="linear") == [1]
+    assert select_top_k(completions, top_k=1, length_penalty=0.05, length_penalty_form="log") == [0]
+    assert select_top_k(completions, top_k=1, length_penalty=0.5, length_penalty_form="log") == [1]
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
@@ -106,6 +138,44 @@ def tiny_causal_lm():
     return GPTNeoXForCausalLM(config).eval()
 
 
+def _batch(prompts, completions, side="right"):
+    input_ids, attention, mask = pad_examples(prompts, completions, pad_token_id=0, padding_side=side)
+    return {"input_ids": input_ids, "attention_mask": attention, "position_ids": position_ids_for(attention)}, mask
+
+
+def test_reference_loss_equals_the_reference_trainers_formula(tiny_causal_lm):
+    """openfeedback/superhf SuperHFTrainer.finetune_language_model, transcribed: the model's own CE over labelled
+    tokens, plus kl_coef x KLDivLoss(batchmean, log_target) of each example at its labelled positions, clamped at 0
+    and added per example."""
+    torch.manual_seed(3)
+    reference = GPTNeoXForCausalLM(tiny_causal_lm.config).eval()
+    inputs, mask = _batch([[1, 2, 3, 4, 5], [6], [7, 8]], [[7, 8], [9, 10, 11, 12, 13, 14], [15, 16, 17]])
+    kl_coef = 0.35
+    labels = inputs["input_ids"].masked_fill(mask == 0, -100)
+    with torch.no_grad():
+        outputs = tiny_causal_lm(**inputs, labels=labels)
+        reference_logits = reference(**inputs).logits
+    expected = outputs.loss
+    logp_online, logp_original = F.log_softmax(outputs.logits, dim=2), F.log_softmax(reference_logits, dim=2)
+    kl_loss = torch.nn.KLDivLoss(reduction="batchmean", log_target=True)
+    for i in range(labels.shape[0]):
+        positions = labels[i] != -100
+        kl = torch.maximum(kl_loss(logp_online[i, positions, :], logp_original[i, positions, :]), torch.tensor(0.0))
+        expected = expected + kl_coef * kl
+
+    terms = loss_terms(outputs.logits, reference_logits, inputs["input_ids"], mask, "reference_to_policy", "unshifted")
+    ce, kl_penalty = minibatch_loss(terms, kl_coef, "reference", minibatch_size=3,
+                                    minibatch_tokens=int(terms.tokens.sum()))
+    torch.testing.assert_close(ce + kl_penalty, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ce, outputs.loss, rtol=1e-5, atol=1e-6)
+
+    default_ce, default_kl = completion_ce_and_kl(outputs.logits, reference_logits, inputs["input_ids"], mask)
+    ce, kl_penalty = minibatch_loss(loss_terms(outputs.logits, reference_logits, inputs["input_ids"], mask,
+                                               "policy_to_reference", "shifted"), kl_coef, "mean", 3, 0)
+    torch.testing.assert_close(ce + kl_penalty, default_ce.mean() + kl_coef * default_kl.mean())
+    assert not torch.allclose(ce + kl_penalty, expected), "the two losses differ on the same batch"
+
+
 def test_loss_is_the_same_with_left_and_right_padding(tiny_causal_lm):
     prompts, completions = [[1, 2, 3, 4, 5], [6]], [[7, 8], [9, 10, 11, 12, 13, 14]]
     results = {}
@@ -120,7 +190,7 @@ def test_loss_is_the_same_with_left_and_right_padding(tiny_causal_lm):
 
 
 class _ConstantScorer:
-    def score(self, prompts, completions):
+    def score(self, prompts, completions, reward_input):
         return [0.0] * len(prompts)
 
 
@@ -136,7 +206,7 @@ class _Tokenizer:
 
 def test_nonfinite_losses_are_skipped_counted_and_limited(tiny_causal_lm):
     policy = GPTNeoXForCausalLM(tiny_causal_lm.config)
-    trainer = SuperHFTrainer(SuperHFConfig(max_nonfinite_losses=1, minibatch_size_finetuning=1), 0.1, policy,
+    trainer = SuperHFTrainer(SuperHFConfig(max_nonfinite_losses=1, minibatch_size_finetuning=1), 0.1, TextConfig(), policy,
                              _Tokenizer(), _ConstantScorer(), None, torch.device("cpu"), "fp32")
     kept = [Completion("ab", 0, "cd", 2, True)]
     with torch.no_grad():
@@ -164,14 +234,16 @@ def _fails_above(function, limit, size_of):
     return wrapped
 
 
-def test_finetuning_out_of_memory_halves_into_micro_batches_with_the_same_update(tiny_causal_lm):
+@pytest.mark.parametrize("reduction", ["mean", "reference"])
+def test_finetuning_out_of_memory_halves_into_micro_batches_with_the_same_update(tiny_causal_lm, reduction):
     kept = [Completion(f"p{i}", i, "reply " * (i + 1), 3, True) for i in range(6)]
     updated = {}
     for limit in (None, 2):
         torch.manual_seed(1)
         policy = GPTNeoXForCausalLM(tiny_causal_lm.config)
-        config = SuperHFConfig(minibatch_size_finetuning=8, max_grad_norm=None)
-        trainer = SuperHFTrainer(config, 0.1, policy, _Tokenizer(), _ConstantScorer(), None, torch.device("cpu"), "fp32")
+        config = SuperHFConfig(minibatch_size_finetuning=8, max_grad_norm=None, loss_reduction=reduction,
+                               kl_direction="reference_to_policy" if reduction == "reference" else "policy_to_reference")
+        trainer = SuperHFTrainer(config, 0.1, TextConfig(), policy, _Tokenizer(), _ConstantScorer(), None, torch.device("cpu"), "fp32")
         if limit:
             policy.forward = _fails_above(policy.forward, limit, lambda **inputs: inputs["input_ids"].shape[0])
         trainer.finetune(kept)
@@ -185,7 +257,7 @@ def test_finetuning_out_of_memory_halves_into_micro_batches_with_the_same_update
 def test_out_of_memory_beyond_the_halving_limit_names_the_key(tiny_causal_lm):
     policy = GPTNeoXForCausalLM(tiny_causal_lm.config)
     config = SuperHFConfig(minibatch_size_finetuning=8, max_oom_halvings=1)
-    trainer = SuperHFTrainer(config, 0.1, policy, _Tokenizer(), _ConstantScorer(), None, torch.device("cpu"), "fp32")
+    trainer = SuperHFTrainer(config, 0.1, TextConfig(), policy, _Tokenizer(), _ConstantScorer(), None, torch.device("cpu"), "fp32")
     policy.forward = _fails_above(policy.forward, 1, lambda **inputs: inputs["input_ids"].shape[0])
     with pytest.raises(RuntimeError, match="algorithm.minibatch_size_finetuning=4 after 1 halvings .*max_oom_halvings=1"):
         trainer.finetune([Completion(f"p{i}", i, "reply", 1, True) for i in range(8)])
@@ -196,7 +268,7 @@ class _BatchLimitedScorer:
 
     batch_size = 32
 
-    def score(self, prompts, completions):
+    def score(self, prompts, completions, reward_input):
         if self.batch_size > 3:
             raise RuntimeError(CPU_OOM)
         return [float(len(c)) for c in completions]
@@ -208,7 +280,7 @@ def test_generation_and_scoring_out_of_memory_halve_and_go_on(tiny_world):
 
     policy, tokenizer = load_policy(ModelConfig(name_or_path=str(tiny_world.policy)), torch.device("cpu"))
     config = SuperHFConfig(superbatch_size=4, minibatch_size_generating=8, minibatch_size_scoring=32, max_new_tokens=4)
-    trainer = SuperHFTrainer(config, 0.1, policy, tokenizer, _BatchLimitedScorer(), None, torch.device("cpu"), "fp32")
+    trainer = SuperHFTrainer(config, 0.1, TextConfig(), policy, tokenizer, _BatchLimitedScorer(), None, torch.device("cpu"), "fp32")
     policy.generate = _fails_above(policy.generate, 2, lambda **inputs: inputs["input_ids"].shape[0])
     completions = trainer.generate(["\n\nHuman: How do I bake bread?\n\nAssistant:"] * 2)
     assert len(completions) == 8 and trainer.batch_sizes["generating"].size == 2

@@ -2,19 +2,23 @@
 scores highest. No training; the inference-time baseline the paper's authors compare SuperHF against.
 
 It runs on the evaluation prompts with the evaluation's sampling settings and is measured like any
-evaluated policy (``eval/<source>/...``). Its KL to the starting policy has a closed form for the
-sequence distribution, ``log N - (N - 1) / N`` (Stiennon et al. 2020, appendix), logged as
-``kl_sequence``; there is no per-token KL, so ``kl`` is not logged.
+evaluated policy (``eval/<source>/...``), except for KL: best-of-N is no distribution over tokens, and
+``log N - (N - 1) / N`` (Stiennon et al. 2020, appendix) is an upper bound on its sequence-level KL to the
+starting policy (Beirami et al. 2024, arXiv 2401.01879), so it is logged as ``kl_sequence_bound`` and never
+as ``kl`` or ``kl_sequence``. ``diversity/meteor_similarity_within_prompt`` measures the N samples per
+prompt (seeded pairs, ``eval.meteor_pairs_per_source`` per source).
 """
 
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass
 
 from superhf_lab.completions import Completion, score_completions
 from superhf_lab.config import require
 from superhf_lab.evaluation import (
+    BOUND_METRIC_NAMES,
     EVAL_METRIC_NAMES,
     OVERALL,
     completion_table,
@@ -23,6 +27,7 @@ from superhf_lab.evaluation import (
     evaluation_prompts,
     log_evaluation_table,
 )
+from superhf_lab.metrics import pairs_within_prompts, symmetric_meteor
 from superhf_lab.models import load_policy
 from superhf_lab.registry import RunContext, register_algorithm
 from superhf_lab.rewards import build_scorers
@@ -30,7 +35,9 @@ from superhf_lab.sampling import sample_completions
 
 # The evaluation's overall numbers are also logged under the training names, to overlay in MLflow charts.
 SHARED_NAMES = ("reward/mean", "heldout_reward/mean", "diversity/meteor_similarity", "completion/length_tokens_mean")
-METRIC_NAMES = (*SHARED_NAMES, "kl_sequence", *(eval_metric(name) for name in EVAL_METRIC_NAMES))
+EVAL_NAMES = [name for name in EVAL_METRIC_NAMES if name not in ("kl", "kl_sequence")] + list(BOUND_METRIC_NAMES)
+METRIC_NAMES = (*SHARED_NAMES, "kl_sequence_bound", "diversity/meteor_similarity_within_prompt",
+                *(eval_metric(name) for name in EVAL_NAMES))
 
 
 @dataclass
@@ -55,9 +62,21 @@ def best_per_prompt(completions: list[Completion]) -> list[Completion]:
     return [best[index] for index in sorted(best)]
 
 
-def best_of_n_kl(n: int) -> float:
-    """KL(best-of-n || base) over whole sequences: log n - (n - 1) / n."""
+def best_of_n_kl_bound(n: int) -> float:
+    """Upper bound on KL(best-of-n || base) over whole sequences: log n - (n - 1) / n."""
     return math.log(n) - (n - 1) / n
+
+
+def within_prompt_meteor(samples: list[Completion], sources: list[str], pairs_per_source: int, seed: int) -> float:
+    """Mean symmetric METEOR of seeded pairs of non-empty samples to the same prompt, ``pairs_per_source`` per source
+    (``sources[i]`` is the source of prompt i)."""
+    rng, scores = random.Random(seed), []
+    for source in dict.fromkeys(sources):
+        of_source = [c for c in samples if sources[c.prompt_index] == source and c.text.strip()]
+        pairs = pairs_within_prompts([c.prompt for c in of_source])
+        pairs = pairs if len(pairs) <= pairs_per_source else rng.sample(pairs, pairs_per_source)
+        scores += symmetric_meteor([c.text for c in of_source], pairs)
+    return sum(scores) / len(scores) if scores else math.nan
 
 
 @register_algorithm("best_of_n", BestOfNConfig, METRIC_NAMES)
@@ -67,11 +86,13 @@ def run_best_of_n(context: RunContext) -> None:
     policy, tokenizer = load_policy(run.model, context.device)
     scorer, heldout = build_scorers(run, context.device, cfg.minibatch_size_scoring)
     samples = sample_completions(policy, tokenizer, prompts.prompts, cfg.n, run.eval.sampling, run.eval.batch_size,
-                                 context.device, run.precision, progress=f"best-of-{cfg.n} sampling")
-    score_completions(samples, scorer, heldout)
+                                 context.device, run.precision, run.eval.cut, progress=f"best-of-{cfg.n} sampling")
+    score_completions(samples, run.eval.reward_input, scorer, heldout)
     chosen = best_per_prompt(samples)
-    kl_sequence = [best_of_n_kl(cfg.n)] * len(chosen)
-    metrics = evaluation_metrics(chosen, prompts.sources, None, kl_sequence, run.eval.meteor_pairs_per_source, run.seed)
+    kl = {"kl_sequence_bound": [best_of_n_kl_bound(cfg.n)] * len(chosen)}
+    metrics = evaluation_metrics(chosen, prompts.sources, kl, run.eval.meteor_pairs_per_source, run.eval.seed)
     shared = {name: metrics[eval_metric(name, OVERALL)] for name in SHARED_NAMES if eval_metric(name, OVERALL) in metrics}
-    context.tracker.log_metrics({**metrics, **shared, "kl_sequence": kl_sequence[0]}, step=0)
-    log_evaluation_table(context.tracker, completion_table(0, chosen, prompts.sources, kl_sequence), step=0)
+    within = within_prompt_meteor(samples, prompts.sources, run.eval.meteor_pairs_per_source, run.eval.seed)
+    context.tracker.log_metrics({**metrics, **shared, "kl_sequence_bound": kl["kl_sequence_bound"][0],
+                                 "diversity/meteor_similarity_within_prompt": within}, step=0)
+    log_evaluation_table(context.tracker, completion_table(0, chosen, prompts.sources, kl), step=0)

@@ -10,11 +10,12 @@ Three things are added on top of TRL so PPO and SuperHF are comparable metric fo
   update it moves ``kl_coef`` towards a target KL (Ziegler et al. 2019), as the paper's Table 3 used.
 - :class:`MetricsBridge`, a callback that logs every update under SuperHF's metric names.
 
-The top-level ``kl_coef`` is PPO's (initial) KL penalty coefficient. ``kl`` is the quantity PPO
-penalises: TRL's estimate, summed over a completion's tokens and averaged over the batch. With the
-default ``k3`` estimator every token's term is >= 0, so the logged KL is never negative; ``k1``
-(log-ratio) terms can be negative on individual samples although their expectation is the true KL.
-Note the units differ from SuperHF's ``kl`` (a per-token mean of the exact KL).
+The top-level ``kl_coef`` is PPO's (initial) KL penalty coefficient. ``kl_sequence_estimate`` is the quantity
+PPO penalises: TRL's sampled estimate, summed over a completion's tokens and averaged over the batch. With
+the default ``k3`` estimator every token's term is >= 0, so it is never negative; ``k1`` (log-ratio) terms
+can be negative on individual samples although their expectation is the true KL. It is not SuperHF's
+``kl`` (the exact per-token mean), which is why it has its own name; the evaluation logs the exact ``kl``
+and ``kl_sequence`` for both algorithms.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from transformers import AutoModelForSequenceClassification, TrainerCallback
 from transformers.modeling_outputs import BaseModelOutput
 
 from superhf_lab.completions import Completion, completion_metrics, completion_rows, score_completions
-from superhf_lab.config import LoraSettings, require
+from superhf_lab.config import LoraSettings, TextConfig, require
 from superhf_lab.data import load_training_prompts, log_source_counts
 from superhf_lab.evaluation import EVAL_METRIC_NAMES, PolicyEvaluator, eval_metric, save_policy_artifact
 from superhf_lab.models import check_context_fits, load_policy
@@ -40,7 +41,7 @@ from superhf_lab.text import decode_completion
 
 METRIC_NAMES = (
     "reward/mean", "reward/std", "heldout_reward/mean", "heldout_reward/std",
-    "kl", "kl_coef", "loss/total", "loss/policy", "loss/value", "lr",
+    "kl_sequence_estimate", "kl_coef", "loss/total", "loss/policy", "loss/value", "lr",
     "diversity/meteor_similarity", "diversity/distinct_1", "diversity/distinct_2",
     "completion/length_tokens_mean", "completion/empty_fraction", "completion/truncated_fraction",
     "ppo/clipfrac", "ppo/entropy", "ppo/approx_kl",
@@ -128,9 +129,11 @@ class TextRewardModel(nn.Module):
 
     base_model_prefix = "backbone"
 
-    def __init__(self, tokenizer, scorer: RewardScorer, heldout_scorer: RewardScorer | None, prompts: list[str]):
+    def __init__(self, tokenizer, scorer: RewardScorer, heldout_scorer: RewardScorer | None, prompts: list[str],
+                 text: TextConfig):
         super().__init__()
         self.tokenizer = tokenizer
+        self.text = text
         self.scorer = scorer
         self.heldout_scorer = heldout_scorer
         self.prompt_by_ids = {tuple(tokenizer(prompt).input_ids): prompt for prompt in prompts}
@@ -144,7 +147,7 @@ class TextRewardModel(nn.Module):
         prompt_ids = [t for t, real in zip(ids[: self.context_length], mask[: self.context_length]) if real]
         response_ids = [t for t, real in zip(ids[self.context_length :], mask[self.context_length :]) if real]
         prompt = self.prompt_by_ids.get(tuple(prompt_ids)) or self.tokenizer.decode(prompt_ids, skip_special_tokens=True)
-        text, num_tokens, finished = decode_completion(self.tokenizer, response_ids)
+        text, num_tokens, finished = decode_completion(self.tokenizer, response_ids, self.text.cut)
         return Completion(prompt, len(self.scored), text, num_tokens, finished)
 
     @torch.no_grad()
@@ -153,7 +156,7 @@ class TextRewardModel(nn.Module):
             raise RuntimeError("TextRewardModel.context_length is unset: wrap the dataloader in ContextLengthTracker")
         started = time.perf_counter()
         completions = [self.split_row(ids, mask) for ids, mask in zip(input_ids.tolist(), attention_mask.bool().tolist())]
-        score_completions(completions, self.scorer, self.heldout_scorer)
+        score_completions(completions, self.text.reward_input, self.scorer, self.heldout_scorer)
         self.scored.extend(completions)
         self.scoring_seconds += time.perf_counter() - started
         return torch.tensor([c.reward for c in completions], dtype=torch.float32)
@@ -213,7 +216,7 @@ class MetricsBridge(TrainerCallback):
         completions, scoring_seconds = self.reward_model.take_scored()
         metrics = {
             **completion_metrics(completions),
-            "kl": logs["objective/kl"],
+            "kl_sequence_estimate": logs["objective/kl"],
             "kl_coef": args.kl_coef,  # the coefficient that penalised this update's rollout
             "loss/policy": logs["loss/policy_avg"],
             "loss/value": logs["loss/value_avg"],
@@ -252,7 +255,7 @@ def build_ppo_trainer(context: RunContext):
     )
     value_model.config.pad_token_id = tokenizer.pad_token_id
     scorer, heldout = build_scorers(run, context.device, cfg.rollout_minibatch_size)
-    reward_model = TextRewardModel(tokenizer, scorer, heldout, prompts)
+    reward_model = TextRewardModel(tokenizer, scorer, heldout, prompts, run.text)
     args = PPOConfig(
         output_dir=str(Path(run.output_dir) / "ppo"), report_to="none", save_strategy="no", logging_steps=1,
         seed=run.seed, bf16=run.precision == "bf16", fp16=run.precision == "fp16",

@@ -5,13 +5,16 @@ by the reward model through its own tokenizer; empty completions are dropped and
 kept; the policy is fine-tuned on them with cross-entropy on completion tokens plus ``kl_coef`` x KL to
 the frozen starting policy.
 
-The loss, per kept completion, averages over that completion's tokens only:
+The loss by default (``loss_reduction: mean``), per kept completion, averages over its tokens only:
     CE  = mean_t -log pi(y_t | x, y_<t)
     KL  = mean_t KL(pi(. | x, y_<t) || pi_ref(. | x, y_<t))     (exact, over the vocabulary)
 and both are then averaged over the completions of a minibatch, so ``kl_coef`` weighs two per-token
 quantities and means the same whatever the completion length or minibatch size. The reference trainer
-uses KL(pi_ref || pi) and sums it over a minibatch; we use the policy-first direction that PPO-based RLHF
-penalises, so one ``kl_coef`` sweep reads the same for both algorithms.
+(``loss_reduction: reference``, ``kl_direction: reference_to_policy``, ``kl_mask: unshifted``) takes the
+token mean of CE over the whole minibatch, and per completion the token mean of KL(pi_ref || pi) over the
+unshifted completion positions, clamped at 0 and *summed* over the minibatch, so its ``kl_coef`` scales
+with the minibatch size. The policy-first direction is what PPO-based RLHF penalises, so one ``kl_coef``
+sweep reads the same for both algorithms. The logged ``kl`` is always the default term (exact, per token).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
 from superhf_lab.checkpoint import Preempted, capture_rng, restore_rng
 from superhf_lab.completions import Completion, completion_metrics, completion_rows, score_completions
-from superhf_lab.config import LoraSettings, SamplingSettings, require
+from superhf_lab.config import LoraSettings, SamplingSettings, TextConfig, require
 from superhf_lab.data import PromptStream, load_training_prompts, log_source_counts
 from superhf_lab.evaluation import EVAL_METRIC_NAMES, PolicyEvaluator, eval_metric, save_policy_artifact
 from superhf_lab.memory import HalvingBatchSize
@@ -42,13 +45,18 @@ from superhf_lab.sampling import completion_token_ids, sample_completions
 
 log = logging.getLogger(__name__)
 LR_SCHEDULES = ("cosine", "linear", "constant")
+KL_DIRECTIONS = ("policy_to_reference", "reference_to_policy")  # KL(pi || pi_ref) or the reference's KL(pi_ref || pi)
+LOSS_REDUCTIONS = ("mean", "reference")
+KL_MASKS = ("shifted", "unshifted")  # logits that predict completion tokens, or the logits at completion tokens
+LENGTH_PENALTY_FORMS = ("linear", "log")  # per character of the stripped completion, or x log(characters)
 
 # Stable metric names, shared with every algorithm that wants to be overlaid with SuperHF in MLflow.
 METRIC_NAMES = (
     "reward/mean", "reward/std", "reward/kept_mean", "reward/kept_std",
     "heldout_reward/mean", "heldout_reward/std", "heldout_reward/kept_mean",
     "kl", "loss/total", "loss/ce", "loss/kl_penalty", "lr",
-    "diversity/meteor_similarity", "diversity/distinct_1", "diversity/distinct_2",
+    "diversity/meteor_similarity", "diversity/meteor_similarity_within_prompt",
+    "diversity/distinct_1", "diversity/distinct_2",
     "completion/length_tokens_mean", "completion/empty_fraction", "completion/truncated_fraction",
     "time/generation_s", "time/scoring_s", "time/finetuning_s", "time/step_s",
     "progress/prompts_seen", "progress/completions_generated", "train/nonfinite_losses_skipped",
@@ -73,7 +81,11 @@ class SuperHFConfig:
     repetition_penalty: float = 1.05
     no_repeat_ngram_size: int = 0
     conversation_prompt: str = ""  # prepended to every prompt the policy sees, never shown to the reward model
-    length_penalty: float = 0.0  # subtracted from the reward per character of completion, for selection only
+    length_penalty: float = 0.0  # subtracted from the reward for selection only, see length_penalty_form
+    length_penalty_form: str = "linear"  # linear: x characters; log: x log(characters), as the reference
+    kl_direction: str = "policy_to_reference"
+    loss_reduction: str = "mean"  # mean over a minibatch's completions; reference: the reference trainer's sums
+    kl_mask: str = "shifted"
     learning_rate: float = 2e-5
     lr_schedule: str = "cosine"
     warmup_superbatches: int = 0
@@ -112,20 +124,32 @@ class SuperHFConfig:
                 self.max_grad_norm, "use null (no clipping) or a value > 0")
         require(self.max_nonfinite_losses >= 0, "algorithm.max_nonfinite_losses", self.max_nonfinite_losses, "use 0 or more")
         require(self.max_oom_halvings >= 0, "algorithm.max_oom_halvings", self.max_oom_halvings, "use 0 (never) or more")
+        for name, allowed in (("length_penalty_form", LENGTH_PENALTY_FORMS), ("kl_direction", KL_DIRECTIONS),
+                              ("loss_reduction", LOSS_REDUCTIONS), ("kl_mask", KL_MASKS)):
+            require(getattr(self, name) in allowed, f"algorithm.{name}", getattr(self, name), f"use one of {allowed}")
         self.lora.check("algorithm.lora")
 
 
-def select_top_k(completions: list[Completion], top_k: int, length_penalty: float = 0.0) -> list[int]:
-    """Indices of the ``top_k`` highest-reward non-empty completions of each prompt."""
+def selection_score(completion: Completion, length_penalty: float, form: str) -> float:
+    """The reward that ranks a completion for top-K: minus ``length_penalty`` x its stripped length in characters
+    (``linear``) or x the log of that length (``log``, the reference trainer's form)."""
+    if length_penalty == 0:
+        return completion.reward
+    characters = len(completion.text.strip())
+    return completion.reward - length_penalty * (math.log(characters) if form == "log" else characters)
+
+
+def select_top_k(completions: list[Completion], top_k: int, length_penalty: float = 0.0,
+                 length_penalty_form: str = "linear") -> list[int]:
+    """Indices of the ``top_k`` highest-scoring non-empty completions of each prompt."""
     by_prompt: dict[int, list[int]] = {}
     for index, completion in enumerate(completions):
         if completion.text.strip():
             by_prompt.setdefault(completion.prompt_index, []).append(index)
     kept = []
     for indices in by_prompt.values():
-        ranked = sorted(
-            indices, key=lambda i: completions[i].reward - length_penalty * len(completions[i].text), reverse=True
-        )
+        ranked = sorted(indices, key=lambda i: selection_score(completions[i], length_penalty, length_penalty_form),
+                        reverse=True)
         kept.extend(ranked[:top_k])
     return sorted(kept)
 
@@ -187,6 +211,48 @@ def completion_ce_and_kl(
     return (token_ce * mask).sum(-1) / tokens, (token_kl * mask).sum(-1) / tokens
 
 
+@dataclass
+class LossTerms:
+    """Per completion: summed CE and its token count, the exact per-token KL(policy || reference) that is
+    logged as ``kl``, and the KL term as the configured loss defines it (direction and mask)."""
+
+    ce_sum: torch.Tensor
+    tokens: torch.Tensor
+    kl: torch.Tensor
+    kl_loss: torch.Tensor
+
+
+def loss_terms(logits: torch.Tensor, reference_logits: torch.Tensor, input_ids: torch.Tensor,
+               completion_mask: torch.Tensor, kl_direction: str, kl_mask: str) -> LossTerms:
+    """What both loss reductions are built from (see the module docstring)."""
+    log_probs = F.log_softmax(logits.float(), dim=-1)
+    reference_log_probs = F.log_softmax(reference_logits.float(), dim=-1)
+    predicts = F.pad(completion_mask[:, 1:], (0, 1)).float()  # position t predicts completion token t+1
+    token_ce = F.pad(-log_probs[:, :-1].gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1), (0, 1))
+    tokens = predicts.sum(-1)
+    kl_token = (log_probs.exp() * (log_probs - reference_log_probs)).sum(-1)
+    kl = (kl_token * predicts).sum(-1) / tokens.clamp(min=1)
+    if kl_direction == "reference_to_policy":
+        kl_token = (reference_log_probs.exp() * (reference_log_probs - log_probs)).sum(-1)
+    loss_mask = predicts if kl_mask == "shifted" else completion_mask.float()
+    kl_loss = (kl_token * loss_mask).sum(-1) / loss_mask.sum(-1).clamp(min=1)
+    return LossTerms((token_ce * predicts).sum(-1), tokens, kl, kl_loss)
+
+
+def minibatch_loss(terms: LossTerms, kl_coef: float, reduction: str, minibatch_size: int,
+                   minibatch_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(CE term, KL term) of a minibatch's loss contributed by the completions in ``terms`` (all of the
+    minibatch, or one micro-batch of it: contributions add up to the minibatch's loss).
+
+    ``mean``: mean over completions of per-token CE + ``kl_coef`` x per-token KL. ``reference``: CE averaged
+    over all the minibatch's completion tokens, plus ``kl_coef`` x the sum over completions of KL clamped at 0.
+    """
+    if reduction == "reference":
+        return terms.ce_sum.sum() / minibatch_tokens, kl_coef * terms.kl_loss.clamp(min=0).sum()
+    ce = terms.ce_sum / terms.tokens.clamp(min=1)
+    return ce.sum() / minibatch_size, kl_coef * terms.kl_loss.sum() / minibatch_size
+
+
 class SuperHFTrainer:
     """Runs superbatches: :meth:`generate`, :meth:`score`, :func:`select_top_k`, :meth:`finetune`."""
 
@@ -194,6 +260,7 @@ class SuperHFTrainer:
         self,
         config: SuperHFConfig,
         kl_coef: float,
+        text: TextConfig,
         policy: PreTrainedModel,
         tokenizer: PreTrainedTokenizerBase,
         reward_scorer: RewardScorer,
@@ -203,6 +270,7 @@ class SuperHFTrainer:
     ) -> None:
         self.config = config
         self.kl_coef = kl_coef
+        self.text = text
         self.tokenizer = tokenizer
         self.reward_scorer = reward_scorer
         self.heldout_scorer = heldout_scorer
@@ -241,7 +309,8 @@ class SuperHFTrainer:
         """``superbatch_size`` sampled completions per prompt, cut where the model starts a new turn."""
         cfg = self.config
         return self.batch_sizes["generating"].run(lambda size: sample_completions(
-            self.policy, self.tokenizer, prompts, cfg.superbatch_size, cfg.sampling, size, self.device, self.precision
+            self.policy, self.tokenizer, prompts, cfg.superbatch_size, cfg.sampling, size, self.device, self.precision,
+            self.text.cut,
         ))
 
     def score(self, completions: list[Completion]) -> None:
@@ -251,14 +320,14 @@ class SuperHFTrainer:
             for scorer in (self.reward_scorer, self.heldout_scorer):
                 if hasattr(scorer, "batch_size"):
                     scorer.batch_size = size
-            score_completions(completions, self.reward_scorer, self.heldout_scorer)
+            score_completions(completions, self.text.reward_input, self.reward_scorer, self.heldout_scorer)
 
         self.batch_sizes["scoring"].run(score_in_minibatches_of)
 
     def finetune(self, kept: list[Completion]) -> dict[str, float]:
         """One optimizer step per minibatch of kept completions; non-finite losses are skipped and counted."""
         self.policy.train()
-        sums = {"loss/total": 0.0, "loss/ce": 0.0, "kl": 0.0}
+        sums = dict.fromkeys(("loss/total", "loss/ce", "loss/kl_penalty", "kl"), 0.0)
         steps = 0
         size = self.config.minibatch_size_finetuning
         for start in range(0, len(kept), size):
@@ -275,31 +344,34 @@ class SuperHFTrainer:
             for name, value in losses.items():
                 sums[name] += value
             steps += 1
-        means = {name: total / steps if steps else math.nan for name, total in sums.items()}
-        means["loss/kl_penalty"] = self.kl_coef * means["kl"]
-        return means
+        return {name: total / steps if steps else math.nan for name, total in sums.items()}
 
     def _accumulate_gradients(self, minibatch: list[Completion], micro_size: int) -> dict[str, float] | None:
-        """Gradients of the minibatch's mean loss, summed over micro-batches of ``micro_size`` (the whole
-        minibatch unless memory ran out); None, with no gradients left, when the loss is not finite."""
+        """Gradients of the minibatch's loss, summed over micro-batches of ``micro_size`` (the whole minibatch
+        unless memory ran out); None, with no gradients left, when the loss is not finite."""
+        cfg = self.config
         self.optimizer.zero_grad(set_to_none=True)
-        totals = {"loss/total": 0.0, "loss/ce": 0.0, "kl": 0.0}
+        totals = dict.fromkeys(("loss/total", "loss/ce", "loss/kl_penalty", "kl"), 0.0)
+        minibatch_tokens = sum(len(completion_token_ids(self.tokenizer, cfg.conversation_prompt, c)[1])
+                               for c in minibatch) if cfg.loss_reduction == "reference" else 0
         for start in range(0, len(minibatch), micro_size):
             part = minibatch[start : start + micro_size]
-            inputs, completion_mask = completion_batch(self.tokenizer, self.config.conversation_prompt, part, self.device)
+            inputs, completion_mask = completion_batch(self.tokenizer, cfg.conversation_prompt, part, self.device)
             reference_logits = self.reference_logits(**inputs)
             with autocast(self.device, self.precision):
                 logits = self.policy(**inputs).logits
-            ce, kl = completion_ce_and_kl(logits, reference_logits, inputs["input_ids"], completion_mask)
-            share = len(part) / len(minibatch)
-            loss = (ce.mean() + self.kl_coef * kl.mean()) * share
+            terms = loss_terms(logits, reference_logits, inputs["input_ids"], completion_mask, cfg.kl_direction,
+                               cfg.kl_mask)
+            ce, kl_penalty = minibatch_loss(terms, self.kl_coef, cfg.loss_reduction, len(minibatch), minibatch_tokens)
+            loss = ce + kl_penalty
             if not torch.isfinite(loss):
                 self.optimizer.zero_grad(set_to_none=True)
                 return None
             self.grad_scaler.scale(loss).backward()
             totals["loss/total"] += loss.item()
-            totals["loss/ce"] += ce.mean().item() * share
-            totals["kl"] += kl.mean().item() * share
+            totals["loss/ce"] += ce.item()
+            totals["loss/kl_penalty"] += kl_penalty.item()
+            totals["kl"] += terms.kl.sum().item() / len(minibatch)
         return totals
 
     def state_dict(self) -> dict:
@@ -338,7 +410,8 @@ class SuperHFTrainer:
         generated = time.perf_counter()
         self.score(completions)
         scored = time.perf_counter()
-        kept_indices = select_top_k(completions, self.config.top_k, self.config.length_penalty)
+        kept_indices = select_top_k(completions, self.config.top_k, self.config.length_penalty,
+                                    self.config.length_penalty_form)
         learning_rate = self.scheduler.get_last_lr()[0]
         losses = self.finetune([completions[i] for i in kept_indices])
         self.scheduler.step()
@@ -379,7 +452,8 @@ def build_trainer(context: RunContext) -> tuple[SuperHFTrainer, PromptStream]:
     check_context_fits(tokenizer, policy.config, prompt_set.prompts, cfg.max_new_tokens, run.data.max_prompt_chars,
                        cfg.conversation_prompt)
     reward_scorer, heldout_scorer = build_scorers(run, context.device, cfg.minibatch_size_scoring)
-    trainer = SuperHFTrainer(cfg, run.kl_coef, policy, tokenizer, reward_scorer, heldout_scorer, context.device, run.precision)
+    trainer = SuperHFTrainer(cfg, run.kl_coef, run.text, policy, tokenizer, reward_scorer, heldout_scorer,
+                             context.device, run.precision)
     return trainer, stream
 
 
