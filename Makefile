@@ -1,6 +1,7 @@
 # make run    install (if needed), build the tiny world (if needed), run SuperHF on it
 # make test   install (if needed), run the test suite
 # make bench  time one superbatch's phases on the tiny world (one JSON line)
+# make results  the README's results table: each row x seed on the tiny world (about an hour on 2 cores)
 # make tracking-server  an MLflow tracking server for parallel and cluster sweeps (port 5000)
 VENV ?= .venv
 PYTHON ?= python3
@@ -16,7 +17,7 @@ TRACKING_INSTALLED := $(TRACKING_VENV)/.installed
 TRACKING_SPEC ?= mlflow==3.17.*
 TRACKING_PORT ?= 5000
 
-.PHONY: install tracking-install tracking-server wordnet world run test bench ui clean
+.PHONY: install tracking-install tracking-server wordnet world run test bench results ui clean
 
 install: $(INSTALLED)
 
@@ -62,6 +63,9 @@ test: install tracking-install
 
 bench: install
 	$(PY) -m superhf_lab.bench $(ARGS)
+
+results: install
+	$(PY) -m superhf_lab.results $(ARGS)
 
 # The UI is MLflow's server, so it runs from the tracking server's environment too (see above).
 ui: tracking-install

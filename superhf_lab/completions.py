@@ -17,10 +17,11 @@ class Completion:
     prompt: str
     prompt_index: int
     text: str
-    num_tokens: int
+    num_tokens: int  # the text's length in policy tokens
     finished: bool  # ended by EOS or by the start of a next turn, not by the token limit
     reward: float = math.nan
     heldout_reward: float = math.nan
+    generated_tokens: int = 0  # what generation spent on it: tokens up to EOS, the stop at a next turn or the limit
 
 
 def score_completions(completions: list[Completion], reward_input: str, scorer, heldout_scorer=None) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+import subprocess
 from pathlib import Path
 
 import mlflow
@@ -19,6 +21,30 @@ from superhf_lab.sweeps import child_tags, current_sweep_job, parent_run_id
 from superhf_lab.tracking import Tracker, check_tracking_store, set_terminated_or_warn, tracked_run
 
 log = logging.getLogger(__name__)
+# A hash of everything that decides what a run computes (seed included; not where its outputs go), so runs of
+# one configuration can be found again: `make results` reuses them instead of training twice.
+CONFIG_TAG = "superhf_lab.config_fingerprint"
+CODE_TAG = "superhf_lab.code_version"  # the git commit that ran (with -dirty for uncommitted code), else the version
+SOURCE = Path(__file__).resolve().parents[1]
+
+
+@functools.cache
+def code_version() -> str:
+    """Which code computed a run: the checkout's commit, marked -dirty when its code or configs have uncommitted
+    changes; the package version where there is no checkout (an installed wheel)."""
+    from superhf_lab import __version__
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", "-C", str(SOURCE), *args], capture_output=True, text=True)
+
+    try:
+        head = git("rev-parse", "--short=12", "HEAD")
+    except OSError:  # no git on this machine
+        return __version__
+    if head.returncode != 0:
+        return __version__
+    dirty = git("diff", "--quiet", "HEAD", "--", "superhf_lab", "conf", "sweeps", "run.py").returncode != 0
+    return head.stdout.strip() + ("-dirty" if dirty else "")
 
 
 def paths_in_tiny_world(config: RunConfig) -> list[str]:
@@ -53,11 +79,13 @@ def run_experiment(cfg: DictConfig) -> float | tuple[float, ...] | None:
     set_seed(config.seed)
     if config.mode == "eval":
         run_name = config.mlflow.run_name or f"eval {config.eval.policy or config.model.name_or_path}"
-        tags = {"mode": "eval", "output_dir": config.output_dir}
+        tags = {"mode": "eval", "output_dir": config.output_dir, CONFIG_TAG: run_fingerprint(cfg),
+                CODE_TAG: code_version()}
         with tracked_run(cfg, tags, run_name, config.output_dir, config.mlflow.retry_every_s) as tracker:
             evaluate_policy(RunContext(config, tracker, device))
         return None
-    tags = {"algorithm": plugin.name, "mode": "train", "output_dir": config.output_dir}
+    tags = {"algorithm": plugin.name, "mode": "train", "output_dir": config.output_dir,
+            CONFIG_TAG: run_fingerprint(cfg), CODE_TAG: code_version()}
     sweep_job = current_sweep_job()
     run_name = config.mlflow.run_name
     if sweep_job is None:

@@ -2,14 +2,36 @@
 
 from __future__ import annotations
 
+import re
+
 import torch
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 
 from superhf_lab.completions import Completion
 from superhf_lab.config import SamplingSettings
 from superhf_lab.models import autocast
-from superhf_lab.text import decode_completion, with_conversation_prompt
+from superhf_lab.text import CUT_PATTERNS, decode_completion, with_conversation_prompt
+
+
+class StopAtNextTurn(StoppingCriteria):
+    """Ends each sequence as soon as its text would be cut (a next turn, by ``text.cut``), so no tokens are
+    generated past where the completion ends anyway. The text kept is the same: the first match of the cut
+    pattern is already complete when it is found, and later tokens could only add matches after it."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, prompt_length: int, pattern: re.Pattern) -> None:
+        self.tokenizer = tokenizer
+        self.prompt_length = prompt_length
+        self.pattern = pattern
+        self.stopped: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        if self.stopped is None:
+            self.stopped = torch.zeros(input_ids.shape[0], dtype=torch.bool)
+        for row in (~self.stopped).nonzero().flatten().tolist():
+            text = self.tokenizer.decode(input_ids[row, self.prompt_length :], skip_special_tokens=True)
+            self.stopped[row] = self.pattern.search(text) is not None
+        return self.stopped.to(input_ids.device)
 
 
 @torch.no_grad()
@@ -24,9 +46,11 @@ def sample_completions(
     precision: str,
     cut: str,
     progress: str | None = None,
+    stop_at_cut: bool = True,
 ) -> list[Completion]:
     """``per_prompt`` completions of each prompt (prompt-major order), cut where ``cut`` says a new turn starts
-    (``text.cut``, see :data:`superhf_lab.text.CUT_PATTERNS`).
+    (``text.cut``, see :data:`superhf_lab.text.CUT_PATTERNS`); generation of a sequence stops there too unless
+    ``stop_at_cut`` is off (the benchmark's "before").
 
     ``progress`` names a progress bar over the minibatches (long evaluations); None shows none.
     """
@@ -41,19 +65,35 @@ def sample_completions(
             [with_conversation_prompt(settings.conversation_prompt, prompt) for _, prompt in batch],
             return_tensors="pt", padding=True,
         ).to(device)
+        prompt_length = encoded["input_ids"].shape[1]
+        stopping = StoppingCriteriaList([StopAtNextTurn(tokenizer, prompt_length, CUT_PATTERNS[cut])] if stop_at_cut
+                                        else [])
         with autocast(device, precision):
             output = policy.generate(
                 **encoded, do_sample=True, temperature=settings.temperature, top_p=settings.top_p,
                 top_k=settings.generation_top_k, repetition_penalty=settings.repetition_penalty,
                 no_repeat_ngram_size=settings.no_repeat_ngram_size, max_new_tokens=settings.max_new_tokens,
-                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, stopping_criteria=stopping,
             )
-        new_tokens = output[:, encoded["input_ids"].shape[1] :].tolist()
+        new_tokens = output[:, prompt_length:].tolist()
         for (prompt_index, prompt), tokens in zip(batch, new_tokens):
-            text, num_tokens, finished = decode_completion(tokenizer, tokens, cut)
-            completions.append(Completion(prompt, prompt_index, text, num_tokens=num_tokens, finished=finished))
+            completions.append(decoded_completion(tokenizer, prompt, prompt_index, tokens, cut))
     policy.train(was_training)
     return completions
+
+
+def decoded_completion(tokenizer: PreTrainedTokenizerBase, prompt: str, prompt_index: int, tokens: list[int],
+                       cut: str) -> Completion:
+    """A generated row as a :class:`Completion`: its text cut at EOS or the next turn, the text's own length in
+    policy tokens, and how many tokens were generated for it (up to EOS or where generation stopped)."""
+    text, generated, finished = decode_completion(tokenizer, tokens, cut)
+    return Completion(prompt, prompt_index, text, num_tokens=completion_length(tokenizer, text), finished=finished,
+                      generated_tokens=generated)
+
+
+def completion_length(tokenizer: PreTrainedTokenizerBase, text: str) -> int:
+    """The completion's length in policy tokens, as fine-tuning tokenizes it (without EOS)."""
+    return len(tokenizer(text, add_special_tokens=False).input_ids)
 
 
 def completion_token_ids(

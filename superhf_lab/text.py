@@ -45,12 +45,12 @@ def reward_model_input(template: str, prompt: str, completion: str) -> str:
 def decode_completion(tokenizer, token_ids: list[int], cut: str = "next_turn") -> tuple[str, int, bool]:
     """Generated token ids to completion text, the same way for every algorithm.
 
-    Stops at the first EOS, decodes without special tokens and cuts where ``cut`` says a new turn starts.
-    Returns the text, the number of tokens before EOS, and whether the completion ended (EOS or a next
-    turn) rather than running into the token limit.
+    Stops at the first EOS (or padding, which follows a sequence that stopped), decodes without special tokens
+    and cuts where ``cut`` says a new turn starts. Returns the text, the number of tokens generated before EOS
+    or padding, and whether the completion ended (EOS or a next turn) rather than running into the token limit.
     """
-    eos = tokenizer.eos_token_id
-    ended = eos in token_ids
-    kept = token_ids[: token_ids.index(eos)] if ended else token_ids
+    ends = [index for index, token in enumerate(token_ids) if token in (tokenizer.eos_token_id, tokenizer.pad_token_id)]
+    ended = bool(ends)
+    kept = token_ids[: ends[0]] if ended else token_ids
     text, was_cut = trim_completion(tokenizer.decode(kept, skip_special_tokens=True), cut)
     return text, len(kept), ended or was_cut

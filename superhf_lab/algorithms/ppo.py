@@ -37,6 +37,7 @@ from superhf_lab.evaluation import EVAL_METRIC_NAMES, PolicyEvaluator, eval_metr
 from superhf_lab.models import check_context_fits, load_policy
 from superhf_lab.registry import RunContext, register_algorithm
 from superhf_lab.rewards import RewardScorer, build_scorers
+from superhf_lab.sampling import completion_length
 from superhf_lab.text import decode_completion
 
 METRIC_NAMES = (
@@ -147,8 +148,9 @@ class TextRewardModel(nn.Module):
         prompt_ids = [t for t, real in zip(ids[: self.context_length], mask[: self.context_length]) if real]
         response_ids = [t for t, real in zip(ids[self.context_length :], mask[self.context_length :]) if real]
         prompt = self.prompt_by_ids.get(tuple(prompt_ids)) or self.tokenizer.decode(prompt_ids, skip_special_tokens=True)
-        text, num_tokens, finished = decode_completion(self.tokenizer, response_ids, self.text.cut)
-        return Completion(prompt, len(self.scored), text, num_tokens, finished)
+        text, generated, finished = decode_completion(self.tokenizer, response_ids, self.text.cut)
+        return Completion(prompt, len(self.scored), text, completion_length(self.tokenizer, text), finished,
+                          generated_tokens=generated)
 
     @torch.no_grad()
     def score_token_rows(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

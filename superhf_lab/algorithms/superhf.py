@@ -193,24 +193,6 @@ def completion_batch(
     return inputs, completion_mask
 
 
-def completion_ce_and_kl(
-    logits: torch.Tensor, reference_logits: torch.Tensor, input_ids: torch.Tensor, completion_mask: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-example mean cross-entropy and mean KL(policy || reference) over completion tokens.
-
-    Logits at position t predict token t+1, so logits drop their last position and the targets and
-    the mask drop their first: the mask selects the logits that predict completion tokens.
-    """
-    log_probs = F.log_softmax(logits[:, :-1].float(), dim=-1)
-    reference_log_probs = F.log_softmax(reference_logits[:, :-1].float(), dim=-1)
-    targets = input_ids[:, 1:]
-    mask = completion_mask[:, 1:].float()
-    token_ce = -log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    token_kl = (log_probs.exp() * (log_probs - reference_log_probs)).sum(-1)
-    tokens = mask.sum(-1).clamp(min=1)
-    return (token_ce * mask).sum(-1) / tokens, (token_kl * mask).sum(-1) / tokens
-
-
 @dataclass
 class LossTerms:
     """Per completion: summed CE and its token count, the exact per-token KL(policy || reference) that is
@@ -223,20 +205,43 @@ class LossTerms:
 
 
 def loss_terms(logits: torch.Tensor, reference_logits: torch.Tensor, input_ids: torch.Tensor,
-               completion_mask: torch.Tensor, kl_direction: str, kl_mask: str) -> LossTerms:
-    """What both loss reductions are built from (see the module docstring)."""
-    log_probs = F.log_softmax(logits.float(), dim=-1)
-    reference_log_probs = F.log_softmax(reference_logits.float(), dim=-1)
-    predicts = F.pad(completion_mask[:, 1:], (0, 1)).float()  # position t predicts completion token t+1
-    token_ce = F.pad(-log_probs[:, :-1].gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1), (0, 1))
-    tokens = predicts.sum(-1)
-    kl_token = (log_probs.exp() * (log_probs - reference_log_probs)).sum(-1)
-    kl = (kl_token * predicts).sum(-1) / tokens.clamp(min=1)
+               completion_mask: torch.Tensor, kl_direction: str = "policy_to_reference",
+               kl_mask: str = "shifted") -> LossTerms:
+    """What both loss reductions are built from (see the module docstring).
+
+    Logits at position t predict token t+1, so the shifted mask selects the logits that predict completion
+    tokens; ``kl_mask: unshifted`` takes the logits at the completion tokens' own positions instead. Only the
+    positions a term uses go through the softmax over the vocabulary (prompt and padding positions never do).
+    """
+    predicts = F.pad(completion_mask[:, 1:], (0, 1)).bool()
+    kl_positions = predicts if kl_mask == "shifted" else completion_mask.bool()
+    used = predicts | kl_positions
+    rows = used.nonzero(as_tuple=True)[0]
+    log_probs = F.log_softmax(logits[used].float(), dim=-1)
+    reference_log_probs = F.log_softmax(reference_logits[used].float(), dim=-1)
+    next_tokens = F.pad(input_ids[:, 1:], (0, 1))[used]
+    in_ce, in_kl_loss = predicts[used].float(), kl_positions[used].float()
+    token_ce = -log_probs.gather(-1, next_tokens.unsqueeze(-1)).squeeze(-1)
+    token_kl = (log_probs.exp() * (log_probs - reference_log_probs)).sum(-1)
+    token_kl_loss = token_kl
     if kl_direction == "reference_to_policy":
-        kl_token = (reference_log_probs.exp() * (reference_log_probs - log_probs)).sum(-1)
-    loss_mask = predicts if kl_mask == "shifted" else completion_mask.float()
-    kl_loss = (kl_token * loss_mask).sum(-1) / loss_mask.sum(-1).clamp(min=1)
-    return LossTerms((token_ce * predicts).sum(-1), tokens, kl, kl_loss)
+        token_kl_loss = (reference_log_probs.exp() * (reference_log_probs - log_probs)).sum(-1)
+
+    def per_completion(values: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(logits.shape[0], device=values.device).index_add(0, rows, values)
+
+    tokens = predicts.sum(-1).float()
+    kl = per_completion(token_kl * in_ce) / tokens.clamp(min=1)
+    kl_loss = per_completion(token_kl_loss * in_kl_loss) / kl_positions.sum(-1).clamp(min=1)
+    return LossTerms(per_completion(token_ce * in_ce), tokens, kl, kl_loss)
+
+
+def completion_ce_and_kl(
+    logits: torch.Tensor, reference_logits: torch.Tensor, input_ids: torch.Tensor, completion_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-example mean cross-entropy and mean exact KL(policy || reference) over completion tokens."""
+    terms = loss_terms(logits, reference_logits, input_ids, completion_mask)
+    return terms.ce_sum / terms.tokens.clamp(min=1), terms.kl
 
 
 def minibatch_loss(terms: LossTerms, kl_coef: float, reduction: str, minibatch_size: int,

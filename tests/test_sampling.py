@@ -1,0 +1,81 @@
+"""Sampling stops a sequence where its completion is cut, and that never changes the completions."""
+
+import json
+
+import pytest
+import torch
+
+from superhf_lab.config import ModelConfig, SamplingSettings
+from superhf_lab.models import load_policy
+from superhf_lab.sampling import sample_completions
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny_policy(tiny_world):
+    return load_policy(ModelConfig(name_or_path=str(tiny_world.policy)), CPU)
+
+
+def _scripted(policy, tokenizer, script: str, prompt_length: int):
+    """The policy's forward with all probability on the next token of ``script``: a policy that writes a known
+    completion (here one that runs on into a next turn) however it is sampled."""
+    tokens = tokenizer(script, add_special_tokens=False).input_ids
+    forward = policy.forward
+
+    def scripted_forward(*args, **inputs):
+        output = forward(*args, **inputs)
+        position = min(inputs["attention_mask"].shape[1] - prompt_length, len(tokens) - 1)
+        output.logits[:, -1, :] = -1e9
+        output.logits[:, -1, tokens[position]] = 1e9
+        return output
+
+    return scripted_forward
+
+
+def test_generation_stops_where_the_completion_is_cut_and_keeps_its_text(tiny_policy):
+    policy, tokenizer = tiny_policy
+    prompt = "\n\nHuman: How do I bake bread?\n\nAssistant:"
+    script = " Mix flour and water.\n\nHuman: thanks, and how long do I knead it for, roughly, in minutes?"
+    settings = SamplingSettings(max_new_tokens=40, temperature=1.0, top_p=1.0)
+    policy.forward = _scripted(policy, tokenizer, script, len(tokenizer(prompt).input_ids))
+    try:
+        stopped, = sample_completions(policy, tokenizer, [prompt], 1, settings, 1, CPU, "fp32", "next_turn")
+        full, = sample_completions(policy, tokenizer, [prompt], 1, settings, 1, CPU, "fp32", "next_turn",
+                                   stop_at_cut=False)
+    finally:
+        del policy.forward
+    assert stopped.text == full.text == " Mix flour and water." and stopped.finished and full.finished
+    assert stopped.num_tokens == full.num_tokens == len(tokenizer(" Mix flour and water.").input_ids)
+    turn_end = len(tokenizer(" Mix flour and water.\n\nHuman:", add_special_tokens=False).input_ids)
+    assert stopped.generated_tokens == turn_end, "generation ends with the token that completes the next turn"
+    assert full.generated_tokens == settings.max_new_tokens > stopped.generated_tokens, "without stopping: to the limit"
+
+
+def test_stopping_at_the_cut_never_changes_the_sampled_completions(tiny_policy, tiny_world):
+    policy, tokenizer = tiny_policy
+    prompts = [json.loads(line)["prompt"] for line in (tiny_world.root / "prompts" / "test.jsonl").open()][:4]
+    sampled = {}
+    for stop in (True, False):
+        torch.manual_seed(0)
+        sampled[stop] = sample_completions(policy, tokenizer, prompts, 8, SamplingSettings(max_new_tokens=48), 16,
+                                           CPU, "fp32", "next_turn", stop_at_cut=stop)
+    assert [(c.text, c.finished, c.num_tokens) for c in sampled[True]] == [
+        (c.text, c.finished, c.num_tokens) for c in sampled[False]]
+    assert all(a.generated_tokens <= b.generated_tokens for a, b in zip(sampled[True], sampled[False]))
+
+
+def test_scoring_in_length_sorted_minibatches_gives_each_text_its_own_score(tiny_world):
+    from superhf_lab.config import RewardModelConfig
+    from superhf_lab.rewards import ModelRewardScorer
+
+    prompts = ["\n\nHuman: How do I bake bread?\n\nAssistant:", "\n\nHuman: Hi\n\nAssistant:"] * 3
+    completions = [" Mix flour, water and yeast, knead the dough and let it rise for an hour.", " Hello!", " Yes.",
+                   " I can't help with that.", " " + "Bread needs time. " * 8, ""]
+    scorer = ModelRewardScorer(RewardModelConfig(name_or_path=str(tiny_world.reward_model)), "reward_model", CPU,
+                               "fp32", batch_size=1)
+    alone = scorer.score(prompts, completions, "{prompt} {completion}")
+    scorer.batch_size = 4
+    bucketed = scorer.score(prompts, completions, "{prompt} {completion}")
+    assert bucketed == pytest.approx(alone, abs=1e-4)
+    assert len(set(round(score, 3) for score in alone)) > 3, "the texts get different scores"
