@@ -6,8 +6,8 @@ import hydra
 from omegaconf import DictConfig
 
 from superhf_lab.checkpoint import Preempted
-from superhf_lab.config import ConfigError
 from superhf_lab.data import DataFileError
+from superhf_lab.errors import ConfigError
 from superhf_lab.runner import run_experiment
 from superhf_lab.sweeps import current_sweep_job
 

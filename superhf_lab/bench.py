@@ -8,19 +8,20 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import tempfile
 from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
 from transformers import set_seed
 
-from superhf_lab.algorithms.superhf import build_trainer
-from superhf_lab.config import validate_config
+from superhf_lab.config import MlflowConfig, validate_config
 from superhf_lab.models import resolve_device
-from superhf_lab.registry import RunContext
-from superhf_lab.sampling import completion_token_ids
+from superhf_lab.plugin import RunContext
+from superhf_lab.registry import get_algorithm
+from superhf_lab.sequences import completion_token_ids
 from superhf_lab.tiny_world import ensure_tiny_world
-from superhf_lab.tracking import Tracker
+from superhf_lab.tracking import check_tracking_store, tracked_run
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
@@ -38,7 +39,10 @@ def main() -> None:
     ensure_tiny_world(config.tiny_world.dir)
     set_seed(config.seed)
     device = resolve_device(config.device, config.precision)
-    trainer, stream = build_trainer(RunContext(config, Tracker(), device))
+    with tempfile.TemporaryDirectory() as folder:  # a throwaway MLflow store: the trainer logs its prompt counts
+        check_tracking_store(MlflowConfig(tracking_uri=f"sqlite:///{folder}/bench.db", experiment_name="bench"))
+        with tracked_run(cfg, {}, "bench", folder) as tracker:
+            trainer, stream = get_algorithm("superhf").build(RunContext(config, tracker, device))
     prompts_per_superbatch = config.algorithm.prompt_accumulation_steps
 
     phases = ("generation_s", "scoring_s", "finetuning_s")

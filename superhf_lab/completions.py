@@ -24,6 +24,16 @@ class Completion:
     generated_tokens: int = 0  # what generation spent on it: tokens up to EOS, the stop at a next turn or the limit
 
 
+# What completion_metrics logs (a METEOR similarity only where it has pairs to measure), for plugins' names.
+COMPLETION_METRIC_NAMES = (
+    "reward/mean", "reward/std", "heldout_reward/mean", "heldout_reward/std",
+    "diversity/meteor_similarity", "diversity/meteor_similarity_within_prompt",
+    "diversity/distinct_1", "diversity/distinct_2",
+    "completion/length_tokens_mean", "completion/empty_fraction", "completion/truncated_fraction",
+)
+PROGRESS_METRIC_NAMES = ("progress/prompts_seen", "progress/completions_generated")
+
+
 def score_completions(completions: list[Completion], reward_input: str, scorer, heldout_scorer=None) -> None:
     """Fill in each completion's reward (and held-out reward) for its prompt, in place.
 

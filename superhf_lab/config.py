@@ -13,22 +13,13 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from superhf_lab.errors import ConfigError, require
 from superhf_lab.text import CUT_PATTERNS, REWARD_INPUT_FIELDS
 
 DEVICES_HELP = "use 'auto', 'cpu', 'cuda' or 'cuda:N'"
 PRECISIONS = ("fp32", "bf16", "fp16")
 MODES = ("train", "eval")
 RESUME_MODES = ("auto", "never")
-
-
-class ConfigError(ValueError):
-    """A configuration value that cannot work; the message names the key and the fix."""
-
-
-def require(condition: bool, key: str, value: Any, fix: str) -> None:
-    """Raise a :class:`ConfigError` naming ``key`` unless ``condition`` holds."""
-    if not condition:
-        raise ConfigError(f"{key}={value!r} is invalid: {fix}")
 
 
 @dataclass
@@ -351,7 +342,7 @@ class RunConfig:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    mode: str = "train"
+    mode: str = "train"  # eval: run the evaluate plugin instead of the algorithm (whose settings stay as configured)
     kl_coef: float = 0.35
     seed: int = 0
     device: str = "auto"

@@ -18,10 +18,8 @@ from itertools import chain, islice
 from pathlib import Path
 from typing import Any, Optional, TextIO
 
-import mlflow
-
-from superhf_lab.config import ConfigError, DataConfig, DataSourceConfig
-from superhf_lab.tracking import bounded_http
+from superhf_lab.config import DataConfig, DataSourceConfig
+from superhf_lab.errors import ConfigError
 
 HUMAN = "\n\nHuman:"
 ASSISTANT = "\n\nAssistant:"
@@ -356,17 +354,6 @@ def load_prompts(config: DataConfig, split: str, seed: int) -> PromptSet:
 
 def load_training_prompts(config: DataConfig, seed: int) -> PromptSet:
     return load_prompts(config, "train", seed)
-
-
-def log_source_counts(counts: dict[str, int], split: str) -> None:
-    """Record how many prompts each source gave, as ``data.count.<split>.<source>`` params of the active run.
-
-    Logs nothing outside a run: the benchmark builds trainers without one, and MLflow would start one.
-    A tracking server that died since the run started fails this within seconds, before training.
-    """
-    if mlflow.active_run() is not None:
-        with bounded_http():
-            mlflow.log_params({f"data.count.{split}.{name}": count for name, count in counts.items()})
 
 
 class PromptStream:

@@ -22,36 +22,47 @@ from __future__ import annotations
 
 import math
 import random
-import tempfile
-from collections.abc import Callable
-from pathlib import Path
 
-import mlflow
 import numpy as np
 import pandas as pd
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from superhf_lab.completions import Completion, score_completions
-from superhf_lab.config import ConfigError, ModelConfig, RunConfig
+from superhf_lab.config import RunConfig
 from superhf_lab.data import PromptSet, load_prompts
 from superhf_lab.metrics import mean_and_ci95, meteor_pair_scores
-from superhf_lab.models import autocast, load_policy
+from superhf_lab.models import autocast
+from superhf_lab.policies import StartingPolicy
 from superhf_lab.rewards import RewardScorer
 from superhf_lab.sampling import sample_completions
+from superhf_lab.sequences import completion_batch, completion_ce_and_kl
+from superhf_lab.tracking import Tracker
 
 OVERALL = "all"
-POLICY_ARTIFACT = "policy"
 EVAL_METRIC_NAMES = (
     "reward/mean", "heldout_reward/mean", "diversity/meteor_similarity", "diversity/meteor_similarity_ci95",
     "kl", "kl_sequence", "completion/length_tokens_mean", "prompts",
 )
 BOUND_METRIC_NAMES = ("kl_sequence_bound",)  # in place of kl and kl_sequence, for policies known only by a bound
-ReferenceLogits = Callable[..., torch.Tensor]  # (**model inputs) -> logits of the starting policy
+# The overall evaluation numbers that algorithms without training steps (best-of-N, evaluate) also log under
+# the training names at step 0, to overlay with training charts.
+SHARED_NAMES = ("reward/mean", "heldout_reward/mean", "diversity/meteor_similarity", "completion/length_tokens_mean")
 
 
 def eval_metric(name: str, scope: str = OVERALL) -> str:
     return f"eval/{scope}/{name}"
+
+
+def evaluation_metric_names(kl_names: tuple[str, ...] = ("kl", "kl_sequence")) -> tuple[str, ...]:
+    """The overall ``eval/all/*`` names an evaluation logs (per-source names depend on the data mix)."""
+    return tuple(eval_metric(name) for name in EVAL_METRIC_NAMES if name not in ("kl", "kl_sequence")) + tuple(
+        eval_metric(name) for name in kl_names)
+
+
+def shared_view(metrics: dict[str, float]) -> dict[str, float]:
+    """The overall evaluation numbers under the training names (see ``SHARED_NAMES``)."""
+    return {name: metrics[eval_metric(name)] for name in SHARED_NAMES if eval_metric(name) in metrics}
 
 
 def evaluation_prompts(config: RunConfig) -> PromptSet:
@@ -72,16 +83,14 @@ def evaluation_prompts(config: RunConfig) -> PromptSet:
 def completion_kl(
     tokenizer: PreTrainedTokenizerBase,
     policy: PreTrainedModel,
-    reference_logits: ReferenceLogits,
+    starting: StartingPolicy,
     completions: list[Completion],
     conversation_prompt: str,
     batch_size: int,
     device: torch.device,
     precision: str,
 ) -> tuple[list[float], list[float]]:
-    """Exact KL(policy || reference) on each completion: (mean per completion token, sum over its tokens)."""
-    from superhf_lab.algorithms.superhf import completion_batch, completion_ce_and_kl
-
+    """Exact KL(policy || starting policy) on each completion: (mean per completion token, sum over its tokens)."""
     was_training = policy.training
     policy.eval()
     per_token, per_sequence = [], []
@@ -90,7 +99,7 @@ def completion_kl(
                                                    device)
         with autocast(device, precision):
             logits = policy(**inputs).logits
-            reference = reference_logits(**inputs)
+        reference = starting.logits(device, precision, **inputs)
         _, kl = completion_ce_and_kl(logits, reference, inputs["input_ids"], completion_mask)
         tokens = completion_mask[:, 1:].sum(-1).clamp(min=1)
         per_token += kl.tolist()
@@ -160,9 +169,9 @@ class PolicyEvaluator:
         self.device = device
         self.prompts = evaluation_prompts(config)
 
-    def evaluate(self, policy: PreTrainedModel, reference_logits: ReferenceLogits | None, tracker, step: int,
+    def evaluate(self, policy: PreTrainedModel, starting: StartingPolicy | None, tracker: Tracker, step: int,
                  send: bool = True) -> dict[str, float]:
-        """One completion per prompt; ``reference_logits`` None means the policy is the starting policy (KL 0).
+        """One completion per prompt; ``starting`` None means the policy is the starting policy (KL 0).
 
         ``send=False`` (a resumed run re-running a step MLflow already holds) keeps the results out of MLflow.
         """
@@ -171,10 +180,10 @@ class PolicyEvaluator:
                                          run.eval.batch_size, self.device, run.precision, run.eval.cut,
                                          progress="evaluation")
         score_completions(completions, run.eval.reward_input, self.reward_scorer, self.heldout_scorer)
-        if reference_logits is None:
+        if starting is None:
             kl_token = kl_sequence = [0.0] * len(completions)
         else:
-            kl_token, kl_sequence = completion_kl(self.tokenizer, policy, reference_logits, completions,
+            kl_token, kl_sequence = completion_kl(self.tokenizer, policy, starting, completions,
                                                   settings.conversation_prompt, run.eval.batch_size, self.device,
                                                   run.precision)
         kl = {"kl": kl_token, "kl_sequence": kl_sequence}
@@ -188,46 +197,3 @@ class PolicyEvaluator:
 
 def log_evaluation_table(tracker, table: pd.DataFrame, step: int) -> None:
     tracker.log_table(table, artifact_file=f"eval/completions_step_{step}.json")
-
-
-def save_policy_artifact(tracker, policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> str:
-    """The trained policy (adapter weights only with LoRA) as the run's ``policy`` artifact; returns its URI."""
-    with tempfile.TemporaryDirectory() as folder:
-        policy.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-        tracker.log_artifacts(folder, POLICY_ARTIFACT)
-    uri = f"runs:/{tracker.run_id}/{POLICY_ARTIFACT}"
-    tracker.set_tag("superhf_lab.policy_uri", uri)
-    return uri
-
-
-def load_policy_to_evaluate(config: RunConfig, device: torch.device):
-    """``eval.policy`` (hub name, folder or MLflow artifact URI) and a function giving the starting policy's logits.
-
-    A LoRA adapter is applied to ``model``, and the reference is the same model with the adapter disabled.
-    """
-    start, tokenizer = load_policy(config.model, device)
-    if config.eval.policy is None:
-        return start, tokenizer, None
-    location = config.eval.policy
-    if location.startswith(("runs:/", "models:/", "mlflow-artifacts:/")):
-        try:
-            location = mlflow.artifacts.download_artifacts(artifact_uri=location)
-        except Exception as error:  # MLflow raises several types for a bad run id or path
-            raise ConfigError(
-                f"eval.policy={config.eval.policy!r} could not be downloaded ({str(error).splitlines()[0]}). Use the "
-                "runs:/<run_id>/policy URI that a training run tags as superhf_lab.policy_uri"
-            ) from None
-    if (Path(location) / "adapter_config.json").is_file():
-        from peft import PeftModel
-
-        policy = PeftModel.from_pretrained(start, location).to(device)
-
-        def adapter_disabled_logits(**inputs: torch.Tensor) -> torch.Tensor:
-            with policy.disable_adapter():
-                return policy(**inputs).logits
-
-        return policy, tokenizer, adapter_disabled_logits
-    policy, _ = load_policy(ModelConfig(name_or_path=location), device, key="eval.policy")
-    start.eval().requires_grad_(False)
-    return policy, tokenizer, lambda **inputs: start(**inputs).logits

@@ -20,7 +20,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from superhf_lab.config import ConfigError, ModelConfig, RewardModelConfig, RunConfig
+from superhf_lab.config import ModelConfig, RewardModelConfig, RunConfig
+from superhf_lab.errors import ConfigError
 
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -1,42 +1,23 @@
 """Algorithm plugins: one module per algorithm under ``superhf_lab.algorithms`` registers itself here.
 
 Adding an algorithm is adding a module (or an entry point in the ``superhf_lab.algorithms`` group of an
-installed package) plus ``conf/algorithm/<name>.yaml``; run.py never changes.
+installed package); run.py and the configs never change: the config dataclass's defaults become the
+``algorithm=<name>`` config group option (:func:`store_algorithm_configs`).
 """
 
 from __future__ import annotations
 
 import importlib
 import pkgutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Callable
 
-import torch
-
-from superhf_lab.checkpoint import CheckpointStore, StopRequest
-from superhf_lab.config import ConfigError
+from superhf_lab.errors import ConfigError
 
 if TYPE_CHECKING:
     from superhf_lab.config import RunConfig
-    from superhf_lab.tracking import Tracker
-
-
-@dataclass
-class RunContext:
-    """What an algorithm receives: the validated config, where to log, the device to use and, for plugins
-    that checkpoint, where checkpoints go, whether to resume from the newest one, and SIGTERM's stop request."""
-
-    config: RunConfig
-    tracker: Tracker
-    device: torch.device
-    checkpoints: CheckpointStore | None = None
-    resume: bool = False
-    stop: StopRequest = field(default_factory=StopRequest)
-
-    @property
-    def algorithm(self) -> Any:
-        return self.config.algorithm
+    from superhf_lab.plugin import RunContext
 
 
 @dataclass(frozen=True)
@@ -44,21 +25,31 @@ class AlgorithmPlugin:
     name: str
     config_class: type
     train: Callable[[RunContext], None]
-    metric_names: tuple[str, ...]
+    metric_names: tuple[str, ...]  # every metric it can log; objectives must name one of these
     checkpoints: bool = False  # saves and resumes checkpoints, and stops cleanly on SIGTERM
+    describe: Callable[[RunConfig], str] | None = None  # the run's default name; None: "<name> kl_coef=.. seed=.."
+    build: Callable[[RunContext], Any] | None = None  # its trainer, for tools that drive steps (the benchmark)
+
+    def run_name(self, config: RunConfig) -> str:
+        if self.describe is not None:
+            return self.describe(config)
+        return f"{self.name} kl_coef={config.kl_coef:g} seed={config.seed}"
 
 
 _PLUGINS: dict[str, AlgorithmPlugin] = {}
 _discovered = False
 
 
-def register_algorithm(name: str, config_class: type, metric_names: tuple[str, ...], checkpoints: bool = False):
+def register_algorithm(name: str, config_class: type, metric_names: tuple[str, ...], checkpoints: bool = False,
+                       describe: Callable[[RunConfig], str] | None = None,
+                       build: Callable[[RunContext], Any] | None = None):
     """Decorator for an algorithm's ``train(context)`` function."""
 
     def decorator(train: Callable[[RunContext], None]) -> Callable[[RunContext], None]:
         if name in _PLUGINS and _PLUGINS[name].train is not train:
             raise RuntimeError(f"two algorithm plugins are named {name!r}")
-        _PLUGINS[name] = AlgorithmPlugin(name, config_class, train, metric_names, checkpoints)
+        _PLUGINS[name] = AlgorithmPlugin(name, config_class, train, tuple(dict.fromkeys(metric_names)), checkpoints,
+                                         describe, build)
         return train
 
     return decorator
@@ -75,6 +66,18 @@ def _discover() -> None:
     for entry_point in entry_points(group="superhf_lab.algorithms"):
         entry_point.load()
     _discovered = True
+
+
+def store_algorithm_configs() -> None:
+    """Each plugin's config defaults as the ``algorithm=<name>`` option, so a default is written once, in its
+    dataclass. Stored as a plain dict: :func:`superhf_lab.config.validate_config` types and checks it."""
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    store = ConfigStore.instance()
+    for name in available_algorithms():
+        defaults = OmegaConf.to_container(OmegaConf.structured(_PLUGINS[name].config_class))
+        store.store(group="algorithm", name=name, node=defaults)
 
 
 def available_algorithms() -> list[str]:

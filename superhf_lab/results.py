@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from superhf_lab.checkpoint import run_fingerprint
-from superhf_lab.report import SeedGroup, TEST_METRICS, plot_kl_ablation, summarise
+from superhf_lab.report import TEST_METRICS, SeedGroup, plot_kl_ablation, summarise
 from superhf_lab.runner import CODE_TAG, CONFIG_TAG, code_version
 
 ROOT = Path(__file__).resolve().parents[1]

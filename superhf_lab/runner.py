@@ -8,7 +8,6 @@ import logging
 import subprocess
 from pathlib import Path
 
-import mlflow
 import torch
 from omegaconf import DictConfig
 from transformers import set_seed
@@ -16,9 +15,10 @@ from transformers import set_seed
 from superhf_lab.checkpoint import CheckpointStore, StopRequest, run_fingerprint, stop_on_sigterm
 from superhf_lab.config import RunConfig, validate_config
 from superhf_lab.models import check_model_sources, resolve_device
-from superhf_lab.registry import AlgorithmPlugin, RunContext, get_algorithm
+from superhf_lab.plugin import RunContext
+from superhf_lab.registry import AlgorithmPlugin, get_algorithm
 from superhf_lab.sweeps import child_tags, current_sweep_job, parent_run_id
-from superhf_lab.tracking import Tracker, check_tracking_store, set_terminated_or_warn, tracked_run
+from superhf_lab.tracking import Tracker, check_tracking_store, run_exists, set_terminated_or_warn, tracked_run
 
 log = logging.getLogger(__name__)
 # A hash of everything that decides what a run computes (seed included; not where its outputs go), so runs of
@@ -60,9 +60,8 @@ def prepare(cfg: DictConfig) -> tuple[RunConfig, AlgorithmPlugin, torch.device]:
     """Everything that can fail fast: config, device, objective name, tracking store, tiny world, model sources."""
     config = validate_config(cfg)
     device = resolve_device(config.device, config.precision)
-    plugin = get_algorithm(config.algorithm.name)
-    if config.mode == "train":
-        config.objective.check_logged(plugin.metric_names, plugin.name, has_heldout=config.heldout_reward_model is not None)
+    plugin = get_algorithm("evaluate" if config.mode == "eval" else config.algorithm.name)
+    config.objective.check_logged(plugin.metric_names, plugin.name, has_heldout=config.heldout_reward_model is not None)
     check_tracking_store(config.mlflow)
     if paths_in_tiny_world(config):
         from superhf_lab.tiny_world import ensure_tiny_world
@@ -72,24 +71,16 @@ def prepare(cfg: DictConfig) -> tuple[RunConfig, AlgorithmPlugin, torch.device]:
     return config, plugin, device
 
 
-def run_experiment(cfg: DictConfig) -> float | tuple[float, ...] | None:
-    """Validate, seed, open the MLflow run, then train with the selected plugin (returning the objective)
-    or, with ``mode=eval``, evaluate ``eval.policy`` (returning nothing)."""
+def run_experiment(cfg: DictConfig) -> float | tuple[float, ...]:
+    """Validate, seed, open the MLflow run, run the selected plugin; returns the objective for a sweeper."""
     config, plugin, device = prepare(cfg)
     set_seed(config.seed)
-    if config.mode == "eval":
-        run_name = config.mlflow.run_name or f"eval {config.eval.policy or config.model.name_or_path}"
-        tags = {"mode": "eval", "output_dir": config.output_dir, CONFIG_TAG: run_fingerprint(cfg),
-                CODE_TAG: code_version()}
-        with tracked_run(cfg, tags, run_name, config.output_dir, config.mlflow.retry_every_s) as tracker:
-            evaluate_policy(RunContext(config, tracker, device))
-        return None
-    tags = {"algorithm": plugin.name, "mode": "train", "output_dir": config.output_dir,
-            CONFIG_TAG: run_fingerprint(cfg), CODE_TAG: code_version()}
+    tags = {"algorithm": plugin.name, "output_dir": config.output_dir, CONFIG_TAG: run_fingerprint(cfg),
+            CODE_TAG: code_version()}
     sweep_job = current_sweep_job()
     run_name = config.mlflow.run_name
     if sweep_job is None:
-        run_name = run_name or f"{plugin.name} kl_coef={config.kl_coef:g} seed={config.seed}"
+        run_name = run_name or plugin.run_name(config)
     else:
         parent_id = parent_run_id(sweep_job, config.mlflow.experiment_name)
         tags.update(child_tags(sweep_job, parent_id))
@@ -97,8 +88,7 @@ def run_experiment(cfg: DictConfig) -> float | tuple[float, ...] | None:
         run_name = run_name or swept or f"job {sweep_job.job_number}"
     checkpoints, resume_run_id = checkpoint_store(cfg, config, plugin)
     with tracked_run(cfg, tags, run_name, config.output_dir, config.mlflow.retry_every_s, resume_run_id) as tracker:
-        run_id = mlflow.active_run().info.run_id
-        log.info("MLflow run %s in %s", run_id, mlflow.get_tracking_uri())
+        log.info("MLflow run %s in %s", tracker.run_id, tracker.tracking_uri)
         with stop_on_sigterm() if checkpoints else contextlib.nullcontext(StopRequest()) as stop:
             plugin.train(RunContext(config, tracker, device, checkpoints, resume_run_id is not None, stop))
         objective = config.objective.value(tracker.history)
@@ -117,26 +107,13 @@ def checkpoint_store(cfg: DictConfig, config: RunConfig, plugin: AlgorithmPlugin
     meta = store.latest_meta() if config.checkpoint.resume == "auto" else None
     if meta is None or meta["finished"]:
         return store, None
-    try:
-        mlflow.MlflowClient().get_run(meta["run_id"])
-    except Exception as error:  # another tracking store, or the run was deleted
+    exists, why_not = run_exists(meta["run_id"])
+    if not exists:
         log.warning("checkpoint %s belongs to MLflow run %s, which this store lacks (%s); starting over",
-                    store.folder, meta["run_id"], str(error).splitlines()[0])
+                    store.folder, meta["run_id"], why_not)
         return store, None
     log.info("continuing MLflow run %s from its checkpoint after superbatch %d", meta["run_id"], meta["step"])
     return store, meta["run_id"]
-
-
-def evaluate_policy(context: RunContext) -> None:
-    """``mode=eval``: ``eval.policy`` (or the starting policy) on the data mix's test prompts, logged at step 0."""
-    from superhf_lab.evaluation import PolicyEvaluator, load_policy_to_evaluate
-    from superhf_lab.rewards import build_scorers
-
-    config = context.config
-    policy, tokenizer, reference_logits = load_policy_to_evaluate(config, context.device)
-    scorer, heldout = build_scorers(config, context.device, config.eval.batch_size)
-    context.tracker.set_tag("superhf_lab.evaluated_policy", config.eval.policy or config.model.name_or_path)
-    PolicyEvaluator(config, tokenizer, scorer, heldout, context.device).evaluate(policy, reference_logits, context.tracker, 0)
 
 
 def log_objective(tracker: Tracker, metrics: list[str], objective: float | tuple[float, ...]) -> None:

@@ -94,14 +94,3 @@ def decoded_completion(tokenizer: PreTrainedTokenizerBase, prompt: str, prompt_i
 def completion_length(tokenizer: PreTrainedTokenizerBase, text: str) -> int:
     """The completion's length in policy tokens, as fine-tuning tokenizes it (without EOS)."""
     return len(tokenizer(text, add_special_tokens=False).input_ids)
-
-
-def completion_token_ids(
-    tokenizer: PreTrainedTokenizerBase, conversation_prompt: str, completion: Completion
-) -> tuple[list[int], list[int]]:
-    """What the policy was conditioned on and what it wrote (with EOS when it ended), for losses and KL."""
-    prompt_ids = tokenizer(with_conversation_prompt(conversation_prompt, completion.prompt)).input_ids
-    completion_ids = tokenizer(completion.text, add_special_tokens=False).input_ids
-    if completion.finished:
-        completion_ids.append(tokenizer.eos_token_id)
-    return prompt_ids, completion_ids

@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import os
 import shutil
 import sys
@@ -23,12 +24,13 @@ from typing import Any, Iterator
 import mlflow
 import pandas as pd
 import requests
-from mlflow.entities import Metric
+from mlflow.entities import Metric, Param
 from mlflow.exceptions import RestException
 from omegaconf import DictConfig, OmegaConf
 
 from superhf_lab.checkpoint import Preempted
-from superhf_lab.config import ConfigError, MlflowConfig
+from superhf_lab.config import MlflowConfig
+from superhf_lab.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +152,8 @@ class Tracker:
     what MLflow is missing.
 
     Completion rows are buffered and appended to the table every ``table_flush_every`` calls (each
-    append rewrites the artifact) and once more when the run closes.
+    append rewrites the artifact) and once more when the run closes; a run that checkpoints appends them at
+    its checkpoints only (:meth:`append_tables_at_flush_only`), so a resumed run appends no row twice.
     """
 
     def __init__(self, run_id: str | None = None, spool_dir: str | Path = ".", retry_every_s: float = 30.0,
@@ -180,6 +183,10 @@ class Tracker:
         return self._client
 
     @property
+    def tracking_uri(self) -> str:
+        return mlflow.get_tracking_uri()
+
+    @property
     def spool_path(self) -> Path:
         return self._spool_dir / f"mlflow-unsynced-{self.run_id}.jsonl"
 
@@ -194,6 +201,26 @@ class Tracker:
             timestamp = _now_ms()
             self._send([{"kind": "metric", "key": name, "value": float(value), "step": step, "timestamp": timestamp}
                         for name, value in metrics.items()])
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        """Params of the run (a dead server fails this within seconds: params are logged before training)."""
+        items = [(key, str(value)) for key, value in params.items()]
+        with bounded_http():
+            for start in range(0, len(items), _PARAMS_PER_BATCH):
+                self.client.log_batch(self.run_id, params=[Param(key, value) for key, value in
+                                                           items[start : start + _PARAMS_PER_BATCH]],
+                                      synchronous=True)
+
+    def append_tables_at_flush_only(self) -> None:
+        self.table_flush_every = math.inf
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the tracker: the metric history the objective is read from."""
+        return {"history": {name: list(values) for name, values in self.history.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history.clear()
+        self.history.update(state["history"])
 
     def logged_steps(self, key: str) -> set[int]:
         """Steps of metric ``key`` that MLflow holds for this run, or that wait in this tracker's backlog.
@@ -412,6 +439,26 @@ def tracked_run(resolved: DictConfig, tags: dict[str, str], run_name: str | None
         raise
     finally:
         tracker.finish(status)  # what was sampled before a crash is kept too
+
+
+def run_exists(run_id: str) -> tuple[bool, str]:
+    """Whether the tracking store holds ``run_id`` (and, when not, why not)."""
+    try:
+        with bounded_http():
+            mlflow.MlflowClient().get_run(run_id)
+    except Exception as error:  # another tracking store, or the run was deleted
+        return False, str(error).splitlines()[0]
+    return True, ""
+
+
+def download_artifacts(uri: str) -> str:
+    """A local copy of an MLflow artifact (``runs:/<run_id>/<path>``, ``models:/...``); its folder."""
+    with bounded_http():
+        return mlflow.artifacts.download_artifacts(artifact_uri=uri)
+
+
+def is_artifact_uri(location: str) -> bool:
+    return location.startswith(("runs:/", "models:/", "mlflow-artifacts:/"))
 
 
 def set_terminated_or_warn(run_id: str, status: str) -> None:

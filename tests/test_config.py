@@ -6,7 +6,8 @@ import pytest
 from omegaconf import OmegaConf, open_dict
 
 from conftest import compose_config, run_cli
-from superhf_lab.config import ConfigError, ObjectiveConfig, validate_config
+from superhf_lab.config import ObjectiveConfig, validate_config
+from superhf_lab.errors import ConfigError
 from superhf_lab.runner import prepare
 
 
@@ -115,7 +116,7 @@ def test_paper_eval_preset_is_the_references_test_scoring():
         ("+algorithm.superbatchsize=8", "config key 'algorithm.superbatchsize'"),
         ("algorithm.lr_schedule=step", "algorithm.lr_schedule='step' is invalid"),
         ("precision=fp8", "precision='fp8' is invalid"),
-        ("algorithm.name=dpo", "available algorithms are ['best_of_n', 'ppo', 'superhf']"),
+        ("algorithm.name=super_hf", "algorithm.name='super_hf' is invalid: available algorithms are ['best_of_n', "),
         ("text.cut=semicolon", "text.cut='semicolon' is invalid: use one of ('next_turn', 'reference')"),
         ("text.reward_input='{prompt}'", "text.reward_input='{prompt}' is invalid: write {prompt} and {completion}"),
         ("algorithm.kl_direction=both", "algorithm.kl_direction='both' is invalid"),
@@ -171,9 +172,9 @@ def test_dead_tracking_server_fails_before_training(tmp_path):
 
 
 def test_cli_rejects_an_unknown_group_option_and_lists_the_options(tmp_path):
-    result = run_cli(["algorithm=dpo"], cwd=tmp_path, timeout=120)
+    result = run_cli(["algorithm=super_hf"], cwd=tmp_path, timeout=120)
     assert result.returncode != 0
-    assert "Could not find 'algorithm/dpo'" in result.stderr
+    assert "Could not find 'algorithm/super_hf'" in result.stderr
     assert "superhf" in result.stderr  # Hydra lists the available options
 
 

@@ -4,12 +4,12 @@ import gzip
 import json
 from pathlib import Path
 
-import mlflow
 import pytest
 
 from conftest import ROOT, compose_config
-from superhf_lab.config import ConfigError, DataConfig, DataSourceConfig, validate_config
-from superhf_lab.data import DataFileError, PromptStream, load_prompts, load_training_prompts, log_source_counts
+from superhf_lab.config import DataConfig, DataSourceConfig, validate_config
+from superhf_lab.errors import ConfigError
+from superhf_lab.data import DataFileError, PromptStream, load_prompts, load_training_prompts
 
 SHARED_HARMLESS_TEST = ROOT.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
 
@@ -309,21 +309,6 @@ def test_impossible_data_settings_name_the_key(overrides, message):
                                   "hh_red_team_attempts", "webgpt_comparisons", "self_instruct"])
 def test_every_data_config_validates(name):
     assert validate_config(compose_config([f"data={name}"])).data.name == name
-
-
-def test_source_counts_are_logged_into_the_active_run_only(tmp_path):
-    previous_uri = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
-    try:
-        mlflow.set_experiment("counts")  # not an experiment id left active by another test's store
-        log_source_counts({"a": 3}, "train")
-        assert mlflow.active_run() is None, "no run is started just to hold the counts"
-        with mlflow.start_run() as run:
-            log_source_counts({"harmless_base": 294, "webgpt_comparisons": 135}, "train")
-        params = mlflow.get_run(run.info.run_id).data.params
-        assert params == {"data.count.train.harmless_base": "294", "data.count.train.webgpt_comparisons": "135"}
-    finally:
-        mlflow.set_tracking_uri(previous_uri)
 
 
 def test_prompt_stream_is_seeded_and_reshuffles_each_epoch():

@@ -8,7 +8,8 @@ import pytest
 from conftest import compose_config, run_cli
 from superhf_lab.algorithms.best_of_n import best_of_n_kl_bound, best_per_prompt
 from superhf_lab.completions import Completion
-from superhf_lab.config import ConfigError, validate_config
+from superhf_lab.config import validate_config
+from superhf_lab.errors import ConfigError
 from superhf_lab.evaluation import evaluation_metrics, evaluation_prompts
 from superhf_lab.metrics import mean_and_ci95, meteor_pair_scores
 

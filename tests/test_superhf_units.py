@@ -7,18 +7,11 @@ import torch
 import torch.nn.functional as F
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-from superhf_lab.algorithms.superhf import (
-    SuperHFConfig,
-    SuperHFTrainer,
-    completion_ce_and_kl,
-    loss_terms,
-    minibatch_loss,
-    pad_examples,
-    position_ids_for,
-    select_top_k,
-)
+from superhf_lab.algorithms.superhf import SuperHFConfig, SuperHFTrainer, minibatch_loss, select_top_k
 from superhf_lab.completions import Completion
 from superhf_lab.config import TextConfig
+from superhf_lab.policies import with_starting_policy
+from superhf_lab.sequences import completion_ce_and_kl, loss_terms, pad_examples, position_ids_for
 from superhf_lab.text import reward_model_input, trim_completion
 
 
@@ -204,10 +197,15 @@ class _Tokenizer:
         return type("Encoded", (), {"input_ids": [2 + ord(ch) % 30 for ch in text]})()
 
 
+def _trainer(config, policy, tokenizer, scorer=None):
+    policy, starting = with_starting_policy(policy, config.lora)
+    return SuperHFTrainer(config, 0.1, TextConfig(), policy, starting, tokenizer, scorer or _ConstantScorer(), None,
+                          torch.device("cpu"), "fp32")
+
+
 def test_nonfinite_losses_are_skipped_counted_and_limited(tiny_causal_lm):
     policy = GPTNeoXForCausalLM(tiny_causal_lm.config)
-    trainer = SuperHFTrainer(SuperHFConfig(max_nonfinite_losses=1, minibatch_size_finetuning=1), 0.1, TextConfig(), policy,
-                             _Tokenizer(), _ConstantScorer(), None, torch.device("cpu"), "fp32")
+    trainer = _trainer(SuperHFConfig(max_nonfinite_losses=1, minibatch_size_finetuning=1), policy, _Tokenizer())
     kept = [Completion("ab", 0, "cd", 2, True)]
     with torch.no_grad():
         policy.get_output_embeddings().weight[:, 0] = float("nan")  # poisons every logit
@@ -243,7 +241,7 @@ def test_finetuning_out_of_memory_halves_into_micro_batches_with_the_same_update
         policy = GPTNeoXForCausalLM(tiny_causal_lm.config)
         config = SuperHFConfig(minibatch_size_finetuning=8, max_grad_norm=None, loss_reduction=reduction,
                                kl_direction="reference_to_policy" if reduction == "reference" else "policy_to_reference")
-        trainer = SuperHFTrainer(config, 0.1, TextConfig(), policy, _Tokenizer(), _ConstantScorer(), None, torch.device("cpu"), "fp32")
+        trainer = _trainer(config, policy, _Tokenizer())
         if limit:
             policy.forward = _fails_above(policy.forward, limit, lambda **inputs: inputs["input_ids"].shape[0])
         trainer.finetune(kept)
@@ -257,7 +255,7 @@ def test_finetuning_out_of_memory_halves_into_micro_batches_with_the_same_update
 def test_out_of_memory_beyond_the_halving_limit_names_the_key(tiny_causal_lm):
     policy = GPTNeoXForCausalLM(tiny_causal_lm.config)
     config = SuperHFConfig(minibatch_size_finetuning=8, max_oom_halvings=1)
-    trainer = SuperHFTrainer(config, 0.1, TextConfig(), policy, _Tokenizer(), _ConstantScorer(), None, torch.device("cpu"), "fp32")
+    trainer = _trainer(config, policy, _Tokenizer())
     policy.forward = _fails_above(policy.forward, 1, lambda **inputs: inputs["input_ids"].shape[0])
     with pytest.raises(RuntimeError, match="algorithm.minibatch_size_finetuning=4 after 1 halvings .*max_oom_halvings=1"):
         trainer.finetune([Completion(f"p{i}", i, "reply", 1, True) for i in range(8)])
@@ -280,7 +278,7 @@ def test_generation_and_scoring_out_of_memory_halve_and_go_on(tiny_world):
 
     policy, tokenizer = load_policy(ModelConfig(name_or_path=str(tiny_world.policy)), torch.device("cpu"))
     config = SuperHFConfig(superbatch_size=4, minibatch_size_generating=8, minibatch_size_scoring=32, max_new_tokens=4)
-    trainer = SuperHFTrainer(config, 0.1, TextConfig(), policy, tokenizer, _BatchLimitedScorer(), None, torch.device("cpu"), "fp32")
+    trainer = _trainer(config, policy, tokenizer, _BatchLimitedScorer())
     policy.generate = _fails_above(policy.generate, 2, lambda **inputs: inputs["input_ids"].shape[0])
     completions = trainer.generate(["\n\nHuman: How do I bake bread?\n\nAssistant:"] * 2)
     assert len(completions) == 8 and trainer.batch_sizes["generating"].size == 2

@@ -16,28 +16,26 @@ import random
 from dataclasses import dataclass
 
 from superhf_lab.completions import Completion, score_completions
-from superhf_lab.config import require
+from superhf_lab.errors import require
 from superhf_lab.evaluation import (
     BOUND_METRIC_NAMES,
-    EVAL_METRIC_NAMES,
-    OVERALL,
+    SHARED_NAMES,
     completion_table,
-    eval_metric,
+    evaluation_metric_names,
     evaluation_metrics,
     evaluation_prompts,
     log_evaluation_table,
+    shared_view,
 )
 from superhf_lab.metrics import pairs_within_prompts, symmetric_meteor
 from superhf_lab.models import load_policy
-from superhf_lab.registry import RunContext, register_algorithm
+from superhf_lab.plugin import RunContext
+from superhf_lab.registry import register_algorithm
 from superhf_lab.rewards import build_scorers
 from superhf_lab.sampling import sample_completions
 
-# The evaluation's overall numbers are also logged under the training names, to overlay in MLflow charts.
-SHARED_NAMES = ("reward/mean", "heldout_reward/mean", "diversity/meteor_similarity", "completion/length_tokens_mean")
-EVAL_NAMES = [name for name in EVAL_METRIC_NAMES if name not in ("kl", "kl_sequence")] + list(BOUND_METRIC_NAMES)
-METRIC_NAMES = (*SHARED_NAMES, "kl_sequence_bound", "diversity/meteor_similarity_within_prompt",
-                *(eval_metric(name) for name in EVAL_NAMES))
+METRIC_NAMES = (*SHARED_NAMES, *BOUND_METRIC_NAMES, "diversity/meteor_similarity_within_prompt",
+                *evaluation_metric_names(BOUND_METRIC_NAMES))
 
 
 @dataclass
@@ -91,8 +89,7 @@ def run_best_of_n(context: RunContext) -> None:
     chosen = best_per_prompt(samples)
     kl = {"kl_sequence_bound": [best_of_n_kl_bound(cfg.n)] * len(chosen)}
     metrics = evaluation_metrics(chosen, prompts.sources, kl, run.eval.meteor_pairs_per_source, run.eval.seed)
-    shared = {name: metrics[eval_metric(name, OVERALL)] for name in SHARED_NAMES if eval_metric(name, OVERALL) in metrics}
     within = within_prompt_meteor(samples, prompts.sources, run.eval.meteor_pairs_per_source, run.eval.seed)
-    context.tracker.log_metrics({**metrics, **shared, "kl_sequence_bound": kl["kl_sequence_bound"][0],
+    context.tracker.log_metrics({**metrics, **shared_view(metrics), "kl_sequence_bound": kl["kl_sequence_bound"][0],
                                  "diversity/meteor_similarity_within_prompt": within}, step=0)
     log_evaluation_table(context.tracker, completion_table(0, chosen, prompts.sources, kl), step=0)

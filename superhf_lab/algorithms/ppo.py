@@ -30,24 +30,29 @@ from torch import nn
 from transformers import AutoModelForSequenceClassification, TrainerCallback
 from transformers.modeling_outputs import BaseModelOutput
 
-from superhf_lab.completions import Completion, completion_metrics, completion_rows, score_completions
-from superhf_lab.config import LoraSettings, TextConfig, require
-from superhf_lab.data import load_training_prompts, log_source_counts
-from superhf_lab.evaluation import EVAL_METRIC_NAMES, PolicyEvaluator, eval_metric, save_policy_artifact
-from superhf_lab.models import check_context_fits, load_policy
-from superhf_lab.registry import RunContext, register_algorithm
-from superhf_lab.rewards import RewardScorer, build_scorers
+from superhf_lab.completions import (
+    COMPLETION_METRIC_NAMES,
+    PROGRESS_METRIC_NAMES,
+    Completion,
+    completion_metrics,
+    completion_rows,
+    score_completions,
+)
+from superhf_lab.config import LoraSettings, TextConfig
+from superhf_lab.errors import require
+from superhf_lab.evaluation import evaluation_metric_names
+from superhf_lab.plugin import RunContext, finish_training, training_setup
+from superhf_lab.policies import StartingPolicy
+from superhf_lab.registry import register_algorithm
+from superhf_lab.rewards import RewardScorer
 from superhf_lab.sampling import completion_length
 from superhf_lab.text import decode_completion
 
 METRIC_NAMES = (
-    "reward/mean", "reward/std", "heldout_reward/mean", "heldout_reward/std",
+    *(name for name in COMPLETION_METRIC_NAMES if name != "diversity/meteor_similarity_within_prompt"),
     "kl_sequence_estimate", "kl_coef", "loss/total", "loss/policy", "loss/value", "lr",
-    "diversity/meteor_similarity", "diversity/distinct_1", "diversity/distinct_2",
-    "completion/length_tokens_mean", "completion/empty_fraction", "completion/truncated_fraction",
-    "ppo/clipfrac", "ppo/entropy", "ppo/approx_kl",
-    "time/scoring_s", "time/step_s", "progress/prompts_seen", "progress/completions_generated",
-    *(eval_metric(name) for name in EVAL_METRIC_NAMES),
+    "ppo/clipfrac", "ppo/entropy", "ppo/approx_kl", "time/scoring_s", "time/step_s", *PROGRESS_METRIC_NAMES,
+    *evaluation_metric_names(),
 )
 KL_ESTIMATORS = ("k1", "k3")
 
@@ -240,24 +245,21 @@ class MetricsBridge(TrainerCallback):
 
 
 def build_ppo_trainer(context: RunContext):
-    """TRL's PPOTrainer on the configured policy, with a value model initialised from the policy."""
+    """TRL's PPOTrainer on the shared setup (prompts, policy, scorers), with a value model initialised from the
+    policy; TRL applies the LoRA adapters and keeps the reference itself."""
     from datasets import Dataset
     from trl.experimental.ppo import PPOConfig, PPOTrainer
 
     run = context.config
     cfg: PPOAlgorithmConfig = run.algorithm
-    prompt_set = load_training_prompts(run.data, run.seed)
-    log_source_counts(prompt_set.counts, "train")
-    prompts = prompt_set.prompts
-    policy, tokenizer = load_policy(run.model, context.device)
-    check_context_fits(tokenizer, policy.config, prompts, cfg.max_new_tokens, run.data.max_prompt_chars)
+    setup = training_setup(context, cfg.max_new_tokens, cfg.rollout_minibatch_size, lora=None)
+    prompts, policy, tokenizer = setup.prompts.prompts, setup.policy, setup.tokenizer
     value_model = AutoModelForSequenceClassification.from_pretrained(
         run.model.name_or_path, revision=run.model.revision, num_labels=1,
         trust_remote_code=run.model.trust_remote_code,
     )
     value_model.config.pad_token_id = tokenizer.pad_token_id
-    scorer, heldout = build_scorers(run, context.device, cfg.rollout_minibatch_size)
-    reward_model = TextRewardModel(tokenizer, scorer, heldout, prompts, run.text)
+    reward_model = TextRewardModel(tokenizer, setup.reward_scorer, setup.heldout_scorer, prompts, run.text)
     args = PPOConfig(
         output_dir=str(Path(run.output_dir) / "ppo"), report_to="none", save_strategy="no", logging_steps=1,
         seed=run.seed, bf16=run.precision == "bf16", fp16=run.precision == "fp16",
@@ -285,32 +287,16 @@ def build_ppo_trainer(context: RunContext):
         callbacks=callbacks, peft_config=peft_config,
     )
     trainer.dataloader = ContextLengthTracker(trainer.dataloader, reward_model)
-    return trainer
+    return trainer, setup
 
 
 @register_algorithm("ppo", PPOAlgorithmConfig, METRIC_NAMES)
 def train_ppo(context: RunContext) -> None:
     """Run TRL's PPO loop (the callbacks log every update), then evaluate and save the final policy."""
-    trainer = build_ppo_trainer(context)
+    trainer, setup = build_ppo_trainer(context)
     trainer.train()
     policy = trainer.accelerator.unwrap_model(trainer.model).policy
-    if context.config.eval.at_end:
-        rewards = trainer.reward_model
-        evaluator = PolicyEvaluator(context.config, trainer.processing_class, rewards.scorer, rewards.heldout_scorer,
-                                    context.device)
-        evaluator.evaluate(policy, _starting_policy_logits(trainer, policy), context.tracker,
-                           step=context.algorithm.num_updates - 1)
-    save_policy_artifact(context.tracker, policy, trainer.processing_class)
-
-
-def _starting_policy_logits(trainer, policy):
-    """TRL's frozen reference copy, or with LoRA (no copy) the policy with its adapter disabled."""
-    if trainer.ref_model is not None:
-        return lambda **inputs: trainer.ref_model(**inputs).logits
-
-    def adapter_disabled_logits(**inputs: torch.Tensor) -> torch.Tensor:
-        with policy.disable_adapter():
-            return policy(**inputs).logits
-
-    return adapter_disabled_logits
+    starting = (StartingPolicy(trainer.ref_model, adapters_disabled=False) if trainer.ref_model is not None
+                else StartingPolicy(policy, adapters_disabled=True))  # with LoRA TRL keeps no copy
+    finish_training(context, setup, policy, starting, last_step=context.algorithm.num_updates - 1)
 

@@ -19,7 +19,6 @@ sweep reads the same for both algorithms. The logged ``kl`` is always the defaul
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import time
@@ -28,20 +27,30 @@ from typing import Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
 from superhf_lab.checkpoint import Preempted, capture_rng, restore_rng
-from superhf_lab.completions import Completion, completion_metrics, completion_rows, score_completions
-from superhf_lab.config import LoraSettings, SamplingSettings, TextConfig, require
-from superhf_lab.data import PromptStream, load_training_prompts, log_source_counts
-from superhf_lab.evaluation import EVAL_METRIC_NAMES, PolicyEvaluator, eval_metric, save_policy_artifact
+from superhf_lab.completions import (
+    COMPLETION_METRIC_NAMES,
+    PROGRESS_METRIC_NAMES,
+    Completion,
+    completion_metrics,
+    completion_rows,
+    score_completions,
+)
+from superhf_lab.config import LoraSettings, SamplingSettings, TextConfig
+from superhf_lab.data import PromptStream
+from superhf_lab.errors import require
+from superhf_lab.evaluation import PolicyEvaluator, evaluation_metric_names
 from superhf_lab.memory import HalvingBatchSize
-from superhf_lab.models import autocast, check_context_fits, load_policy
-from superhf_lab.registry import RunContext, register_algorithm
-from superhf_lab.rewards import RewardScorer, build_scorers
-from superhf_lab.sampling import completion_token_ids, sample_completions
+from superhf_lab.models import autocast
+from superhf_lab.plugin import RunContext, save_policy_artifact, training_setup
+from superhf_lab.policies import StartingPolicy
+from superhf_lab.registry import register_algorithm
+from superhf_lab.rewards import RewardScorer
+from superhf_lab.sampling import sample_completions
+from superhf_lab.sequences import LossTerms, completion_batch, completion_token_ids, loss_terms
 
 log = logging.getLogger(__name__)
 LR_SCHEDULES = ("cosine", "linear", "constant")
@@ -50,18 +59,11 @@ LOSS_REDUCTIONS = ("mean", "reference")
 KL_MASKS = ("shifted", "unshifted")  # logits that predict completion tokens, or the logits at completion tokens
 LENGTH_PENALTY_FORMS = ("linear", "log")  # per character of the stripped completion, or x log(characters)
 
-# Stable metric names, shared with every algorithm that wants to be overlaid with SuperHF in MLflow.
+LOSS_METRIC_NAMES = ("loss/total", "loss/ce", "loss/kl_penalty", "kl")
 METRIC_NAMES = (
-    "reward/mean", "reward/std", "reward/kept_mean", "reward/kept_std",
-    "heldout_reward/mean", "heldout_reward/std", "heldout_reward/kept_mean",
-    "kl", "loss/total", "loss/ce", "loss/kl_penalty", "lr",
-    "diversity/meteor_similarity", "diversity/meteor_similarity_within_prompt",
-    "diversity/distinct_1", "diversity/distinct_2",
-    "completion/length_tokens_mean", "completion/empty_fraction", "completion/truncated_fraction",
-    "time/generation_s", "time/scoring_s", "time/finetuning_s", "time/step_s",
-    "progress/prompts_seen", "progress/completions_generated", "train/nonfinite_losses_skipped",
-    "memory/oom_halvings",
-    *(eval_metric(name) for name in EVAL_METRIC_NAMES),
+    *COMPLETION_METRIC_NAMES, "reward/kept_mean", "reward/kept_std", "heldout_reward/kept_mean",
+    *LOSS_METRIC_NAMES, "lr", "time/generation_s", "time/scoring_s", "time/finetuning_s", "time/step_s",
+    *PROGRESS_METRIC_NAMES, "train/nonfinite_losses_skipped", "memory/oom_halvings", *evaluation_metric_names(),
 )
 
 
@@ -80,7 +82,7 @@ class SuperHFConfig:
     generation_top_k: int = 0  # transformers' top-k sampling filter; 0 disables it (the reference kept 50)
     repetition_penalty: float = 1.05
     no_repeat_ngram_size: int = 0
-    conversation_prompt: str = ""  # prepended to every prompt the policy sees, never shown to the reward model
+    conversation_prompt: str = ""  # prepended to every prompt the policy sees (reward models: see text.reward_input)
     length_penalty: float = 0.0  # subtracted from the reward for selection only, see length_penalty_form
     length_penalty_form: str = "linear"  # linear: x characters; log: x log(characters), as the reference
     kl_direction: str = "policy_to_reference"
@@ -154,96 +156,6 @@ def select_top_k(completions: list[Completion], top_k: int, length_penalty: floa
     return sorted(kept)
 
 
-def pad_examples(
-    prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_token_id: int, padding_side: str
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Stack prompt+completion sequences; returns input ids, attention mask and a completion-token mask.
-
-    The completion mask is 1 exactly on completion tokens, wherever the padding sits.
-    """
-    sequences = [p + c for p, c in zip(prompt_ids, completion_ids, strict=True)]
-    length = max(len(s) for s in sequences)
-    input_ids = torch.full((len(sequences), length), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros_like(input_ids)
-    completion_mask = torch.zeros_like(input_ids)
-    for row, (prompt, sequence) in enumerate(zip(prompt_ids, sequences)):
-        start = length - len(sequence) if padding_side == "left" else 0
-        end = start + len(sequence)
-        input_ids[row, start:end] = torch.tensor(sequence)
-        attention_mask[row, start:end] = 1
-        completion_mask[row, start + len(prompt) : end] = 1
-    return input_ids, attention_mask, completion_mask
-
-
-def position_ids_for(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions counted from each sequence's first real token, so left padding does not shift them."""
-    return (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
-
-
-def completion_batch(
-    tokenizer: PreTrainedTokenizerBase, conversation_prompt: str, completions: list[Completion], device: torch.device
-) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Model inputs for prompt + completion sequences (right-padded, positions counted from the first token)
-    and the mask of the completion tokens, for the loss and for KL."""
-    prompt_ids, completion_ids = zip(*(completion_token_ids(tokenizer, conversation_prompt, c) for c in completions))
-    input_ids, attention_mask, completion_mask = (
-        t.to(device) for t in pad_examples(list(prompt_ids), list(completion_ids), tokenizer.pad_token_id, "right")
-    )
-    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids_for(attention_mask)}
-    return inputs, completion_mask
-
-
-@dataclass
-class LossTerms:
-    """Per completion: summed CE and its token count, the exact per-token KL(policy || reference) that is
-    logged as ``kl``, and the KL term as the configured loss defines it (direction and mask)."""
-
-    ce_sum: torch.Tensor
-    tokens: torch.Tensor
-    kl: torch.Tensor
-    kl_loss: torch.Tensor
-
-
-def loss_terms(logits: torch.Tensor, reference_logits: torch.Tensor, input_ids: torch.Tensor,
-               completion_mask: torch.Tensor, kl_direction: str = "policy_to_reference",
-               kl_mask: str = "shifted") -> LossTerms:
-    """What both loss reductions are built from (see the module docstring).
-
-    Logits at position t predict token t+1, so the shifted mask selects the logits that predict completion
-    tokens; ``kl_mask: unshifted`` takes the logits at the completion tokens' own positions instead. Only the
-    positions a term uses go through the softmax over the vocabulary (prompt and padding positions never do).
-    """
-    predicts = F.pad(completion_mask[:, 1:], (0, 1)).bool()
-    kl_positions = predicts if kl_mask == "shifted" else completion_mask.bool()
-    used = predicts | kl_positions
-    rows = used.nonzero(as_tuple=True)[0]
-    log_probs = F.log_softmax(logits[used].float(), dim=-1)
-    reference_log_probs = F.log_softmax(reference_logits[used].float(), dim=-1)
-    next_tokens = F.pad(input_ids[:, 1:], (0, 1))[used]
-    in_ce, in_kl_loss = predicts[used].float(), kl_positions[used].float()
-    token_ce = -log_probs.gather(-1, next_tokens.unsqueeze(-1)).squeeze(-1)
-    token_kl = (log_probs.exp() * (log_probs - reference_log_probs)).sum(-1)
-    token_kl_loss = token_kl
-    if kl_direction == "reference_to_policy":
-        token_kl_loss = (reference_log_probs.exp() * (reference_log_probs - log_probs)).sum(-1)
-
-    def per_completion(values: torch.Tensor) -> torch.Tensor:
-        return torch.zeros(logits.shape[0], device=values.device).index_add(0, rows, values)
-
-    tokens = predicts.sum(-1).float()
-    kl = per_completion(token_kl * in_ce) / tokens.clamp(min=1)
-    kl_loss = per_completion(token_kl_loss * in_kl_loss) / kl_positions.sum(-1).clamp(min=1)
-    return LossTerms(per_completion(token_ce * in_ce), tokens, kl, kl_loss)
-
-
-def completion_ce_and_kl(
-    logits: torch.Tensor, reference_logits: torch.Tensor, input_ids: torch.Tensor, completion_mask: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-example mean cross-entropy and mean exact KL(policy || reference) over completion tokens."""
-    terms = loss_terms(logits, reference_logits, input_ids, completion_mask)
-    return terms.ce_sum / terms.tokens.clamp(min=1), terms.kl
-
-
 def minibatch_loss(terms: LossTerms, kl_coef: float, reduction: str, minibatch_size: int,
                    minibatch_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(CE term, KL term) of a minibatch's loss contributed by the completions in ``terms`` (all of the
@@ -259,7 +171,9 @@ def minibatch_loss(terms: LossTerms, kl_coef: float, reduction: str, minibatch_s
 
 
 class SuperHFTrainer:
-    """Runs superbatches: :meth:`generate`, :meth:`score`, :func:`select_top_k`, :meth:`finetune`."""
+    """SuperHF's trainer: owns the policy, optimizer and schedule, the superbatch loop (:meth:`train`), its
+    checkpoints and resume. One superbatch is :meth:`generate`, :meth:`score`, :func:`select_top_k` and
+    :meth:`finetune`."""
 
     def __init__(
         self,
@@ -267,6 +181,7 @@ class SuperHFTrainer:
         kl_coef: float,
         text: TextConfig,
         policy: PreTrainedModel,
+        starting: StartingPolicy,
         tokenizer: PreTrainedTokenizerBase,
         reward_scorer: RewardScorer,
         heldout_scorer: RewardScorer | None,
@@ -276,12 +191,13 @@ class SuperHFTrainer:
         self.config = config
         self.kl_coef = kl_coef
         self.text = text
+        self.policy = policy
+        self.starting = starting
         self.tokenizer = tokenizer
         self.reward_scorer = reward_scorer
         self.heldout_scorer = heldout_scorer
         self.device = device
         self.precision = precision
-        self.policy, self.frozen_reference = self._prepare_policy(policy)
         trainable = [p for p in self.policy.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
         self.scheduler = get_scheduler(
@@ -296,20 +212,6 @@ class SuperHFTrainer:
             for phase in ("generating", "scoring", "finetuning")
         }
 
-    def _prepare_policy(self, policy: PreTrainedModel) -> tuple[PreTrainedModel, PreTrainedModel | None]:
-        if not self.config.lora.enabled:
-            return policy, copy.deepcopy(policy).eval().requires_grad_(False)
-        from peft import get_peft_model
-
-        return get_peft_model(policy, self.config.lora.to_peft()), None
-
-    def reference_logits(self, **inputs: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad(), autocast(self.device, self.precision):
-            if self.frozen_reference is not None:
-                return self.frozen_reference(**inputs).logits
-            with self.policy.disable_adapter():
-                return self.policy(**inputs).logits
-
     def generate(self, prompts: list[str]) -> list[Completion]:
         """``superbatch_size`` sampled completions per prompt, cut where the model starts a new turn."""
         cfg = self.config
@@ -319,7 +221,7 @@ class SuperHFTrainer:
         ))
 
     def score(self, completions: list[Completion]) -> None:
-        """Reward (and held-out reward) of prompt+completion, each scorer using its own tokenizer."""
+        """Reward (and held-out reward) of each completion, each scorer through its own tokenizer."""
 
         def score_in_minibatches_of(size: int) -> None:
             for scorer in (self.reward_scorer, self.heldout_scorer):
@@ -332,7 +234,7 @@ class SuperHFTrainer:
     def finetune(self, kept: list[Completion]) -> dict[str, float]:
         """One optimizer step per minibatch of kept completions; non-finite losses are skipped and counted."""
         self.policy.train()
-        sums = dict.fromkeys(("loss/total", "loss/ce", "loss/kl_penalty", "kl"), 0.0)
+        sums = dict.fromkeys(LOSS_METRIC_NAMES, 0.0)
         steps = 0
         size = self.config.minibatch_size_finetuning
         for start in range(0, len(kept), size):
@@ -353,21 +255,23 @@ class SuperHFTrainer:
 
     def _accumulate_gradients(self, minibatch: list[Completion], micro_size: int) -> dict[str, float] | None:
         """Gradients of the minibatch's loss, summed over micro-batches of ``micro_size`` (the whole minibatch
-        unless memory ran out); None, with no gradients left, when the loss is not finite."""
+        unless memory ran out; then completions of similar length share a micro-batch, which changes no sum);
+        None, with no gradients left, when the loss is not finite."""
         cfg = self.config
         self.optimizer.zero_grad(set_to_none=True)
-        totals = dict.fromkeys(("loss/total", "loss/ce", "loss/kl_penalty", "kl"), 0.0)
-        minibatch_tokens = sum(len(completion_token_ids(self.tokenizer, cfg.conversation_prompt, c)[1])
-                               for c in minibatch) if cfg.loss_reduction == "reference" else 0
+        totals = dict.fromkeys(LOSS_METRIC_NAMES, 0.0)
+        tokens = [len(completion_token_ids(self.tokenizer, cfg.conversation_prompt, c)[1]) for c in minibatch]
+        if micro_size < len(minibatch):
+            minibatch = [minibatch[i] for i in sorted(range(len(minibatch)), key=tokens.__getitem__)]
         for start in range(0, len(minibatch), micro_size):
             part = minibatch[start : start + micro_size]
             inputs, completion_mask = completion_batch(self.tokenizer, cfg.conversation_prompt, part, self.device)
-            reference_logits = self.reference_logits(**inputs)
+            reference_logits = self.starting.logits(self.device, self.precision, **inputs)
             with autocast(self.device, self.precision):
                 logits = self.policy(**inputs).logits
             terms = loss_terms(logits, reference_logits, inputs["input_ids"], completion_mask, cfg.kl_direction,
                                cfg.kl_mask)
-            ce, kl_penalty = minibatch_loss(terms, self.kl_coef, cfg.loss_reduction, len(minibatch), minibatch_tokens)
+            ce, kl_penalty = minibatch_loss(terms, self.kl_coef, cfg.loss_reduction, len(minibatch), sum(tokens))
             loss = ce + kl_penalty
             if not torch.isfinite(loss):
                 self.optimizer.zero_grad(set_to_none=True)
@@ -378,26 +282,6 @@ class SuperHFTrainer:
             totals["loss/kl_penalty"] += kl_penalty.item()
             totals["kl"] += terms.kl.sum().item() / len(minibatch)
         return totals
-
-    def state_dict(self) -> dict:
-        """What continuing exactly needs besides RNG and the prompt stream: weights (only the adapters with
-        LoRA), optimizer, schedule, loss scaler and the skipped-loss count."""
-        if self.config.lora.enabled:
-            weights = {name: p.detach().clone() for name, p in self.policy.named_parameters() if p.requires_grad}
-        else:
-            weights = self.policy.state_dict()
-        return {"policy": weights, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "grad_scaler": self.grad_scaler.state_dict(), "nonfinite_losses": self.nonfinite_losses,
-                "batch_sizes": {phase: (b.size, b.halvings) for phase, b in self.batch_sizes.items()}}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.policy.load_state_dict(state["policy"], strict=not self.config.lora.enabled)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.grad_scaler.load_state_dict(state["grad_scaler"])
-        self.nonfinite_losses = state["nonfinite_losses"]
-        for phase, (size, halvings) in state["batch_sizes"].items():
-            self.batch_sizes[phase].size, self.batch_sizes[phase].halvings = size, halvings
 
     def _skip_nonfinite_loss(self) -> None:
         self.nonfinite_losses += 1
@@ -434,12 +318,86 @@ class SuperHFTrainer:
         metrics["time/step_s"] = time.perf_counter() - started
         return metrics, completions, kept_indices
 
+    def train(self, stream: PromptStream, context: RunContext, evaluator: PolicyEvaluator | None) -> None:
+        """Run every superbatch and log its metrics and sample completions, evaluating on the way when asked.
+
+        With checkpoints, a resumed run restores the newest checkpoint and re-runs the superbatches after it;
+        the steps MLflow already holds (logged before the kill) are not logged again, so the history has each
+        step once. SIGTERM ends the run after the current superbatch with a checkpoint (:class:`Preempted`).
+        """
+        cfg, run, tracker = self.config, context.config, context.tracker
+        first_step, logged_steps = 0, set()
+        if context.resume:
+            first_step = self.resume(context, stream)
+            logged_steps = tracker.logged_steps("progress/completions_generated")
+        if context.checkpoints is not None:
+            tracker.append_tables_at_flush_only()  # appended at checkpoints, so a resume adds no duplicates
+        progress = tqdm(range(first_step, cfg.num_superbatches), desc="SuperHF superbatches", unit="superbatch",
+                        initial=first_step, total=cfg.num_superbatches)
+        for step in progress:
+            metrics, completions, kept_indices = self.step(stream.take(cfg.prompt_accumulation_steps))
+            metrics["progress/prompts_seen"] = stream.position
+            metrics["progress/completions_generated"] = (step + 1) * cfg.prompt_accumulation_steps * cfg.superbatch_size
+            already_logged = step in logged_steps
+            tracker.log_metrics(metrics, step=step, send=not already_logged)
+            if not already_logged:
+                tracker.log_completions(
+                    completion_rows(step, completions, kept_indices, run.mlflow.completions_logged_per_superbatch))
+            progress.set_postfix(reward=f"{metrics['reward/mean']:.3f}", kl=f"{metrics['kl']:.4f}")
+            last = step == cfg.num_superbatches - 1
+            due = run.eval.every_n_superbatches and (step + 1) % run.eval.every_n_superbatches == 0
+            if evaluator is not None and (due or (last and run.eval.at_end)):
+                evaluator.evaluate(self.policy, self.starting, tracker, step, send=not already_logged)
+            if context.checkpoints is not None:
+                every = run.checkpoint.every_n_superbatches
+                if last or context.stop.requested or (every and (step + 1) % every == 0):
+                    self.save_checkpoint(context, stream, step, finished=last)
+            if context.stop.requested and not last:
+                raise Preempted(f"stopped by SIGTERM after superbatch {step}; checkpoint in {context.checkpoints.folder}")
+
+    def save_checkpoint(self, context: RunContext, stream: PromptStream, step: int, finished: bool) -> None:
+        state = {"trainer": self.state_dict(), "stream_position": stream.position, "rng": capture_rng(),
+                 "tracker": context.tracker.state_dict()}
+        context.checkpoints.save(state, {"step": step, "run_id": context.tracker.run_id, "finished": finished})
+        context.tracker.flush()
+
+    def resume(self, context: RunContext, stream: PromptStream) -> int:
+        """Restore the newest checkpoint; returns the first superbatch still to run."""
+        state, meta = context.checkpoints.load()
+        self.load_state_dict(state["trainer"])
+        stream.position = state["stream_position"]
+        context.tracker.load_state_dict(state["tracker"])
+        restore_rng(state["rng"])
+        log.info("resumed from the checkpoint after superbatch %d in %s", meta["step"], context.checkpoints.folder)
+        return meta["step"] + 1
+
+    def state_dict(self) -> dict:
+        """What continuing exactly needs besides RNG and the prompt stream: weights (only the adapters with
+        LoRA), optimizer, schedule, loss scaler, the skipped-loss count and the halved minibatch sizes."""
+        if self.config.lora.enabled:
+            weights = {name: p.detach().clone() for name, p in self.policy.named_parameters() if p.requires_grad}
+        else:
+            weights = self.policy.state_dict()
+        return {"policy": weights, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "grad_scaler": self.grad_scaler.state_dict(), "nonfinite_losses": self.nonfinite_losses,
+                "batch_sizes": {phase: (b.size, b.halvings) for phase, b in self.batch_sizes.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.policy.load_state_dict(state["policy"], strict=not self.config.lora.enabled)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.grad_scaler.load_state_dict(state["grad_scaler"])
+        self.nonfinite_losses = state["nonfinite_losses"]
+        for phase, (size, halvings) in state["batch_sizes"].items():
+            self.batch_sizes[phase].size, self.batch_sizes[phase].halvings = size, halvings
+
 
 def superbatch_metrics(completions: list[Completion], kept_indices: list[int]) -> dict[str, float]:
     """Statistics of all completions plus the rewards of the kept ones."""
     rewards = np.array([c.reward for c in completions])
     kept_rewards = rewards[kept_indices] if kept_indices else np.array([math.nan])
-    metrics = {**completion_metrics(completions), "reward/kept_mean": kept_rewards.mean(), "reward/kept_std": kept_rewards.std()}
+    metrics = {**completion_metrics(completions), "reward/kept_mean": kept_rewards.mean(),
+               "reward/kept_std": kept_rewards.std()}
     if "heldout_reward/mean" in metrics:
         heldout = np.array([c.heldout_reward for c in completions])
         metrics["heldout_reward/kept_mean"] = heldout[kept_indices].mean() if kept_indices else math.nan
@@ -447,82 +405,22 @@ def superbatch_metrics(completions: list[Completion], kept_indices: list[int]) -
 
 
 def build_trainer(context: RunContext) -> tuple[SuperHFTrainer, PromptStream]:
-    """Prompts first (cheap to validate), then the policy and the reward models."""
-    run = context.config
-    cfg: SuperHFConfig = run.algorithm
-    prompt_set = load_training_prompts(run.data, run.seed)
-    log_source_counts(prompt_set.counts, "train")
-    stream = PromptStream(prompt_set.prompts, seed=run.seed, shuffle=run.data.shuffle)
-    policy, tokenizer = load_policy(run.model, context.device)
-    check_context_fits(tokenizer, policy.config, prompt_set.prompts, cfg.max_new_tokens, run.data.max_prompt_chars,
-                       cfg.conversation_prompt)
-    reward_scorer, heldout_scorer = build_scorers(run, context.device, cfg.minibatch_size_scoring)
-    trainer = SuperHFTrainer(cfg, run.kl_coef, run.text, policy, tokenizer, reward_scorer, heldout_scorer,
-                             context.device, run.precision)
-    return trainer, stream
+    """The trainer on the shared setup (prompts, policy with its starting policy, scorers) and its prompt stream."""
+    run, cfg = context.config, context.algorithm
+    setup = training_setup(context, cfg.max_new_tokens, cfg.minibatch_size_scoring, cfg.lora, cfg.conversation_prompt)
+    trainer = SuperHFTrainer(cfg, run.kl_coef, run.text, setup.policy, setup.starting, setup.tokenizer,
+                             setup.reward_scorer, setup.heldout_scorer, context.device, run.precision)
+    return trainer, PromptStream(setup.prompts.prompts, seed=run.seed, shuffle=run.data.shuffle)
 
 
-@register_algorithm("superhf", SuperHFConfig, METRIC_NAMES, checkpoints=True)
+@register_algorithm("superhf", SuperHFConfig, METRIC_NAMES, checkpoints=True, build=build_trainer)
 def train_superhf(context: RunContext) -> None:
-    """Run every superbatch and log its metrics and sample completions; evaluate and save the policy.
-
-    With checkpoints, a resumed run restores the newest checkpoint and re-runs the superbatches after it;
-    the steps MLflow already holds (logged before the kill) are not logged again, so the history has
-    each step once. SIGTERM ends the run after the current superbatch with a checkpoint (:class:`Preempted`).
-    """
-    cfg: SuperHFConfig = context.algorithm
-    run = context.config
+    """Train (the loop evaluates on the way and at the end, before its last checkpoint), then save the policy."""
     trainer, stream = build_trainer(context)
+    run = context.config
     evaluator = None
     if run.eval.at_end or run.eval.every_n_superbatches:
-        evaluator = PolicyEvaluator(run, trainer.tokenizer, trainer.reward_scorer, trainer.heldout_scorer, context.device)
-    first_step, logged_steps = 0, set()
-    if context.resume:
-        first_step = resume_from_checkpoint(context, trainer, stream)
-        logged_steps = context.tracker.logged_steps("progress/completions_generated")
-    if context.checkpoints is not None:
-        context.tracker.table_flush_every = math.inf  # the table is appended at checkpoints, so a resume adds no duplicates
-    progress = tqdm(range(first_step, cfg.num_superbatches), desc="SuperHF superbatches", unit="superbatch",
-                    initial=first_step, total=cfg.num_superbatches)
-    for step in progress:
-        metrics, completions, kept_indices = trainer.step(stream.take(cfg.prompt_accumulation_steps))
-        metrics["progress/prompts_seen"] = stream.position
-        metrics["progress/completions_generated"] = (step + 1) * cfg.prompt_accumulation_steps * cfg.superbatch_size
-        already_logged = step in logged_steps
-        context.tracker.log_metrics(metrics, step=step, send=not already_logged)
-        if not already_logged:
-            context.tracker.log_completions(
-                completion_rows(step, completions, kept_indices, run.mlflow.completions_logged_per_superbatch)
-            )
-        progress.set_postfix(reward=f"{metrics['reward/mean']:.3f}", kl=f"{metrics['kl']:.4f}")
-        last = step == cfg.num_superbatches - 1
-        due = run.eval.every_n_superbatches and (step + 1) % run.eval.every_n_superbatches == 0
-        if evaluator is not None and (due or (last and run.eval.at_end)):
-            evaluator.evaluate(trainer.policy, trainer.reference_logits, context.tracker, step, send=not already_logged)
-        if context.checkpoints is not None:
-            every = run.checkpoint.every_n_superbatches
-            if last or context.stop.requested or (every and (step + 1) % every == 0):
-                save_checkpoint(context, trainer, stream, step, finished=last)
-        if context.stop.requested and not last:
-            raise Preempted(f"stopped by SIGTERM after superbatch {step}; checkpoint in {context.checkpoints.folder}")
+        evaluator = PolicyEvaluator(run, trainer.tokenizer, trainer.reward_scorer, trainer.heldout_scorer,
+                                    context.device)
+    trainer.train(stream, context, evaluator)
     save_policy_artifact(context.tracker, trainer.policy, trainer.tokenizer)
-
-
-def save_checkpoint(context: RunContext, trainer: SuperHFTrainer, stream: PromptStream, step: int, finished: bool) -> None:
-    state = {"trainer": trainer.state_dict(), "stream_position": stream.position, "rng": capture_rng(),
-             "history": dict(context.tracker.history)}
-    meta = {"step": step, "run_id": context.tracker.run_id, "finished": finished}
-    context.checkpoints.save(state, meta)
-    context.tracker.flush()
-
-
-def resume_from_checkpoint(context: RunContext, trainer: SuperHFTrainer, stream: PromptStream) -> int:
-    """Restore the newest checkpoint; returns the first superbatch still to run."""
-    state, meta = context.checkpoints.load()
-    trainer.load_state_dict(state["trainer"])
-    stream.position = state["stream_position"]
-    context.tracker.history.clear()
-    context.tracker.history.update(state["history"])
-    restore_rng(state["rng"])
-    log.info("resumed from the checkpoint after superbatch %d in %s", meta["step"], context.checkpoints.folder)
-    return meta["step"] + 1
