@@ -8,8 +8,11 @@ from omegaconf import DictConfig
 from superhf_lab.checkpoint import Preempted
 from superhf_lab.data import DataFileError
 from superhf_lab.errors import ConfigError
+from superhf_lab.registry import store_algorithm_configs
 from superhf_lab.runner import run_experiment
 from superhf_lab.sweeps import current_sweep_job
+
+store_algorithm_configs()  # each plugin's defaults become its algorithm=<name> option before Hydra composes
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

@@ -9,21 +9,17 @@ import argparse
 import json
 import platform
 import tempfile
-from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 from transformers import set_seed
 
-from superhf_lab.config import MlflowConfig, validate_config
+from superhf_lab.config import MlflowConfig, compose_run_config, validate_config
 from superhf_lab.models import resolve_device
 from superhf_lab.plugin import RunContext
 from superhf_lab.registry import get_algorithm
 from superhf_lab.sequences import completion_token_ids
 from superhf_lab.tiny_world import ensure_tiny_world
 from superhf_lab.tracking import check_tracking_store, tracked_run
-
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 def main() -> None:
@@ -32,8 +28,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for run.py")
     args = parser.parse_args()
 
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        cfg = compose("config", overrides=args.overrides)
+    cfg = compose_run_config(args.overrides)
     cfg.output_dir = "outputs/bench"
     config = validate_config(cfg)
     ensure_tiny_world(config.tiny_world.dir)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
@@ -366,6 +367,20 @@ class RunConfig:
 
 def _field_name(parent: Any, child: Any) -> str:
     return next(f.name for f in fields(parent) if getattr(parent, f.name) is child)
+
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def compose_run_config(overrides: list[str], return_hydra_config: bool = False) -> DictConfig:
+    """The config ``run.py`` composes for these overrides, outside a Hydra run (tools and tests)."""
+    from hydra import compose, initialize_config_dir
+
+    from superhf_lab.registry import store_algorithm_configs
+
+    store_algorithm_configs()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        return compose("config", overrides=overrides, return_hydra_config=return_hydra_config)
 
 
 def validate_config(cfg: DictConfig) -> RunConfig:

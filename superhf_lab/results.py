@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from rich.console import Console
 from rich.progress import Progress
 
 from superhf_lab.checkpoint import run_fingerprint
+from superhf_lab.config import compose_run_config
 from superhf_lab.report import TEST_METRICS, SeedGroup, plot_kl_ablation, summarise
 from superhf_lab.runner import CODE_TAG, CONFIG_TAG, code_version
 
@@ -67,8 +67,7 @@ def row_overrides(spec: ResultsSpec, row: ResultRow, seed: int, store: str) -> l
 
 def fingerprint(overrides: list[str]) -> str:
     """The configuration fingerprint run.py would tag this run with."""
-    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
-        return run_fingerprint(compose("config", overrides=overrides))
+    return run_fingerprint(compose_run_config(overrides))
 
 
 def finished_run(client: mlflow.MlflowClient, experiment_id: str | None, config_fingerprint: str):

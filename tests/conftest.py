@@ -13,15 +13,15 @@ from pathlib import Path
 
 import pytest
 import requests
-from hydra import compose, initialize_config_dir
+
+from superhf_lab.config import compose_run_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def compose_config(overrides: list[str], return_hydra_config: bool = False):
     """The config run.py would see for these overrides (``output_dir`` set, since no Hydra run exists)."""
-    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
-        cfg = compose("config", overrides=overrides, return_hydra_config=return_hydra_config)
+    cfg = compose_run_config(overrides, return_hydra_config)
     cfg.output_dir = "outputs/test"
     return cfg
 
