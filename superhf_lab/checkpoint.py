@@ -75,19 +75,26 @@ class CheckpointStore:
 
     def load(self) -> tuple[dict[str, Any], dict[str, Any]]:
         latest = self._latest_folder()
-        if latest is None:
-            raise FileNotFoundError(f"no checkpoint in {self.folder}")
+        if latest is None or not (latest / STATE_FILE).is_file():
+            raise FileNotFoundError(f"no checkpoint state in {self.folder}")
         state = torch.load(latest / STATE_FILE, map_location="cpu", weights_only=False)
         return state, json.loads((latest / META_FILE).read_text())
 
     def save(self, state: dict[str, Any], meta: dict[str, Any]) -> Path:
         """Write ``state`` and ``meta`` for ``meta['step']``; older checkpoints go once the new one is in place."""
+        return self._write(meta, lambda folder: torch.save(state, folder / STATE_FILE))
+
+    def mark(self, meta: dict[str, Any]) -> Path:
+        """Record ``meta`` alone, for trainers that keep their state elsewhere (TRL's ``checkpoint-N`` folders)."""
+        return self._write(meta, lambda folder: None)
+
+    def _write(self, meta: dict[str, Any], write_state) -> Path:
         self.folder.mkdir(parents=True, exist_ok=True)
         name = f"step-{meta['step']:06d}"
         temporary = self.folder / f".{name}.tmp-{os.getpid()}"
         shutil.rmtree(temporary, ignore_errors=True)
         temporary.mkdir()
-        torch.save(state, temporary / STATE_FILE)
+        write_state(temporary)
         (temporary / META_FILE).write_text(json.dumps(meta, indent=2))
         _fsync_folder(temporary)
         final = self.folder / name
@@ -106,7 +113,7 @@ class CheckpointStore:
         if not pointer.is_file():
             return None
         latest = self.folder / pointer.read_text().strip()
-        return latest if (latest / META_FILE).is_file() and (latest / STATE_FILE).is_file() else None
+        return latest if (latest / META_FILE).is_file() else None
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -57,7 +57,8 @@ class RewardModelConfig:
         require(self.max_length > 0, f"{prefix}.max_length", self.max_length, "use a positive token count")
 
 
-SOURCE_KINDS = ("hh_rlhf", "hh_red_team", "webgpt", "self_instruct", "prompts")  # how a row becomes a prompt: superhf_lab/data.py
+SOURCE_KINDS = ("hh_rlhf", "hh_red_team", "webgpt", "self_instruct", "prompts")
+PAIR_KINDS = ("hh_rlhf", "webgpt")  # the row formats that carry a human preference: superhf_lab/data.py  # how a row becomes a prompt: superhf_lab/data.py
 
 
 @dataclass
@@ -337,6 +338,7 @@ class RunConfig:
     heldout_reward_model: Optional[RewardModelConfig] = None
     algorithm: Any = None
     data: DataConfig = field(default_factory=DataConfig)
+    preferences: DataConfig = field(default_factory=DataConfig)  # pairs for DPO and FeedME
     tiny_world: TinyWorldConfig = field(default_factory=TinyWorldConfig)
     text: TextConfig = field(default_factory=TextConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
@@ -351,9 +353,12 @@ class RunConfig:
     output_dir: str = "outputs"
 
     def check(self) -> None:
-        for section in (self.model, self.reward_model, self.data, self.text, self.mlflow, self.objective, self.eval,
-                        self.checkpoint):
+        for section in (self.model, self.reward_model, self.data, self.preferences, self.text, self.mlflow,
+                        self.objective, self.eval, self.checkpoint):
             section.check(_field_name(self, section))
+        for name, source in self.preferences.sources.items():
+            require(source.kind in PAIR_KINDS, f"preferences.sources.{name}.kind", source.kind,
+                    f"use one of {PAIR_KINDS}: the row formats that hold a chosen and a rejected response")
         if self.heldout_reward_model is not None:
             self.heldout_reward_model.check("heldout_reward_model")
         require(math.isfinite(self.kl_coef) and self.kl_coef >= 0, "kl_coef", self.kl_coef,

@@ -1,7 +1,10 @@
 """Prompts: the paper's hh-rlhf and WebGPT sources (Hugging Face Hub or local files), mixed, filtered and
-split as the reference (openfeedback/superhf ``get_superhf_prompts``) does, served in a seeded shuffled stream.
+split as the reference (openfeedback/superhf ``get_superhf_prompts``) does, served in a seeded shuffled stream;
+and preference pairs (prompt, chosen and rejected response) from the same row formats, for the algorithms that
+learn from human preferences directly (DPO, FeedME).
 
-Every prompt is a first human turn in hh-rlhf text format, ``"\\n\\nHuman: ...\\n\\nAssistant:"``.
+Every prompt is a first human turn in hh-rlhf text format, ``"\\n\\nHuman: ...\\n\\nAssistant:"``; a pair's prompt
+is the whole conversation before its last assistant turn.
 """
 
 from __future__ import annotations
@@ -43,6 +46,24 @@ class PromptSet:
     counts: dict[str, int]
 
 
+@dataclass(frozen=True)
+class PreferencePair:
+    """A conversation so far and two responses to it, ``chosen`` preferred over ``rejected`` by a human."""
+
+    prompt: str
+    chosen: str
+    rejected: str
+
+
+@dataclass
+class PairSet:
+    """A split's preference pairs in mixed order, which source each came from, and how many each source gave."""
+
+    pairs: list[PreferencePair]
+    sources: list[str]
+    counts: dict[str, int]
+
+
 def _first_turn(conversation: Any) -> str:
     if not (isinstance(conversation, str) and conversation.startswith(HUMAN) and ASSISTANT in conversation):
         raise ValueError("not a '\\n\\nHuman: ...\\n\\nAssistant: ...' conversation")
@@ -71,6 +92,34 @@ ROW_FORMATS: dict[str, tuple[str, Callable[[Any], str]]] = {
     "self_instruct": ("a 'prompt' string with an instruction before 'Output:'",
                       lambda row: f"{HUMAN} {_instruction(row['prompt'])}{ASSISTANT}"),
     "prompts": ("a non-empty 'prompt' string", lambda row: _non_empty(row["prompt"])),
+}
+
+
+def _hh_pair(row: Any) -> PreferencePair | None:
+    """Chosen and rejected conversations share everything before the last assistant turn; None when they diverge
+    earlier (a few hh-rlhf rows) or are the same."""
+    chosen, rejected = _non_empty(row["chosen"]), _non_empty(row["rejected"])
+    _first_turn(chosen)
+    cut = chosen.rindex(ASSISTANT) + len(ASSISTANT)
+    if not rejected.startswith(chosen[:cut]) or chosen == rejected:
+        return None
+    return PreferencePair(chosen[:cut], chosen[cut:], rejected[cut:])
+
+
+def _webgpt_pair(row: Any) -> PreferencePair | None:
+    """The answer with the higher score is chosen; None for a tie (no preference)."""
+    prompt = f"{HUMAN} {_non_empty(row['question']['full_text'])}{ASSISTANT}"
+    scores, answers = (row["score_0"], row["score_1"]), (_non_empty(row["answer_0"]), _non_empty(row["answer_1"]))
+    if scores[0] == scores[1]:
+        return None
+    better = 0 if scores[0] > scores[1] else 1
+    return PreferencePair(prompt, " " + answers[better].strip(), " " + answers[1 - better].strip())
+
+
+# kind -> (what a row must hold; the row as a preference pair, or None for a row without a preference)
+PAIR_FORMATS: dict[str, tuple[str, Callable[[Any], PreferencePair | None]]] = {
+    "hh_rlhf": ("'chosen' and 'rejected' conversations", _hh_pair),
+    "webgpt": ("a 'question' with 'full_text', 'answer_0', 'answer_1', 'score_0' and 'score_1'", _webgpt_pair),
 }
 
 
@@ -219,37 +268,43 @@ def _all_but_last(rows: Iterator[Row], held_out: int) -> Iterator[Row]:
 
 
 class _SourceReader:
-    """One source's prompts for one split, read lazily, with the tallies that explain a shortfall."""
+    """One source's items (prompts, or preference pairs) for one split, read lazily, with the tallies that
+    explain a shortfall. ``section`` is the config section the source sits in, for messages."""
 
-    def __init__(self, name: str, source: DataSourceConfig, split: str, max_prompt_chars: int) -> None:
-        self.key = f"data.sources.{name}"
+    def __init__(self, name: str, source: DataSourceConfig, split: str, max_prompt_chars: int, formats: dict,
+                 section: str) -> None:
+        self.section = section
+        self.key = f"{section}.sources.{name}"
         self.source = source
         self.split = split
         self.max_prompt_chars = max_prompt_chars
+        self.formats = formats
         self.rows_read = 0
         self.too_long = 0
 
-    def prompts(self) -> Iterator[str]:
-        """Prompts of at most ``max_prompt_chars`` characters; without its own test split, a source's last
-        ``test_size`` rows are its test set (as the reference's ``[:-2300]``)."""
+    def items(self) -> Iterator[str | PreferencePair]:
+        """Items whose prompt has at most ``max_prompt_chars`` characters; without its own test split, a source's
+        last ``test_size`` rows are its test set (as the reference's ``[:-2300]``)."""
         rows = self._counted(self._split_rows())
         if not self.source.has_test_split:
             held_out = self.source.test_size
             rows = _all_but_last(rows, held_out) if self.split == "train" else iter(deque(rows, maxlen=held_out))
-        description, to_prompt = ROW_FORMATS[self.source.kind]
+        description, to_item = self.formats[self.source.kind]
         for where, row in rows:
             if self.source.where and not _matches(row, self.source.where):
                 continue
             try:
-                prompt = to_prompt(row)
+                item = to_item(row)
             except (KeyError, TypeError, ValueError) as error:
                 raise DataFileError(
                     f"{where}: expected a JSON object with {description} ({type(error).__name__}: {error})"
                 ) from None
-            if len(prompt) > self.max_prompt_chars:
+            if item is None:
+                continue
+            if len(item if isinstance(item, str) else item.prompt) > self.max_prompt_chars:
                 self.too_long += 1
                 continue
-            yield prompt
+            yield item
 
     def _split_rows(self) -> Iterator[Row]:
         own_test_split = self.source.has_test_split and self.split == "test"
@@ -276,9 +331,9 @@ class _SourceReader:
             self.rows_read += 1
             yield row
 
-    def take(self, wanted: Optional[int], wanted_key: str, wanted_value: Any) -> list[str]:
-        """``wanted`` prompts (all when None); too few raises a ConfigError naming the key to change."""
-        prompts = list(islice(self.prompts(), wanted))
+    def take(self, wanted: Optional[int], wanted_key: str, wanted_value: Any) -> list:
+        """``wanted`` items (all when None); too few raises a ConfigError naming the key to change."""
+        prompts = list(islice(self.items(), wanted))
         needed = 1 if wanted is None else wanted
         if len(prompts) >= needed:
             return prompts
@@ -291,7 +346,7 @@ class _SourceReader:
                 )
             if self.split == "test" and held_out == 0:
                 raise ConfigError(f"{self.key}.test_size=0 is invalid: it holds out no test prompts; raise it")
-        limit = f"data.max_prompt_chars={self.max_prompt_chars}"
+        limit = f"{self.section}.max_prompt_chars={self.max_prompt_chars}"
         if not prompts and self.too_long:
             raise ConfigError(
                 f"{limit} is invalid: it drops all {self.too_long} {self.split} prompts of {self.key}; raise it"
@@ -313,17 +368,36 @@ def _apportion(total: int, weights: dict[str, float]) -> dict[str, int]:
     return counts
 
 
-def _take_weighted(readers: dict[str, _SourceReader], config: DataConfig) -> dict[str, list[str]]:
+def _take_weighted(readers: dict[str, _SourceReader], config: DataConfig, section: str) -> dict[str, list]:
     weights = {name: reader.source.weight for name, reader in readers.items()}
     if config.total_prompts is not None:
         counts = _apportion(config.total_prompts, weights)
-        return {name: reader.take(counts[name], "data.total_prompts", config.total_prompts)
+        return {name: reader.take(counts[name], f"{section}.total_prompts", config.total_prompts)
                 for name, reader in readers.items()}
     # No total: the largest mix with these proportions, which the scarcest source (for its weight) limits.
     available = {name: reader.take(None, f"{reader.key}.weight", reader.source.weight) for name, reader in readers.items()}
     weight_sum = sum(weights.values())
     total = math.floor(min(len(available[name]) * weight_sum / weight for name, weight in weights.items()))
     return {name: available[name][:count] for name, count in _apportion(total, weights).items()}
+
+
+def _load_mix(config: DataConfig, split: str, seed: int, formats: dict, section: str) -> tuple[list, list, dict]:
+    """Items, the source of each, and the count per source, of one split of a configured mix (see load_prompts)."""
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r}: use one of {SPLITS}")
+    active = {name: source for name, source in config.sources.items() if source.count != 0 and source.weight != 0}
+    readers = {name: _SourceReader(name, source, split, config.max_prompt_chars, formats, section)
+               for name, source in active.items()}
+    if split == "train" and any(source.weight is not None for source in active.values()):
+        taken = _take_weighted(readers, config, section)
+    else:
+        counts = {name: source.count if split == "train" else None for name, source in active.items()}
+        taken = {name: reader.take(counts[name], f"{reader.key}.count", counts[name]) for name, reader in readers.items()}
+    mixed = [(item, name) for name, items in taken.items() for item in items]
+    if config.shuffle:
+        random.Random(seed).shuffle(mixed)
+    counts = {name: len(taken.get(name, [])) for name in config.sources}
+    return [item for item, _ in mixed], [name for _, name in mixed], counts
 
 
 def load_prompts(config: DataConfig, split: str, seed: int) -> PromptSet:
@@ -333,23 +407,13 @@ def load_prompts(config: DataConfig, split: str, seed: int) -> PromptSet:
     all; weighted sources give ``data.total_prompts`` prompts in proportion to their weights (all that the
     proportions allow when it is null). The test split holds every mixed source's held-out prompts.
     """
-    if split not in SPLITS:
-        raise ValueError(f"split={split!r}: use one of {SPLITS}")
-    active = {name: source for name, source in config.sources.items() if source.count != 0 and source.weight != 0}
-    readers = {name: _SourceReader(name, source, split, config.max_prompt_chars) for name, source in active.items()}
-    if split == "train" and any(source.weight is not None for source in active.values()):
-        taken = _take_weighted(readers, config)
-    else:
-        counts = {name: source.count if split == "train" else None for name, source in active.items()}
-        taken = {name: reader.take(counts[name], f"{reader.key}.count", counts[name]) for name, reader in readers.items()}
-    mixed = [(prompt, name) for name, prompts in taken.items() for prompt in prompts]
-    if config.shuffle:
-        random.Random(seed).shuffle(mixed)
-    return PromptSet(
-        prompts=[prompt for prompt, _ in mixed],
-        sources=[name for _, name in mixed],
-        counts={name: len(taken.get(name, [])) for name in config.sources},
-    )
+    return PromptSet(*_load_mix(config, split, seed, ROW_FORMATS, "data"))
+
+
+def load_pairs(config: DataConfig, split: str, seed: int) -> PairSet:
+    """The ``split`` of the ``preferences`` mix as preference pairs, mixed exactly as :func:`load_prompts` mixes
+    prompts (counts and weights are in pairs)."""
+    return PairSet(*_load_mix(config, split, seed, PAIR_FORMATS, "preferences"))
 
 
 def load_training_prompts(config: DataConfig, seed: int) -> PromptSet:

@@ -17,7 +17,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from superhf_lab.checkpoint import CheckpointStore, StopRequest
 from superhf_lab.config import LoraSettings, RunConfig
-from superhf_lab.data import PromptSet, load_training_prompts
+from superhf_lab.data import PairSet, PromptSet, load_pairs, load_training_prompts
 from superhf_lab.evaluation import PolicyEvaluator
 from superhf_lab.models import check_context_fits, load_policy
 from superhf_lab.policies import StartingPolicy, with_starting_policy
@@ -62,6 +62,13 @@ def training_prompts(context: RunContext) -> PromptSet:
     prompt_set = load_training_prompts(context.config.data, context.config.seed)
     context.tracker.log_params({f"data.count.train.{name}": count for name, count in prompt_set.counts.items()})
     return prompt_set
+
+
+def training_pairs(context: RunContext) -> PairSet:
+    """The training split of the ``preferences`` mix; each source's count is logged as ``preferences.count.<source>``."""
+    pairs = load_pairs(context.config.preferences, "train", context.config.seed)
+    context.tracker.log_params({f"preferences.count.train.{name}": count for name, count in pairs.counts.items()})
+    return pairs
 
 
 def training_setup(context: RunContext, max_new_tokens: int, scoring_batch_size: int, lora: LoraSettings | None,

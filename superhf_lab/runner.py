@@ -50,7 +50,8 @@ def code_version() -> str:
 def paths_in_tiny_world(config: RunConfig) -> list[str]:
     """The configured model and data paths that live in the tiny world's cache folder."""
     root = Path(config.tiny_world.dir).resolve()
-    candidates = [config.model.name_or_path, config.reward_model.name_or_path, *config.data.local_paths()]
+    candidates = [config.model.name_or_path, config.reward_model.name_or_path, *config.data.local_paths(),
+                  *config.preferences.local_paths()]
     if config.heldout_reward_model is not None:
         candidates.append(config.heldout_reward_model.name_or_path)
     return [path for path in candidates if path and Path(path).resolve().is_relative_to(root)]

@@ -1,0 +1,77 @@
+"""DPO (Rafailov et al. 2023, arXiv 2305.18290) on TRL's ``DPOTrainer``: the policy learns from the human preference
+pairs of ``preferences`` directly, with ``kl_coef`` as DPO's beta (the strength of the implicit KL constraint).
+
+DPO samples nothing to train, so a :class:`superhf_lab.trl_bridge.PolicyProbe` samples one completion for each of
+``probe_prompts`` training prompts at every step: reward, held-out reward, METEOR similarity and the exact ``kl``
+are logged per step like every other algorithm's; ``dpo/reward_margin`` and ``dpo/reward_accuracy`` are TRL's
+implicit-reward statistics on the training pairs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from superhf_lab.completions import PROGRESS_METRIC_NAMES
+from superhf_lab.config import LoraSettings
+from superhf_lab.errors import ConfigError, require
+from superhf_lab.plugin import RunContext, training_pairs, training_setup
+from superhf_lab.registry import register_algorithm
+from superhf_lab.trl_bridge import (
+    PROBE_METRIC_NAMES,
+    CheckpointMarker,
+    PolicyProbe,
+    TrackerBridge,
+    train_and_finish,
+    trainer_arguments,
+)
+
+RENAMES = {"loss": "loss/total", "learning_rate": "lr", "rewards/margins": "dpo/reward_margin",
+           "rewards/accuracies": "dpo/reward_accuracy"}
+METRIC_NAMES = (*PROBE_METRIC_NAMES, *RENAMES.values(), "time/step_s", *PROGRESS_METRIC_NAMES)
+
+
+@dataclass
+class DPOAlgorithmConfig:
+    name: str = "dpo"
+    num_steps: int = 40  # optimizer steps; pairs seen = num_steps x pairs_per_step
+    pairs_per_step: int = 32
+    learning_rate: float = 1e-6
+    lr_schedule: str = "linear"
+    loss_type: str = "sigmoid"  # TRL's DPO loss (sigmoid: the paper's)
+    max_length: int = 512  # tokens of prompt + response, longer pairs truncated
+    probe_prompts: int = 16  # training prompts sampled at every step to measure the policy
+    minibatch_size_scoring: int = 32
+    lora: LoraSettings = field(default_factory=LoraSettings)
+
+    def check(self) -> None:
+        for key in ("num_steps", "pairs_per_step", "max_length", "probe_prompts", "minibatch_size_scoring"):
+            require(getattr(self, key) > 0, f"algorithm.{key}", getattr(self, key), "use a positive integer")
+        require(self.learning_rate > 0, "algorithm.learning_rate", self.learning_rate, "use a value > 0")
+        self.lora.check("algorithm.lora")
+
+
+@register_algorithm("dpo", DPOAlgorithmConfig, METRIC_NAMES, checkpoints=True)
+def train_dpo(context: RunContext) -> None:
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    run, cfg = context.config, context.algorithm
+    if run.kl_coef <= 0:
+        raise ConfigError(f"kl_coef={run.kl_coef} is invalid for algorithm=dpo: it is DPO's beta, which must be > 0 "
+                          "(0 removes the preference signal); use e.g. kl_coef=0.1")
+    setup = training_setup(context, run.eval.sampling.max_new_tokens, cfg.minibatch_size_scoring, lora=None)
+    pairs = training_pairs(context).pairs
+    dataset = Dataset.from_dict({"prompt": [p.prompt for p in pairs], "chosen": [p.chosen for p in pairs],
+                                 "rejected": [p.rejected for p in pairs]})
+    args = DPOConfig(**trainer_arguments(context, cfg.num_steps, cfg.learning_rate, lr_scheduler_type=cfg.lr_schedule,
+                                         per_device_train_batch_size=cfg.pairs_per_step, gradient_accumulation_steps=1,
+                                         beta=run.kl_coef, loss_type=cfg.loss_type, max_length=cfg.max_length))
+    probe = PolicyProbe(context, setup, cfg.probe_prompts)
+    callbacks = [TrackerBridge(context, probe, RENAMES, cfg.pairs_per_step, len(probe.prompts))]
+    if context.checkpoints is not None:
+        callbacks.append(CheckpointMarker(context))
+    trainer = DPOTrainer(model=setup.policy, ref_model=None, args=args, train_dataset=dataset,
+                         processing_class=setup.tokenizer, callbacks=callbacks,
+                         peft_config=cfg.lora.to_peft() if cfg.lora.enabled else None)
+    probe.trainer = trainer
+    train_and_finish(context, trainer, setup, cfg.num_steps - 1, frozen=None)

@@ -1,0 +1,73 @@
+"""FeedME, the paper's supervised baseline: fine-tuning on the preferred (chosen) responses of the ``preferences``
+pairs with TRL's ``SFTTrainer`` (cross-entropy on the response tokens only). There is no KL term, so ``kl_coef``
+has no effect; the exact ``kl`` to the starting policy is still measured.
+
+Like DPO it samples nothing to train: a :class:`superhf_lab.trl_bridge.PolicyProbe` samples one completion for each
+of ``probe_prompts`` training prompts at every step, so reward, held-out reward, METEOR similarity and ``kl`` are
+logged per step like every other algorithm's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from superhf_lab.completions import PROGRESS_METRIC_NAMES
+from superhf_lab.config import LoraSettings
+from superhf_lab.errors import require
+from superhf_lab.plugin import RunContext, training_pairs, training_setup
+from superhf_lab.policies import StartingPolicy
+from superhf_lab.registry import register_algorithm
+from superhf_lab.trl_bridge import (
+    PROBE_METRIC_NAMES,
+    CheckpointMarker,
+    PolicyProbe,
+    TrackerBridge,
+    train_and_finish,
+    trainer_arguments,
+)
+
+RENAMES = {"loss": "loss/total", "learning_rate": "lr", "mean_token_accuracy": "feedme/token_accuracy"}
+METRIC_NAMES = (*PROBE_METRIC_NAMES, *RENAMES.values(), "time/step_s", *PROGRESS_METRIC_NAMES)
+
+
+@dataclass
+class FeedMEConfig:
+    name: str = "feedme"
+    num_steps: int = 40  # optimizer steps; chosen responses seen = num_steps x examples_per_step
+    examples_per_step: int = 32
+    learning_rate: float = 2e-5
+    lr_schedule: str = "linear"
+    max_length: int = 512  # tokens of prompt + response, longer examples truncated
+    probe_prompts: int = 16  # training prompts sampled at every step to measure the policy
+    minibatch_size_scoring: int = 32
+    lora: LoraSettings = field(default_factory=LoraSettings)
+
+    def check(self) -> None:
+        for key in ("num_steps", "examples_per_step", "max_length", "probe_prompts", "minibatch_size_scoring"):
+            require(getattr(self, key) > 0, f"algorithm.{key}", getattr(self, key), "use a positive integer")
+        require(self.learning_rate > 0, "algorithm.learning_rate", self.learning_rate, "use a value > 0")
+        self.lora.check("algorithm.lora")
+
+
+@register_algorithm("feedme", FeedMEConfig, METRIC_NAMES, checkpoints=True)
+def train_feedme(context: RunContext) -> None:
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    run, cfg = context.config, context.algorithm
+    setup = training_setup(context, run.eval.sampling.max_new_tokens, cfg.minibatch_size_scoring, lora=None)
+    pairs = training_pairs(context).pairs
+    dataset = Dataset.from_dict({"prompt": [p.prompt for p in pairs], "completion": [p.chosen for p in pairs]})
+    args = SFTConfig(**trainer_arguments(context, cfg.num_steps, cfg.learning_rate, lr_scheduler_type=cfg.lr_schedule,
+                                         per_device_train_batch_size=cfg.examples_per_step,
+                                         gradient_accumulation_steps=1, completion_only_loss=True,
+                                         max_length=cfg.max_length))
+    probe = PolicyProbe(context, setup, cfg.probe_prompts)
+    probe.frozen = None if cfg.lora.enabled else StartingPolicy.frozen_copy(setup.policy)
+    callbacks = [TrackerBridge(context, probe, RENAMES, cfg.examples_per_step, len(probe.prompts))]
+    if context.checkpoints is not None:
+        callbacks.append(CheckpointMarker(context))
+    trainer = SFTTrainer(model=setup.policy, args=args, train_dataset=dataset, processing_class=setup.tokenizer,
+                         callbacks=callbacks, peft_config=cfg.lora.to_peft() if cfg.lora.enabled else None)
+    probe.trainer = trainer
+    train_and_finish(context, trainer, setup, cfg.num_steps - 1, probe.frozen)

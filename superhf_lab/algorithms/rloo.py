@@ -1,0 +1,30 @@
+"""RLOO (Ahmadian et al. 2024, arXiv 2402.14740) on TRL's ``RLOOTrainer``: each completion's advantage is its reward
+minus the mean reward of the other completions of its prompt (leave one out), with ``kl_coef`` as TRL's ``beta``
+(the sequence's k1 KL to the reference subtracted from its reward).
+
+Rewards and cutting are as for GRPO (:mod:`superhf_lab.trl_bridge`); ``kl_token_estimate`` is TRL's k1 estimate of
+the per-token KL, averaged over completion tokens (the evaluation logs the exact ``eval/*/kl``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from superhf_lab.plugin import RunContext
+from superhf_lab.registry import register_algorithm
+from superhf_lab.trl_bridge import GROUP_POLICY_METRIC_NAMES, CutAtNextTurn, GroupPolicyConfig, train_group_policy
+
+
+@dataclass
+class RLOOAlgorithmConfig(GroupPolicyConfig):
+    name: str = "rloo"
+
+
+@register_algorithm("rloo", RLOOAlgorithmConfig, GROUP_POLICY_METRIC_NAMES, checkpoints=True)
+def train_rloo(context: RunContext) -> None:
+    from trl import RLOOConfig, RLOOTrainer
+
+    class CutRLOOTrainer(CutAtNextTurn, RLOOTrainer):
+        pass
+
+    train_group_policy(context, CutRLOOTrainer, RLOOConfig)

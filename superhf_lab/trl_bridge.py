@@ -1,0 +1,269 @@
+"""What every plugin built on a TRL trainer shares: its arguments, the reward on decoded text, completions cut as
+SuperHF cuts them, metrics under the project's names, checkpoints the run can resume from, and the final
+evaluation and saving.
+
+TRL trainers are transformers Trainers: they own their loop and save ``checkpoint-N`` folders in
+``output_dir``. Here ``output_dir`` lies in the run's checkpoint folder, and each save also marks that folder
+with the step and MLflow run id, so re-running the same command continues the same MLflow run from TRL's
+checkpoint (``trainer.train(resume_from_checkpoint=True)``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from transformers import PreTrainedModel, TrainerCallback
+
+from superhf_lab.checkpoint import Preempted
+from superhf_lab.completions import (
+    COMPLETION_METRIC_NAMES,
+    PROGRESS_METRIC_NAMES,
+    Completion,
+    completion_metrics,
+    completion_rows,
+    score_completions,
+)
+from superhf_lab.config import LoraSettings
+from superhf_lab.errors import require
+from superhf_lab.evaluation import completion_kl, evaluation_metric_names
+from superhf_lab.plugin import RunContext, TrainingSetup, finish_training, training_setup
+from superhf_lab.policies import StartingPolicy
+from superhf_lab.sampling import sample_completions
+from superhf_lab.sequences import completion_token_ids
+from superhf_lab.text import decode_completion, trim_completion
+
+
+def trainer_arguments(context: RunContext, max_steps: int, learning_rate: float, **specific: Any) -> dict[str, Any]:
+    """Arguments every TRL trainer takes the same way: where checkpoints go and how often, logging every step to
+    the project's tracker only, the run's seed, precision and device."""
+    run = context.config
+    every = run.checkpoint.every_n_superbatches
+    folder = context.checkpoints.folder / "trainer" if context.checkpoints else Path(run.output_dir) / "trainer"
+    return dict(
+        output_dir=str(folder), report_to="none", logging_steps=1, disable_tqdm=False, seed=run.seed,
+        data_seed=run.seed, bf16=run.precision == "bf16", fp16=run.precision == "fp16",
+        use_cpu=context.device.type == "cpu", max_steps=max_steps, learning_rate=learning_rate,
+        save_strategy="steps" if context.checkpoints and every else "no", save_steps=every or max_steps,
+        save_total_limit=1, gradient_checkpointing=False, **specific,
+    )
+
+
+class TextReward:
+    """A TRL reward function over decoded text: each completion is cut at the next turn (as SuperHF cuts it) and
+    scored through the reward models' own tokenizers with ``text.reward_input``; the scored completions are kept
+    for the step's metrics."""
+
+    __name__ = "reward_model"  # TRL names its reward metrics after the function
+
+    def __init__(self, setup: TrainingSetup, context: RunContext) -> None:
+        self.scorer, self.heldout_scorer = setup.reward_scorer, setup.heldout_scorer
+        self.text = context.config.text
+        self.eos_token_id = setup.tokenizer.eos_token_id
+        self.prompt_index: dict[str, int] = {}
+        self.scored: list[Completion] = []
+
+    def __call__(self, prompts: list[str], completions: list[str], completion_ids: list[list[int]],
+                 **_: Any) -> list[float]:
+        batch = []
+        for prompt, text, ids in zip(prompts, completions, completion_ids, strict=True):
+            cut, _ = trim_completion(text, self.text.cut)
+            finished = bool(ids) and ids[-1] == self.eos_token_id
+            index = self.prompt_index.setdefault(prompt, len(self.prompt_index))
+            batch.append(Completion(prompt, index, cut, len(ids) - finished, finished, generated_tokens=len(ids)))
+        score_completions(batch, self.text.reward_input, self.scorer, self.heldout_scorer)
+        self.scored.extend(batch)
+        return [completion.reward for completion in batch]
+
+    def take_scored(self) -> tuple[list[Completion], dict[str, float]]:
+        """The completions scored since the last call (for :class:`TrackerBridge`)."""
+        scored, self.scored, self.prompt_index = self.scored, [], {}
+        return scored, {}
+
+
+class CutAtNextTurn:
+    """Mixin for TRL's GRPO and RLOO trainers: each generated completion's token ids become those of its text cut
+    at the next turn (plus EOS when it ended), tokenised as SuperHF's fine-tuning tokenises it, so the loss mask
+    covers exactly the completion that is scored."""
+
+    text_cut: str = "next_turn"
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, *args, **kwargs):
+        generated = super()._generate_single_turn(prompt_ids, images, multimodal_fields, *args, **kwargs)
+        with_logprobs = isinstance(generated, tuple)  # GRPO returns (ids, log-probabilities), RLOO the ids alone
+        cut_ids = []
+        for ids in generated[0] if with_logprobs else generated:
+            text, _, finished = decode_completion(self._tokenizer, ids, self.text_cut)
+            cut_ids.append(completion_token_ids(self._tokenizer, "", Completion("", 0, text, 0, finished))[1])
+        return (cut_ids, None) if with_logprobs else cut_ids  # log-probabilities of uncut ids no longer apply
+
+
+class PolicyProbe:
+    """For trainers that sample nothing (DPO, FeedME): at each step, one completion for each of a fixed set of
+    training prompts (``eval.sampling``, ``text.*``), scored, with its exact KL to the starting policy, so these
+    algorithms log reward, held-out reward, METEOR similarity and ``kl`` per step like the others."""
+
+    def __init__(self, context: RunContext, setup: TrainingSetup, count: int) -> None:
+        self.context, self.setup = context, setup
+        self.prompts = setup.prompts.prompts[:count]
+        self.trainer = None  # set once the trainer exists: the probe samples its current policy
+        self.frozen: StartingPolicy | None = None
+
+    def __call__(self) -> tuple[list[Completion], dict[str, float]]:
+        run, device, setup = self.context.config, self.context.device, self.setup
+        policy = self.trainer.accelerator.unwrap_model(self.trainer.model)
+        completions = sample_completions(policy, setup.tokenizer, self.prompts, 1, run.eval.sampling,
+                                         run.eval.batch_size, device, run.precision, run.text.cut)
+        score_completions(completions, run.text.reward_input, setup.reward_scorer, setup.heldout_scorer)
+        kl, _ = completion_kl(setup.tokenizer, policy, starting_policy(self.trainer, policy, self.frozen),
+                              completions, run.eval.sampling.conversation_prompt, run.eval.batch_size, device,
+                              run.precision)
+        return completions, {"kl": sum(kl) / len(kl)}
+
+
+class TrackerBridge(TrainerCallback):
+    """Logs each TRL step under the project's metric names: the step's completions (reward, held-out reward,
+    METEOR similarity, lengths: those the trainer sampled and scored, or a :class:`PolicyProbe`'s), TRL's own
+    statistics renamed by ``renames``, and progress. A resumed run does not send the steps MLflow holds."""
+
+    def __init__(self, context: RunContext, measure, renames: dict[str, str], prompts_per_step: int,
+                 completions_per_step: int) -> None:
+        self.context = context
+        self.measure = measure  # () -> (the step's completions, metrics measured on them)
+        self.renames = renames
+        self.prompts_per_step = prompts_per_step
+        self.completions_per_step = completions_per_step
+        self.logged_steps: set[int] = set()
+        self.started = time.perf_counter()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.context.resume:
+            self.logged_steps = self.context.tracker.logged_steps("progress/completions_generated")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or "loss" not in logs and not any(name in logs for name in self.renames):
+            return
+        step = state.global_step - 1
+        completions, measured = self.measure()
+        metrics = {**completion_metrics(completions), **measured} if completions else {}
+        metrics.update({ours: float(logs[theirs]) for theirs, ours in self.renames.items() if theirs in logs})
+        metrics["time/step_s"] = time.perf_counter() - self.started
+        metrics["progress/completions_generated"] = (step + 1) * self.completions_per_step
+        metrics["progress/prompts_seen"] = (step + 1) * self.prompts_per_step
+        send = step not in self.logged_steps
+        self.context.tracker.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)}, step=step, send=send)
+        if send and completions:
+            limit = self.context.config.mlflow.completions_logged_per_superbatch
+            self.context.tracker.log_completions(completion_rows(step, completions, [], limit))
+        self.started = time.perf_counter()
+
+
+class CheckpointMarker(TrainerCallback):
+    """Marks the run's checkpoint folder at each TRL save (step and MLflow run id), so the runner continues this
+    MLflow run when the command is run again; honours SIGTERM by saving and stopping after the current step."""
+
+    def __init__(self, context: RunContext) -> None:
+        self.context = context
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.context.stop.requested:
+            control.should_save = True
+            control.should_training_stop = True
+
+    def on_save(self, args, state, control, **kwargs):
+        self.mark(state.global_step - 1, finished=False)
+
+    def mark(self, step: int, finished: bool) -> None:
+        self.context.checkpoints.mark({"step": step, "run_id": self.context.tracker.run_id, "finished": finished})
+
+
+def train_and_finish(context: RunContext, trainer, setup: TrainingSetup, last_step: int,
+                     frozen: StartingPolicy | None) -> None:
+    """Train (continuing TRL's newest checkpoint when resuming), stop cleanly on SIGTERM, then evaluate the final
+    policy against its starting policy and save it."""
+    marker = next((c for c in trainer.callback_handler.callbacks if isinstance(c, CheckpointMarker)), None)
+    trainer.train(resume_from_checkpoint=True if context.resume else None)
+    if context.stop.requested and trainer.state.global_step < trainer.state.max_steps:
+        raise Preempted(f"stopped by SIGTERM after step {trainer.state.global_step - 1}; checkpoint in "
+                        f"{context.checkpoints.folder}")
+    if marker is not None:
+        marker.mark(last_step, finished=True)
+    policy = trainer.accelerator.unwrap_model(trainer.model)
+    finish_training(context, setup, policy, starting_policy(trainer, policy, frozen), last_step)
+
+
+def starting_policy(trainer, policy: PreTrainedModel, frozen: StartingPolicy | None) -> StartingPolicy:
+    """TRL's reference model when it kept one, else the policy with its LoRA adapters off, else the frozen copy."""
+    reference = getattr(trainer, "ref_model", None)
+    if reference is not None:
+        return StartingPolicy(trainer.accelerator.unwrap_model(reference), adapters_disabled=False)
+    if hasattr(policy, "disable_adapter"):
+        return StartingPolicy(policy, adapters_disabled=True)
+    return frozen
+
+
+# What a PolicyProbe's completions give: one per prompt, so no within-prompt METEOR; and the exact kl.
+PROBE_METRIC_NAMES = (*(name for name in COMPLETION_METRIC_NAMES if name != "diversity/meteor_similarity_within_prompt"),
+                      "kl", *evaluation_metric_names())
+GROUP_POLICY_RENAMES = {"loss": "loss/total", "learning_rate": "lr", "kl": "kl_token_estimate",
+                        "entropy": "policy/entropy"}
+GROUP_POLICY_METRIC_NAMES = (*COMPLETION_METRIC_NAMES, *GROUP_POLICY_RENAMES.values(), "time/step_s",
+                             *PROGRESS_METRIC_NAMES, *evaluation_metric_names())
+
+
+@dataclass
+class GroupPolicyConfig:
+    """Settings shared by the group-sampling policy-gradient methods (GRPO, RLOO)."""
+
+    num_steps: int = 40  # optimizer steps; completions generated = num_steps x prompts_per_step x group_size
+    prompts_per_step: int = 4
+    group_size: int = 8  # completions sampled per prompt (TRL's num_generations)
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    learning_rate: float = 1e-6
+    lr_schedule: str = "linear"
+    num_iterations: int = 1  # optimisation passes over each generated batch
+    epsilon: float = 0.2  # clipping range
+    minibatch_size_scoring: int = 32
+    lora: LoraSettings = field(default_factory=LoraSettings)
+
+    def check(self) -> None:
+        for key in ("num_steps", "prompts_per_step", "max_new_tokens", "num_iterations", "minibatch_size_scoring"):
+            require(getattr(self, key) > 0, f"algorithm.{key}", getattr(self, key), "use a positive integer")
+        require(self.group_size >= 2, "algorithm.group_size", self.group_size,
+                "sample at least 2 completions per prompt: advantages compare a completion with its group")
+        require(self.temperature > 0, "algorithm.temperature", self.temperature, "sampling needs a temperature > 0")
+        require(0 < self.top_p <= 1, "algorithm.top_p", self.top_p, "use a value in (0, 1]")
+        require(self.learning_rate > 0, "algorithm.learning_rate", self.learning_rate, "use a value > 0")
+        self.lora.check("algorithm.lora")
+
+
+def train_group_policy(context: RunContext, trainer_class, config_class) -> None:
+    """Shared by GRPO and RLOO: TRL's trainer with the cut and the text reward, logged, checkpointed, evaluated."""
+    from datasets import Dataset
+
+    run, cfg = context.config, context.algorithm
+    setup = training_setup(context, cfg.max_new_tokens, cfg.minibatch_size_scoring, lora=None)
+    completions_per_step = cfg.prompts_per_step * cfg.group_size
+    args = config_class(**trainer_arguments(
+        context, cfg.num_steps, cfg.learning_rate, lr_scheduler_type=cfg.lr_schedule,
+        per_device_train_batch_size=completions_per_step, gradient_accumulation_steps=1,
+        num_generations=cfg.group_size, max_completion_length=cfg.max_new_tokens, temperature=cfg.temperature,
+        top_p=cfg.top_p, beta=run.kl_coef, num_iterations=cfg.num_iterations, epsilon=cfg.epsilon,
+    ))
+    reward = TextReward(setup, context)
+    callbacks = [TrackerBridge(context, reward.take_scored, GROUP_POLICY_RENAMES, cfg.prompts_per_step,
+                               completions_per_step)]
+    if context.checkpoints is not None:
+        callbacks.append(CheckpointMarker(context))
+    frozen = None if cfg.lora.enabled or run.kl_coef > 0 else StartingPolicy.frozen_copy(setup.policy)
+    trainer = trainer_class(model=setup.policy, reward_funcs=[reward], args=args,
+                            train_dataset=Dataset.from_dict({"prompt": setup.prompts.prompts}),
+                            processing_class=setup.tokenizer, callbacks=callbacks,
+                            peft_config=cfg.lora.to_peft() if cfg.lora.enabled else None)
+    trainer.text_cut = run.text.cut
+    train_and_finish(context, trainer, setup, cfg.num_steps - 1, frozen)
