@@ -48,7 +48,7 @@ def trainer_arguments(context: RunContext, max_steps: int, learning_rate: float,
         data_seed=run.seed, bf16=run.precision == "bf16", fp16=run.precision == "fp16",
         use_cpu=context.device.type == "cpu", max_steps=max_steps, learning_rate=learning_rate,
         save_strategy="steps" if context.checkpoints and every else "no", save_steps=every or max_steps,
-        save_total_limit=1, gradient_checkpointing=False, **specific,
+        save_total_limit=2, gradient_checkpointing=False, **specific,
     )
 
 
@@ -185,7 +185,7 @@ def train_and_finish(context: RunContext, trainer, setup: TrainingSetup, last_st
     """Train (continuing TRL's newest checkpoint when resuming), stop cleanly on SIGTERM, then evaluate the final
     policy against its starting policy and save it."""
     marker = next((c for c in trainer.callback_handler.callbacks if isinstance(c, CheckpointMarker)), None)
-    trainer.train(resume_from_checkpoint=True if context.resume else None)
+    trainer.train(resume_from_checkpoint=marked_checkpoint(context, trainer) if context.resume else None)
     if context.stop.requested and trainer.state.global_step < trainer.state.max_steps:
         raise Preempted(f"stopped by SIGTERM after step {trainer.state.global_step - 1}; checkpoint in "
                         f"{context.checkpoints.folder}")
@@ -193,6 +193,13 @@ def train_and_finish(context: RunContext, trainer, setup: TrainingSetup, last_st
         marker.mark(last_step, finished=True)
     policy = trainer.accelerator.unwrap_model(trainer.model)
     finish_training(context, setup, policy, starting_policy(trainer, policy, frozen), last_step)
+
+
+def marked_checkpoint(context: RunContext, trainer) -> str:
+    """The TRL checkpoint the run's folder was last marked with: saved completely (the mark follows the save, and
+    the two newest are kept), unlike the newest folder, which a kill can leave half written."""
+    step = context.checkpoints.latest_meta()["step"]
+    return str(Path(trainer.args.output_dir) / f"checkpoint-{step + 1}")
 
 
 def starting_policy(trainer, policy: PreTrainedModel, frozen: StartingPolicy | None) -> StartingPolicy:
