@@ -14,25 +14,16 @@ from itertools import combinations
 
 import numpy as np
 
-_wordnet_ready = False
-
-
-def _meteor(reference: list[str], hypothesis: list[str]) -> float:
-    global _wordnet_ready
-    if not _wordnet_ready:
-        from superhf_lab.wordnet import ensure_wordnet
-
-        ensure_wordnet()
-        _wordnet_ready = True
-    from nltk.translate.meteor_score import meteor_score
-
-    return meteor_score([reference], hypothesis)
-
+from superhf_lab.meteor import MeteorTexts
 
 def symmetric_meteor(texts: list[str], pairs: list[tuple[int, int]]) -> list[float]:
-    """For each pair (i, j): (METEOR(reference i, hypothesis j) + METEOR(reference j, hypothesis i)) / 2."""
-    tokens = [text.split() for text in texts]
-    return [(_meteor(tokens[i], tokens[j]) + _meteor(tokens[j], tokens[i])) / 2 for i, j in pairs]
+    """For each pair (i, j): (METEOR(reference i, hypothesis j) + METEOR(reference j, hypothesis i)) / 2.
+
+    Each METEOR equals nltk's ``meteor_score([reference.split()], hypothesis.split())`` exactly; it is computed by
+    :class:`superhf_lab.meteor.MeteorTexts`, which stems and looks up synonyms once per text instead of per pair.
+    """
+    scorer = MeteorTexts(texts)
+    return [(scorer.score(i, j) + scorer.score(j, i)) / 2 for i, j in pairs]
 
 
 def pairs_between_prompts(prompts: list[str]) -> list[tuple[int, int]]:
