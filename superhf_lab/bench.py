@@ -1,4 +1,12 @@
-"""``make bench``: time one SuperHF superbatch's phases on the tiny world; prints one JSON line.
+"""``make bench``: where a superbatch's time goes on the tiny world, as ratios measured in one run; prints one JSON line.
+
+- ``superbatch``: each phase's share of a superbatch's wall time (generation, scoring, fine-tuning, and the metric
+  bookkeeping on the training loop's path), with METEOR and distinct-n computed inline and then in the
+  background as training runs them, and throughput;
+- ``generation``: generated tokens per kept token, with generation stopping at the cut (now) and without (before);
+- ``meteor``: the superbatch's METEOR similarity pairs, :class:`superhf_lab.meteor.MeteorTexts` against nltk;
+- ``algorithms`` (``--algorithms``): seconds per 1,000 completions (preference pairs for DPO and FeedME) of each
+  algorithm on the tiny world at the same 32 per step, and the ratio to SuperHF.
 
 Throughput, not a test: compare numbers across commits on the same machine.
 """
@@ -8,23 +16,137 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import subprocess
+import sys
 import tempfile
+import time
+from pathlib import Path
 
+import mlflow
 import torch
 from transformers import set_seed
 
+from superhf_lab.bookkeeping import Bookkeeping
+from superhf_lab.completions import diversity_metrics
 from superhf_lab.config import MlflowConfig, compose_run_config, validate_config
+from superhf_lab.meteor import benchmark_against_nltk
 from superhf_lab.models import resolve_device
 from superhf_lab.plugin import RunContext
 from superhf_lab.registry import get_algorithm
+from superhf_lab.sampling import sample_completions
 from superhf_lab.sequences import completion_token_ids
 from superhf_lab.tiny_world import ensure_tiny_world
 from superhf_lab.tracking import check_tracking_store, tracked_run
 
+ROOT = Path(__file__).resolve().parents[1]
+PHASES = ("generation_s", "scoring_s", "finetuning_s")
+# Per algorithm: the overrides for 7 steps of 32 completions (or pairs) each; the first WARM_UP_STEPS warm up
+# (kernels, caches, and WordNet loading in the background while step 1 runs).
+ALGORITHM_RUNS = {
+    "superhf": ["algorithm.num_superbatches=7", "algorithm.warmup_superbatches=0"],
+    "ppo": ["algorithm.num_updates=7"],
+    "grpo": ["algorithm.num_steps=7"],
+    "rloo": ["algorithm.num_steps=7"],
+    "dpo": ["algorithm.num_steps=7"],
+    "feedme": ["algorithm.num_steps=7"],
+}
+WARM_UP_STEPS = 2
+
+
+def superbatch_phases(trainer, stream, tracker, superbatches: int) -> dict:
+    """Time ``superbatches`` superbatches as the training loop runs them (after a warm-up), first with the diversity
+    metrics computed inline, then in the background: each phase's share of the wall time, per mode."""
+    result = {"superbatches": superbatches}
+    step = 0
+    for mode, background in (("inline", False), ("background", True)):
+        totals = dict.fromkeys((*PHASES, "bookkeeping_s", "wall_s"), 0.0)
+        completions_count = generated = kept_tokens = finetuning_tokens = 0
+        with Bookkeeping(tracker, background) as bookkeeping:
+            for superbatch in range(superbatches + (mode == "inline")):
+                started = time.perf_counter()
+                metrics, completions, kept = trainer.step(stream.take(trainer.config.prompt_accumulation_steps))
+                stepped = time.perf_counter()
+                tracker.log_metrics(metrics, step=step)
+                bookkeeping.submit(step, lambda completions=completions: diversity_metrics(completions))
+                bookkeeping.log_ready()
+                finished, step = time.perf_counter(), step + 1
+                if mode == "inline" and superbatch == 0:
+                    continue  # warm-up: allocator, kernels, tokenizer and WordNet caches
+                for phase in PHASES:
+                    totals[phase] += metrics[f"time/{phase}"]
+                totals["bookkeeping_s"] += finished - stepped + metrics["time/step_s"] - sum(
+                    metrics[f"time/{phase}"] for phase in PHASES)
+                totals["wall_s"] += finished - started
+                completions_count += len(completions)
+                generated += sum(c.generated_tokens for c in completions)
+                kept_tokens += sum(c.num_tokens for c in completions)
+                finetuning_tokens += sum(sum(map(len, completion_token_ids(
+                    trainer.tokenizer, trainer.config.conversation_prompt, completions[i]))) for i in kept)
+        wall = totals["wall_s"]
+        result[mode] = {
+            "seconds_per_superbatch": round(wall / superbatches, 4),
+            **{f"share_{name.removesuffix('_s')}": round(seconds / wall, 4) for name, seconds in totals.items()
+               if name != "wall_s"},
+            "completions_per_s": round(completions_count / totals["generation_s"], 2),
+            "generated_tokens_per_s": round(generated / totals["generation_s"], 1),
+            "finetuning_tokens_per_s": round(finetuning_tokens / totals["finetuning_s"], 1),
+            "generated_tokens_per_kept_token": round(generated / max(kept_tokens, 1), 4),
+        }
+    return result
+
+
+def generation_saving(trainer, prompts: list[str], rounds: int = 2) -> dict:
+    """Generated tokens per kept token, and seconds (the best of ``rounds``, alternating), with generation stopping
+    at the cut and without, on the same prompts and seeds."""
+    cfg, result = trainer.config, {}
+    for _ in range(rounds):
+        for name, stop in (("stop_at_cut", True), ("without_stop", False)):
+            torch.manual_seed(0)
+            started = time.perf_counter()
+            completions = sample_completions(trainer.policy, trainer.tokenizer, prompts, cfg.superbatch_size,
+                                             cfg.sampling, cfg.minibatch_size_generating, trainer.device,
+                                             trainer.precision, trainer.text.cut, stop_at_cut=stop)
+            seconds = round(time.perf_counter() - started, 3)
+            result[f"{name}_s"] = min(seconds, result.get(f"{name}_s", seconds))
+            kept = sum(c.num_tokens for c in completions)
+            result[f"{name}_generated_tokens_per_kept_token"] = round(
+                sum(c.generated_tokens for c in completions) / max(kept, 1), 4)
+    return result
+
+
+def algorithm_costs(names: list[str], overrides: list[str]) -> dict:
+    """Seconds per 1,000 completions (pairs) of each algorithm over the steps after its warm-up, and ratios."""
+    seconds = {}
+    with tempfile.TemporaryDirectory() as folder:
+        uri = f"sqlite:///{folder}/bench.db"
+        for name in names:
+            finished = subprocess.run(
+                [sys.executable, str(ROOT / "run.py"), f"algorithm={name}", *ALGORITHM_RUNS[name], *overrides,
+                 "eval.at_end=false", f"mlflow.tracking_uri={uri}", f"mlflow.run_name={name}",
+                 "mlflow.experiment_name=bench", f"hydra.run.dir={folder}/{name}", f"checkpoint.dir={folder}/ckpt"],
+                capture_output=True, text=True)
+            if finished.returncode != 0:
+                raise SystemExit(f"bench run of algorithm={name} failed:\n{finished.stderr[-2000:]}")
+            client = mlflow.MlflowClient(uri)
+            run = client.search_runs([client.get_experiment_by_name("bench").experiment_id],
+                                     filter_string=f"attributes.run_name = '{name}'")[0]
+            steps = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "time/step_s")}
+            done = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "progress/prompts_seen"
+                                                                       if name in ("dpo", "feedme") else
+                                                                       "progress/completions_generated")}
+            timed = [step for step in sorted(steps) if step >= WARM_UP_STEPS]
+            per_step = (done[timed[-1]] - done[WARM_UP_STEPS - 1]) / len(timed)
+            seconds[name] = sum(steps[step] for step in timed) / (per_step * len(timed)) * 1000
+    base = seconds.get("superhf")
+    return {name: {"seconds_per_1000": round(value, 2), "vs_superhf": round(value / base, 3) if base else None}
+            for name, value in seconds.items()}
+
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--superbatches", type=int, default=3, help="timed superbatches, after one warm-up")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--superbatches", type=int, default=5, help="timed superbatches, after one warm-up")
+    parser.add_argument("--algorithms", default="superhf,ppo,grpo,rloo,dpo,feedme",
+                        help="algorithms to compare in seconds per 1,000 completions ('' skips the comparison)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for run.py")
     args = parser.parse_args()
 
@@ -34,42 +156,22 @@ def main() -> None:
     ensure_tiny_world(config.tiny_world.dir)
     set_seed(config.seed)
     device = resolve_device(config.device, config.precision)
-    with tempfile.TemporaryDirectory() as folder:  # a throwaway MLflow store: the trainer logs its prompt counts
+    with tempfile.TemporaryDirectory() as folder:  # a throwaway MLflow store: the loop logs as in a run
         check_tracking_store(MlflowConfig(tracking_uri=f"sqlite:///{folder}/bench.db", experiment_name="bench"))
         with tracked_run(cfg, {}, "bench", folder) as tracker:
             trainer, stream = get_algorithm("superhf").build(RunContext(config, tracker, device))
-    prompts_per_superbatch = config.algorithm.prompt_accumulation_steps
-
-    phases = ("generation_s", "scoring_s", "finetuning_s")
-    totals = dict.fromkeys((*phases, "metrics_s"), 0.0)
-    completions_count = generated_tokens = finetuning_tokens = 0
-    for superbatch in range(args.superbatches + 1):
-        metrics, completions, kept_indices = trainer.step(stream.take(prompts_per_superbatch))
-        if superbatch == 0:
-            continue  # warm-up: allocator, kernels, tokenizer caches
-        for phase in phases:
-            totals[phase] += metrics[f"time/{phase}"]
-        # The rest of the step is its metrics, where METEOR over all ordered pairs dominates.
-        totals["metrics_s"] += metrics["time/step_s"] - sum(metrics[f"time/{phase}"] for phase in phases)
-        completions_count += len(completions)
-        generated_tokens += sum(c.num_tokens for c in completions)
-        finetuning_tokens += sum(
-            sum(map(len, completion_token_ids(trainer.tokenizer, trainer.config.conversation_prompt, completions[i])))
-            for i in kept_indices
-        )
-
+            phases = superbatch_phases(trainer, stream, tracker, args.superbatches)
+            generation = generation_saving(trainer, stream.take(config.algorithm.prompt_accumulation_steps))
+            texts = [c.text for c in trainer.generate(stream.take(config.algorithm.prompt_accumulation_steps))]
+    meteor = benchmark_against_nltk(texts)
+    names = [name for name in args.algorithms.split(",") if name]
     print(json.dumps({
-        "benchmark": "superhf_superbatch_phases",
-        "superbatches": args.superbatches,
-        "completions_per_superbatch": completions_count // args.superbatches,
-        "completions_per_s": round(completions_count / totals["generation_s"], 2),
-        "generated_tokens_per_s": round(generated_tokens / totals["generation_s"], 1),
-        "scored_completions_per_s": round(completions_count / totals["scoring_s"], 1),
-        "finetuning_tokens_per_s": round(finetuning_tokens / totals["finetuning_s"], 1),
-        **{f"{phase}_per_superbatch": round(seconds / args.superbatches, 4) for phase, seconds in totals.items()},
-        "device": str(device),
-        "torch_threads": torch.get_num_threads(),
-        "machine": platform.machine(),
+        "benchmark": "superhf_lab", "superbatch": phases, "generation": generation,
+        "meteor": {"pairs": meteor["pairs"], "nltk_s": round(meteor["nltk_s"], 4),
+                   "fast_s": round(meteor["meteor_texts_s"], 4), "speedup": round(meteor["speedup"], 1),
+                   "identical": meteor["identical"]},
+        "algorithms": algorithm_costs(names, args.overrides) if names else {},
+        "device": str(device), "torch_threads": torch.get_num_threads(), "machine": platform.machine(),
     }))
 
 

@@ -49,29 +49,39 @@ def score_completions(completions: list[Completion], reward_input: str, scorer, 
 
 
 def completion_metrics(completions: list[Completion]) -> dict[str, float]:
-    """Reward, held-out reward (when scored), diversity and length statistics of one step's completions.
+    """Reward, held-out reward (when scored), diversity and length statistics of one step's completions."""
+    return {**reward_and_length_metrics(completions), **diversity_metrics(completions)}
 
-    Diversity is measured on the non-empty completions. A METEOR similarity with no pair to measure (one
-    prompt in the step; one completion per prompt for the within-prompt one) is left out, not logged as NaN.
-    """
+
+def reward_and_length_metrics(completions: list[Completion]) -> dict[str, float]:
+    """The cheap statistics: rewards (held-out ones when scored), lengths, empty and truncated shares."""
     rewards = np.array([c.reward for c in completions])
     heldout = np.array([c.heldout_reward for c in completions])
-    nonempty = [c for c in completions if c.text.strip()]
-    texts, prompts = [c.text for c in nonempty], [c.prompt for c in nonempty]
     metrics = {
         "reward/mean": rewards.mean(),
         "reward/std": rewards.std(),
-        "diversity/meteor_similarity": meteor_similarity(texts, prompts),
-        "diversity/meteor_similarity_within_prompt": meteor_similarity_within_prompt(texts, prompts),
-        "diversity/distinct_1": distinct_n(texts, 1),
-        "diversity/distinct_2": distinct_n(texts, 2),
         "completion/length_tokens_mean": float(np.mean([c.num_tokens for c in completions])),
-        "completion/empty_fraction": 1 - len(nonempty) / len(completions),
+        "completion/empty_fraction": float(np.mean([not c.text.strip() for c in completions])),
         "completion/truncated_fraction": float(np.mean([not c.finished for c in completions])),
     }
     if not np.isnan(heldout).all():  # a held-out reward model is configured
         metrics["heldout_reward/mean"] = heldout.mean()
         metrics["heldout_reward/std"] = heldout.std()
+    return metrics
+
+
+def diversity_metrics(completions: list[Completion]) -> dict[str, float]:
+    """METEOR similarity and distinct-n of the non-empty completions: nothing the next step needs, so a trainer
+    may compute them off its critical path. A METEOR similarity with no pair to measure (one prompt in the step;
+    one completion per prompt for the within-prompt one) is left out, not logged as NaN."""
+    nonempty = [c for c in completions if c.text.strip()]
+    texts, prompts = [c.text for c in nonempty], [c.prompt for c in nonempty]
+    metrics = {
+        "diversity/meteor_similarity": meteor_similarity(texts, prompts),
+        "diversity/meteor_similarity_within_prompt": meteor_similarity_within_prompt(texts, prompts),
+        "diversity/distinct_1": distinct_n(texts, 1),
+        "diversity/distinct_2": distinct_n(texts, 2),
+    }
     return {name: value for name, value in metrics.items() if not name.startswith("diversity/meteor")
             or not math.isnan(value)}
 

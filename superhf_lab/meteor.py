@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -38,7 +39,8 @@ GAMMA = 0.5
 # caches together stay under about 100 MB even when full; 32 hh-rlhf replies use about 400 distinct words.
 WORD_CACHE_SIZE = 1 << 16
 
-_STEMMER = PorterStemmer()  # meteor_score's default stemmer: NLTK_EXTENSIONS mode, lower-cases
+_STEMMER = PorterStemmer()
+_WORDNET_LOCK = threading.Lock()  # meteor_score's default stemmer: NLTK_EXTENSIONS mode, lower-cases
 
 
 @functools.cache
@@ -66,8 +68,13 @@ def porter_stem(word: str) -> str:
 
 @functools.lru_cache(maxsize=WORD_CACHE_SIZE)
 def wordnet_synonyms(stem: str) -> frozenset[str]:
-    """The words nltk's METEOR WordNet stage accepts for ``stem``: itself and its one-word lemma names."""
-    lemma_names = (lemma.name() for synset in _wordnet().synsets(stem) for lemma in synset.lemmas())
+    """The words nltk's METEOR WordNet stage accepts for ``stem``: itself and its one-word lemma names.
+
+    nltk's WordNet reader seeks and reads shared file handles, so two threads (the training loop's background
+    bookkeeping and an evaluation) must not read it at once.
+    """
+    with _WORDNET_LOCK:
+        lemma_names = [lemma.name() for synset in _wordnet().synsets(stem) for lemma in synset.lemmas()]
     return frozenset(name for name in lemma_names if "_" not in name) | {stem}
 
 

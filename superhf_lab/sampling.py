@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-
 import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
@@ -11,27 +9,45 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCrite
 from superhf_lab.completions import Completion
 from superhf_lab.config import SamplingSettings
 from superhf_lab.models import autocast
-from superhf_lab.text import CUT_PATTERNS, decode_completion, with_conversation_prompt
+from superhf_lab.text import CUT_LAST_CHARACTERS, CUT_PATTERNS, decode_completion, with_conversation_prompt
 
 
 class StopAtNextTurn(StoppingCriteria):
     """Ends each sequence as soon as its text would be cut (a next turn, by ``text.cut``), so no tokens are
     generated past where the completion ends anyway. The text kept is the same: the first match of the cut
-    pattern is already complete when it is found, and later tokens could only add matches after it."""
+    pattern is already complete when it is found, and later tokens could only add matches after it. A row is
+    decoded only after a token that can complete a match (one holding ``CUT_LAST_CHARACTERS[cut]``)."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, prompt_length: int, pattern: re.Pattern) -> None:
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, prompt_length: int, cut: str) -> None:
         self.tokenizer = tokenizer
         self.prompt_length = prompt_length
-        self.pattern = pattern
+        self.pattern = CUT_PATTERNS[cut]
+        self.completing = completing_tokens(tokenizer, CUT_LAST_CHARACTERS[cut])
         self.stopped: torch.Tensor | None = None
 
     def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
         if self.stopped is None:
             self.stopped = torch.zeros(input_ids.shape[0], dtype=torch.bool)
         for row in (~self.stopped).nonzero().flatten().tolist():
+            if self.completing is not None and input_ids[row, -1].item() not in self.completing:
+                continue
             text = self.tokenizer.decode(input_ids[row, self.prompt_length :], skip_special_tokens=True)
             self.stopped[row] = self.pattern.search(text) is not None
         return self.stopped.to(input_ids.device)
+
+
+_COMPLETING_TOKENS: dict[tuple[int, str], frozenset[int]] = {}
+
+
+def completing_tokens(tokenizer: PreTrainedTokenizerBase, character: str | None) -> frozenset[int] | None:
+    """Ids of the tokens whose text holds ``character`` (None for any token), once per tokenizer."""
+    if character is None:
+        return None
+    key = (id(tokenizer), character)
+    if key not in _COMPLETING_TOKENS:
+        vocabulary = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+        _COMPLETING_TOKENS[key] = frozenset(i for i, token in enumerate(vocabulary) if token and character in token)
+    return _COMPLETING_TOKENS[key]
 
 
 @torch.no_grad()
@@ -66,8 +82,7 @@ def sample_completions(
             return_tensors="pt", padding=True,
         ).to(device)
         prompt_length = encoded["input_ids"].shape[1]
-        stopping = StoppingCriteriaList([StopAtNextTurn(tokenizer, prompt_length, CUT_PATTERNS[cut])] if stop_at_cut
-                                        else [])
+        stopping = StoppingCriteriaList([StopAtNextTurn(tokenizer, prompt_length, cut)] if stop_at_cut else [])
         with autocast(device, precision):
             output = policy.generate(
                 **encoded, do_sample=True, temperature=settings.temperature, top_p=settings.top_p,

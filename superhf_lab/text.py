@@ -16,6 +16,9 @@ CUT_PATTERNS = {
     # The reference trainer's PROMPT_DELIMITER_REGEX_MEDIUM: any "\n\n<label>:", and any "Human" or "Assistant".
     "reference": re.compile(r"\n\n[^:]+:|Human|Assistant"),
 }
+# A character every match of the pattern ends with, so generation need only look for a cut after a token holding
+# it; None: any token may complete a match ("Human" ends with any of its letters' tokens).
+CUT_LAST_CHARACTERS = {"next_turn": ":", "reference": None}
 REWARD_INPUT_FIELDS = ("{prompt}", "{completion}")
 _REWARD_INPUT_FIELD = re.compile(r"\{(prompt|completion)\}")
 

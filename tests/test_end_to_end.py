@@ -78,3 +78,36 @@ def test_default_run_raises_the_proxy_reward(tiny_world, tmp_path):
     fifth = len(rewards) // 5
     assert len(rewards) == 40
     assert sum(rewards[-fifth:]) / fifth > sum(rewards[:fifth]) / fifth
+
+
+def test_diversity_metrics_computed_in_the_background_equal_the_inline_ones(tiny_world, tmp_path):
+    """The background bookkeeping changes when METEOR and distinct-n are computed, never what is logged."""
+    import torch
+    from transformers import set_seed
+
+    from conftest import compose_config
+    from superhf_lab.config import validate_config
+    from superhf_lab.plugin import RunContext
+    from superhf_lab.registry import get_algorithm
+    from superhf_lab.tracking import check_tracking_store, tracked_run
+
+    previous_uri = mlflow.get_tracking_uri()
+    histories = {}
+    try:
+        for background in (True, False):
+            cfg = compose_config([f"tiny_world.dir={tiny_world.root}", "algorithm.num_superbatches=3",
+                                  "algorithm.superbatch_size=4", "algorithm.warmup_superbatches=0", "eval.at_end=false",
+                                  f"mlflow.tracking_uri=sqlite:///{tmp_path}/{background}.db"])
+            config = validate_config(cfg)
+            check_tracking_store(config.mlflow)
+            set_seed(0)
+            with tracked_run(cfg, {}, "bookkeeping", tmp_path) as tracker:
+                context = RunContext(config, tracker, torch.device("cpu"))
+                trainer, stream = get_algorithm("superhf").build(context)
+                trainer.train(stream, context, evaluator=None, background_bookkeeping=background)
+            histories[background] = {name: values for name, values in tracker.history.items()
+                                     if name.startswith("diversity/")}
+    finally:
+        mlflow.set_tracking_uri(previous_uri)
+    assert histories[True] == histories[False]
+    assert len(histories[True]["diversity/meteor_similarity"]) == 3

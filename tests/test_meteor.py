@@ -147,3 +147,20 @@ def test_benchmark_reports_identical_scores():
     result = benchmark_against_nltk(EDGE_CASES[:10])
     assert result["pairs"] == 90
     assert result["identical"] is True
+
+
+def test_meteor_from_two_threads_at_once_equals_meteor_from_one():
+    """The training loop's background bookkeeping and an evaluation may score METEOR at the same time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from superhf_lab.meteor import porter_stem, wordnet_synonyms
+
+    words = ["quick fast rapid swift speedy", "car auto machine motorcar", "happy glad felicitous", "run walk go"]
+    texts = [f"{a} and {b}" for a in words for b in words]
+    pairs = [(i, j) for i in range(len(texts)) for j in range(len(texts)) if i != j]
+    porter_stem.cache_clear()
+    wordnet_synonyms.cache_clear()
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        scores = list(pool.map(lambda _: MeteorTexts(texts).score_pairs(pairs), range(8)))
+    assert all(result == scores[0] for result in scores)
+    assert scores[0] == [meteor_score([texts[i].split()], texts[j].split()) for i, j in pairs]

@@ -103,3 +103,27 @@ def test_distinct_n_counts_unique_ngrams_over_all_ngrams():
     assert distinct_n(completions, 1) == pytest.approx(3 / 7)
     assert distinct_n(completions, 2) == pytest.approx(3 / 5)  # (a b) (b a) (b c) among 5 bigrams
     assert math.isnan(distinct_n(["", "x"], 2))
+
+
+def test_bookkeeping_logs_each_steps_metrics_once_in_step_order_whatever_finishes_first():
+    import threading
+
+    from superhf_lab.bookkeeping import Bookkeeping
+
+    class History:
+        def __init__(self):
+            self.logged = []
+
+        def log_metrics(self, metrics, step, send=True):
+            self.logged.append((step, metrics["value"], send))
+
+    release = threading.Event()
+    tracker = History()
+    with Bookkeeping(tracker) as bookkeeping:
+        bookkeeping.submit(0, lambda: release.wait(5) and {"value": 0.0})
+        bookkeeping.submit(1, lambda: {"value": 1.0}, send=False)
+        bookkeeping.log_ready()
+        assert tracker.logged == [], "step 1 is done but waits behind step 0"
+        release.set()
+        bookkeeping.submit(2, lambda: {"value": 2.0})
+    assert tracker.logged == [(0, 0.0, True), (1, 1.0, False), (2, 2.0, True)], "all logged when the loop ends"

@@ -33,22 +33,24 @@ def _scripted(policy, tokenizer, script: str, prompt_length: int):
     return scripted_forward
 
 
-def test_generation_stops_where_the_completion_is_cut_and_keeps_its_text(tiny_policy):
+@pytest.mark.parametrize("cut", ["next_turn", "reference"])
+def test_generation_stops_where_the_completion_is_cut_and_keeps_its_text(tiny_policy, cut):
     policy, tokenizer = tiny_policy
     prompt = "\n\nHuman: How do I bake bread?\n\nAssistant:"
     script = " Mix flour and water.\n\nHuman: thanks, and how long do I knead it for, roughly, in minutes?"
     settings = SamplingSettings(max_new_tokens=40, temperature=1.0, top_p=1.0)
     policy.forward = _scripted(policy, tokenizer, script, len(tokenizer(prompt).input_ids))
     try:
-        stopped, = sample_completions(policy, tokenizer, [prompt], 1, settings, 1, CPU, "fp32", "next_turn")
-        full, = sample_completions(policy, tokenizer, [prompt], 1, settings, 1, CPU, "fp32", "next_turn",
-                                   stop_at_cut=False)
+        stopped, = sample_completions(policy, tokenizer, [prompt], 1, settings, 1, CPU, "fp32", cut)
+        full, = sample_completions(policy, tokenizer, [prompt], 1, settings, 1, CPU, "fp32", cut, stop_at_cut=False)
     finally:
         del policy.forward
     assert stopped.text == full.text == " Mix flour and water." and stopped.finished and full.finished
     assert stopped.num_tokens == full.num_tokens == len(tokenizer(" Mix flour and water.").input_ids)
     turn_end = len(tokenizer(" Mix flour and water.\n\nHuman:", add_special_tokens=False).input_ids)
-    assert stopped.generated_tokens == turn_end, "generation ends with the token that completes the next turn"
+    if cut == "next_turn":
+        assert stopped.generated_tokens == turn_end, "generation ends with the token that completes the next turn"
+    assert stopped.generated_tokens <= turn_end, "the reference pattern already cuts at the word Human"
     assert full.generated_tokens == settings.max_new_tokens > stopped.generated_tokens, "without stopping: to the limit"
 
 

@@ -30,13 +30,15 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
+from superhf_lab.bookkeeping import Bookkeeping
 from superhf_lab.checkpoint import Preempted, capture_rng, restore_rng
 from superhf_lab.completions import (
     COMPLETION_METRIC_NAMES,
     PROGRESS_METRIC_NAMES,
     Completion,
-    completion_metrics,
     completion_rows,
+    diversity_metrics,
+    reward_and_length_metrics,
     score_completions,
 )
 from superhf_lab.config import LoraSettings, SamplingSettings, TextConfig
@@ -293,7 +295,8 @@ class SuperHFTrainer:
             )
 
     def step(self, prompts: list[str]) -> tuple[dict[str, float], list[Completion], list[int]]:
-        """One superbatch; returns its metrics, all completions and the indices of the kept ones."""
+        """One superbatch; returns its metrics (but the diversity metrics, which :meth:`train` computes off the
+        critical path), all completions and the indices of the kept ones."""
         started = time.perf_counter()
         completions = self.generate(prompts)
         generated = time.perf_counter()
@@ -318,8 +321,10 @@ class SuperHFTrainer:
         metrics["time/step_s"] = time.perf_counter() - started
         return metrics, completions, kept_indices
 
-    def train(self, stream: PromptStream, context: RunContext, evaluator: PolicyEvaluator | None) -> None:
-        """Run every superbatch and log its metrics and sample completions, evaluating on the way when asked.
+    def train(self, stream: PromptStream, context: RunContext, evaluator: PolicyEvaluator | None,
+              background_bookkeeping: bool = True) -> None:
+        """Run every superbatch and log its metrics and sample completions, evaluating on the way when asked. The
+        diversity metrics are computed while the next superbatch runs (see :mod:`superhf_lab.bookkeeping`).
 
         With checkpoints, a resumed run restores the newest checkpoint and re-runs the superbatches after it;
         the steps MLflow already holds (logged before the kill) are not logged again, so the history has each
@@ -334,26 +339,31 @@ class SuperHFTrainer:
             tracker.append_tables_at_flush_only()  # appended at checkpoints, so a resume adds no duplicates
         progress = tqdm(range(first_step, cfg.num_superbatches), desc="SuperHF superbatches", unit="superbatch",
                         initial=first_step, total=cfg.num_superbatches)
-        for step in progress:
-            metrics, completions, kept_indices = self.step(stream.take(cfg.prompt_accumulation_steps))
-            metrics["progress/prompts_seen"] = stream.position
-            metrics["progress/completions_generated"] = (step + 1) * cfg.prompt_accumulation_steps * cfg.superbatch_size
-            already_logged = step in logged_steps
-            tracker.log_metrics(metrics, step=step, send=not already_logged)
-            if not already_logged:
-                tracker.log_completions(
-                    completion_rows(step, completions, kept_indices, run.mlflow.completions_logged_per_superbatch))
-            progress.set_postfix(reward=f"{metrics['reward/mean']:.3f}", kl=f"{metrics['kl']:.4f}")
-            last = step == cfg.num_superbatches - 1
-            due = run.eval.every_n_superbatches and (step + 1) % run.eval.every_n_superbatches == 0
-            if evaluator is not None and (due or (last and run.eval.at_end)):
-                evaluator.evaluate(self.policy, self.starting, tracker, step, send=not already_logged)
-            if context.checkpoints is not None:
+        with Bookkeeping(tracker, background_bookkeeping) as bookkeeping:
+            for step in progress:
+                metrics, completions, kept_indices = self.step(stream.take(cfg.prompt_accumulation_steps))
+                metrics["progress/prompts_seen"] = stream.position
+                metrics["progress/completions_generated"] = (
+                    (step + 1) * cfg.prompt_accumulation_steps * cfg.superbatch_size)
+                send = step not in logged_steps
+                tracker.log_metrics(metrics, step=step, send=send)
+                bookkeeping.submit(step, lambda completions=completions: diversity_metrics(completions), send)
+                if send:
+                    tracker.log_completions(
+                        completion_rows(step, completions, kept_indices, run.mlflow.completions_logged_per_superbatch))
+                bookkeeping.log_ready()
+                progress.set_postfix(reward=f"{metrics['reward/mean']:.3f}", kl=f"{metrics['kl']:.4f}")
+                last = step == cfg.num_superbatches - 1
+                due = run.eval.every_n_superbatches and (step + 1) % run.eval.every_n_superbatches == 0
+                if evaluator is not None and (due or (last and run.eval.at_end)):
+                    evaluator.evaluate(self.policy, self.starting, tracker, step, send=send)
                 every = run.checkpoint.every_n_superbatches
-                if last or context.stop.requested or (every and (step + 1) % every == 0):
+                if context.checkpoints and (last or context.stop.requested or (every and (step + 1) % every == 0)):
+                    bookkeeping.log_all()  # the checkpoint's history holds every step up to it
                     self.save_checkpoint(context, stream, step, finished=last)
-            if context.stop.requested and not last:
-                raise Preempted(f"stopped by SIGTERM after superbatch {step}; checkpoint in {context.checkpoints.folder}")
+                if context.stop.requested and not last:
+                    raise Preempted(f"stopped by SIGTERM after superbatch {step}; checkpoint in "
+                                    f"{context.checkpoints.folder}")
 
     def save_checkpoint(self, context: RunContext, stream: PromptStream, step: int, finished: bool) -> None:
         state = {"trainer": self.state_dict(), "stream_position": stream.position, "rng": capture_rng(),
@@ -393,10 +403,10 @@ class SuperHFTrainer:
 
 
 def superbatch_metrics(completions: list[Completion], kept_indices: list[int]) -> dict[str, float]:
-    """Statistics of all completions plus the rewards of the kept ones."""
+    """Rewards and lengths of all completions plus the rewards of the kept ones (not the diversity metrics)."""
     rewards = np.array([c.reward for c in completions])
     kept_rewards = rewards[kept_indices] if kept_indices else np.array([math.nan])
-    metrics = {**completion_metrics(completions), "reward/kept_mean": kept_rewards.mean(),
+    metrics = {**reward_and_length_metrics(completions), "reward/kept_mean": kept_rewards.mean(),
                "reward/kept_std": kept_rewards.std()}
     if "heldout_reward/mean" in metrics:
         heldout = np.array([c.heldout_reward for c in completions])
