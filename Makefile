@@ -9,15 +9,9 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 # torch first: the CPU wheel of 2.13.0 where one is at hand, the default build elsewhere.
 TORCH_SPEC ?= torch==2.13.0
-
-# The tracking server gets its own environment: mlflow 3.17's server code needs SQLAlchemy 2, while
-# Optuna 2.10's study storage (hydra-optuna-sweeper pins optuna<3) needs SQLAlchemy 1.4.
-TRACKING_VENV ?= .venv-tracking
-TRACKING_INSTALLED := $(TRACKING_VENV)/.installed
-TRACKING_SPEC ?= mlflow==3.17.*
 TRACKING_PORT ?= 5000
 
-.PHONY: install tracking-install tracking-server wordnet world run test bench results ui clean
+.PHONY: install tracking-server wordnet world run test bench results ui clean
 
 install: $(INSTALLED)
 
@@ -29,17 +23,10 @@ $(INSTALLED): pyproject.toml
 	$(MAKE) --no-print-directory wordnet
 	touch $(INSTALLED)
 
-tracking-install: $(TRACKING_INSTALLED)
-
-$(TRACKING_INSTALLED):
-	$(PYTHON) -m venv $(TRACKING_VENV)
-	$(TRACKING_VENV)/bin/python -m pip install --quiet "$(TRACKING_SPEC)"
-	touch $(TRACKING_INSTALLED)
-
 # Jobs log over HTTP (MLFLOW_TRACKING_URI=http://127.0.0.1:$(TRACKING_PORT)); the server alone writes the
 # database and stores uploaded artifacts, so concurrent jobs never share a sqlite file.
-tracking-server: tracking-install
-	$(TRACKING_VENV)/bin/mlflow server --backend-store-uri sqlite:///mlflow-server.db \
+tracking-server: install
+	$(VENV)/bin/mlflow server --backend-store-uri sqlite:///mlflow-server.db \
 	  --artifacts-destination mlartifacts --host 127.0.0.1 --port $(TRACKING_PORT)
 
 # METEOR needs WordNet: nltk data if present, else the system's WordNet (installed with apt-get when we
@@ -58,7 +45,7 @@ world: install
 run: install
 	$(PY) run.py $(ARGS)
 
-test: install tracking-install
+test: install
 	$(PY) -m pytest -q $(ARGS)
 
 bench: install
@@ -67,9 +54,8 @@ bench: install
 results: install
 	$(PY) -m superhf_lab.results $(ARGS)
 
-# The UI is MLflow's server, so it runs from the tracking server's environment too (see above).
-ui: tracking-install
-	$(TRACKING_VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db
+ui: install
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db
 
 clean:
 	rm -rf outputs multirun/2* mlflow.db mlflow-server.db optuna.db mlruns mlartifacts reports .cache

@@ -16,6 +16,7 @@ import numpy as np
 
 from superhf_lab.meteor import MeteorTexts
 
+
 def symmetric_meteor(texts: list[str], pairs: list[tuple[int, int]]) -> list[float]:
     """For each pair (i, j): (METEOR(reference i, hypothesis j) + METEOR(reference j, hypothesis i)) / 2.
 

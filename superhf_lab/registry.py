@@ -77,7 +77,7 @@ def store_algorithm_configs() -> None:
     store = ConfigStore.instance()
     for name in available_algorithms():
         defaults = OmegaConf.to_container(OmegaConf.structured(_PLUGINS[name].config_class))
-        store.store(group="algorithm", name=name, node=defaults)
+        store.store(group="algorithm", name=name, node=defaults, replace=True)
 
 
 def available_algorithms() -> list[str]:

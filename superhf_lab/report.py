@@ -28,15 +28,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 import mlflow  # noqa: E402
 import numpy as np  # noqa: E402
 import optuna  # noqa: E402
+from optuna.visualization import matplotlib as visualization  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 from scipy import stats  # noqa: E402
 
-from superhf_lab.sweeps import ROLE_TAG, STUDY_TAG  # noqa: E402
+from superhf_lab.sweeps import ROLE_TAG, STUDY_TAG, optuna_storage  # noqa: E402
 
 CURVES = ("reward/mean", "heldout_reward/mean")
 PLOTS = ("reward_over_training.png", "kl_ablation.png", "reward_vs_kl.png")
-STUDY_PLOTS = ("optuna_history.png", "optuna_param_importances.png")
+STUDY_PLOTS = ("optuna_history.png", "optuna_param_importances.png")  # one objective; _<k> per objective of several
 PARETO_PLOT = "optuna_pareto_front.png"
 DEFAULT_STORAGE = "sqlite:///optuna.db"  # conf/hydra/sweeper/optuna_study.yaml's default
 # Params that say where a run's outputs go, or which seed it drew, not what it computes.
@@ -284,10 +285,12 @@ def table(summaries: list[RunSummary]) -> Table:
 
 
 def load_study(name: str, storage: str) -> optuna.Study:
+    """The study ``name`` in ``storage`` (an SQLAlchemy URL, or ``journal:<file>``)."""
+    resolved = optuna_storage(storage)
     try:
-        return optuna.load_study(study_name=name, storage=storage)
+        return optuna.load_study(study_name=name, storage=resolved)
     except KeyError:
-        names = [summary.study_name for summary in optuna.get_all_study_summaries(storage)]
+        names = [summary.study_name for summary in optuna.get_all_study_summaries(resolved)]
         raise SystemExit(f"No Optuna study named {name!r} in {storage}; studies there: {names}") from None
 
 
@@ -296,77 +299,39 @@ def _objective_labels(study: optuna.Study) -> list[str]:
 
 
 def plot_study(study: optuna.Study, out: Path) -> list[Path]:
-    """Optimisation history and fANOVA parameter importances per objective; Pareto front if several."""
+    """Optuna's own plots: the optimisation history and parameter importances of each objective, and the Pareto
+    front of a multi-objective study (``optuna_history_<k>.png`` etc. for objective k when there are several)."""
     out.mkdir(parents=True, exist_ok=True)
-    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    failed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
     labels = _objective_labels(study)
-    paths = [out / name for name in STUDY_PLOTS]
-
-    figure, axes = plt.subplots(1, len(labels), figsize=(6 * len(labels), 4.5), squeeze=False)
-    for index, (axis, label) in enumerate(zip(axes[0], labels)):
-        numbers = [t.number for t in complete]
-        values = [t.values[index] for t in complete]
-        axis.scatter(numbers, values, label="complete trial")
-        if values:
-            pick = max if study.directions[index] == optuna.study.StudyDirection.MAXIMIZE else min
-            best = [pick(values[: i + 1]) for i in range(len(values))]
-            axis.step(numbers, best, where="post", color="tab:red", label="best so far")
-        for trial in failed:
-            axis.axvline(trial.number, color="grey", linestyle=":", linewidth=1)
-        axis.set(xlabel="trial", ylabel=label, title=f"{study.study_name}: history ({len(failed)} failed, dotted)")
-        axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(paths[0], dpi=110)
-    plt.close(figure)
-
-    figure, axes = plt.subplots(1, len(labels), figsize=(6 * len(labels), 4.5), squeeze=False)
-    for index, (axis, label) in enumerate(zip(axes[0], labels)):
-        importances = param_importances(study, index)
-        if importances:
-            names = list(importances)[::-1]
-            axis.barh(names, [importances[name] for name in names])
-            axis.set(xlabel="importance (mean decrease in impurity)", title=label)
-        else:
-            axis.text(0.5, 0.5, "needs 2+ complete trials\nwith varied parameters", ha="center", va="center")
-            axis.set(title=label, xticks=[], yticks=[])
-    figure.tight_layout()
-    figure.savefig(paths[1], dpi=110)
-    plt.close(figure)
-
+    paths = []
+    for index, label in enumerate(labels):
+        suffix = f"_{index}" if len(labels) > 1 else ""
+        target = None if len(labels) == 1 else (lambda trial, index=index: trial.values[index])
+        history = visualization.plot_optimization_history(study, target=target, target_name=label)
+        paths.append(_save(history.figure, out / f"optuna_history{suffix}.png"))
+        paths.append(_save(_importances_figure(study, target, label), out / f"optuna_param_importances{suffix}.png"))
     if len(labels) > 1:
-        paths.append(out / PARETO_PLOT)
-        front = {t.number for t in study.best_trials}
-        figure, axis = plt.subplots(figsize=(6, 4.5))
-        others = [t for t in complete if t.number not in front]
-        best = sorted((t for t in complete if t.number in front), key=lambda t: t.values[0])
-        axis.scatter([t.values[0] for t in others], [t.values[1] for t in others], color="grey", label="dominated")
-        axis.plot([t.values[0] for t in best], [t.values[1] for t in best], "o-", color="tab:red", label="Pareto front")
-        for trial in best:
-            axis.annotate(str(trial.number), (trial.values[0], trial.values[1]), fontsize=8)
-        axis.set(xlabel=labels[0], ylabel=labels[1], title=f"{study.study_name}: Pareto front (labels: trial)")
-        axis.legend(fontsize=8)
-        figure.tight_layout()
-        figure.savefig(paths[-1], dpi=110)
-        plt.close(figure)
+        paths.append(_save(visualization.plot_pareto_front(study, target_names=labels).figure, out / PARETO_PLOT))
     return paths
 
 
-def param_importances(study: optuna.Study, objective_index: int) -> dict[str, float]:
-    """Random-forest importances for one objective; empty when there is too little to fit.
-
-    Optuna 2.10's default fANOVA evaluator breaks on scikit-learn >= 1.3 (the tree value array changed
-    shape); the mean-decrease-in-impurity evaluator fits the same kind of forest and works.
-    """
+def _importances_figure(study: optuna.Study, target, label: str):
+    """Optuna's parameter importances (its default evaluator), or a figure saying why there are none yet (under 2
+    complete trials, or no parameter that varies)."""
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    varied = {name for name in (complete[0].params if complete else {})
-              if len({t.params.get(name) for t in complete}) > 1}
-    if len(complete) < 2 or not varied:
-        return {}
-    return optuna.importance.get_param_importances(
-        study, params=sorted(varied), target=lambda trial: trial.values[objective_index],
-        evaluator=optuna.importance.MeanDecreaseImpurityImportanceEvaluator(seed=0),
-    )
+    if len(complete) >= 2 and any(len({str(t.params.get(name)) for t in complete}) > 1 for name in complete[0].params):
+        return visualization.plot_param_importances(study, target=target, target_name=label).figure
+    figure, axis = plt.subplots(figsize=(6, 4.5))
+    axis.text(0.5, 0.5, "needs 2+ complete trials\nwith varied parameters", ha="center", va="center")
+    axis.set(title=f"{study.study_name}: {label}", xticks=[], yticks=[])
+    return figure
+
+
+def _save(figure, path: Path) -> Path:
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
 
 
 def study_table(study: optuna.Study) -> Table:

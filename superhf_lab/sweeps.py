@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import mlflow
 from omegaconf import OmegaConf
@@ -19,6 +20,20 @@ from omegaconf import OmegaConf
 SWEEP_TAG = "superhf_lab.sweep"
 ROLE_TAG = "superhf_lab.role"
 STUDY_TAG = "superhf_lab.optuna_study"
+
+
+JOURNAL = "journal:"
+
+
+def optuna_storage(storage: str | None) -> Any:
+    """What Optuna is given for a configured study storage: an SQLAlchemy URL as it is, or for ``journal:<file>``
+    Optuna's JournalStorage appending to that file (a shared file system is enough; no database server)."""
+    if storage is None or not storage.startswith(JOURNAL):
+        return storage
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    return JournalStorage(JournalFileBackend(storage.removeprefix(JOURNAL)))
 
 
 def _as_pairs(overrides) -> dict[str, str]:
