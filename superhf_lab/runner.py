@@ -17,8 +17,9 @@ from superhf_lab.config import RunConfig, validate_config
 from superhf_lab.models import check_model_sources, resolve_device
 from superhf_lab.plugin import RunContext
 from superhf_lab.registry import AlgorithmPlugin, get_algorithm
-from superhf_lab.sweeps import child_tags, current_sweep_job, parent_run_id
-from superhf_lab.tracking import Tracker, check_tracking_store, run_exists, set_terminated_or_warn, tracked_run
+from superhf_lab.summary import print_run_summary
+from superhf_lab.sweeps import child_tags, current_sweep_job, read_parent
+from superhf_lab.tracking import Tracker, check_tracking_store, run_exists, tracked_run
 
 log = logging.getLogger(__name__)
 # A hash of everything that decides what a run computes (seed included; not where its outputs go), so runs of
@@ -83,8 +84,7 @@ def run_experiment(cfg: DictConfig) -> float | tuple[float, ...]:
     if sweep_job is None:
         run_name = run_name or plugin.run_name(config)
     else:
-        parent_id = parent_run_id(sweep_job, config.mlflow.experiment_name)
-        tags.update(child_tags(sweep_job, parent_id))
+        tags.update(child_tags(sweep_job, read_parent(sweep_job.sweep_dir)["run_id"]))
         swept = " ".join(f"{key}={value}" for key, value in sweep_job.swept_values.items())
         run_name = run_name or swept or f"job {sweep_job.job_number}"
     checkpoints, resume_run_id = checkpoint_store(cfg, config, plugin)
@@ -94,8 +94,7 @@ def run_experiment(cfg: DictConfig) -> float | tuple[float, ...]:
             plugin.train(RunContext(config, tracker, device, checkpoints, resume_run_id is not None, stop))
         objective = config.objective.value(tracker.history)
         log_objective(tracker, config.objective.metrics, objective)
-    if sweep_job is not None:
-        set_terminated_or_warn(parent_id, "FINISHED")  # the parent ends with its latest job
+    print_run_summary(tracker.run_id, tracker.experiment_id, tracker.tracking_uri, config.output_dir, tracker.history)
     log.info("objective %s (mean of the last %d steps) = %s", config.objective.metrics, config.objective.last_n, objective)
     return objective
 

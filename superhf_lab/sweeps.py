@@ -1,21 +1,25 @@
 """Grouping the jobs of one Hydra multirun under one MLflow parent run.
 
-Every job of ``python run.py -m ...`` becomes a child run (``mlflow.parentRunId``) of a parent run found
-or created by the first job, keyed by the sweep's output folder (or, for an Optuna study, by the
-study's name, so a resumed study keeps adding to one parent), so the MLflow UI nests the jobs and one
-sweep's runs are told apart from another's. Swept values are params (the flattened config) and
-``sweep.<key>`` tags, ready for the UI's compare view and parallel-coordinates plot.
+Every job of ``python run.py -m ...`` becomes a child run (``mlflow.parentRunId``) of a parent run that the
+process launching the jobs finds or creates before any job starts (:class:`SweepCallback`, a Hydra callback),
+keyed by the sweep's output folder (or, for an Optuna study, by the study's name, so a resumed study keeps adding
+to one parent), and hands to the jobs through a file in the sweep folder: no lock, so cluster file systems without
+``flock`` work. Swept values are params (the flattened config) and ``sweep.<key>`` tags, ready for the UI's compare
+view and parallel-coordinates plot; the parent also gets a shared UI view that opens on its jobs' charts.
 """
 
 from __future__ import annotations
 
-import fcntl
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import mlflow
-from omegaconf import OmegaConf
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from superhf_lab.summary import HEADLINE_METRICS, print_sweep_summary
 
 SWEEP_TAG = "superhf_lab.sweep"
 ROLE_TAG = "superhf_lab.role"
@@ -57,8 +61,7 @@ class SweepJob:
 
     @property
     def group(self) -> str:
-        """What the parent run is keyed by: the Optuna study, else the sweep's output folder."""
-        return f"optuna study {self.study_name}" if self.study_name else self.sweep_dir
+        return sweep_group(self.sweep_dir, self.study_name)
 
 
 def current_sweep_job() -> SweepJob | None:
@@ -78,38 +81,87 @@ def current_sweep_job() -> SweepJob | None:
         swept = frozenset(hydra.sweeper.params or {})
         return SweepJob(str(sweep_dir), hydra.job.num, tuple(hydra.overrides.task), swept, hydra.sweeper.study_name)
     multirun_file = sweep_dir / "multirun.yaml"  # the basic sweeper writes it before launching the jobs
-    typed = _as_pairs(OmegaConf.load(multirun_file).hydra.overrides.task) if multirun_file.is_file() else {}
-    swept = frozenset(key for key, value in overrides.items() if typed.get(key) != value)
-    return SweepJob(str(sweep_dir), hydra.job.num, tuple(hydra.overrides.task), swept)
+    typed = OmegaConf.load(multirun_file).hydra.overrides.task if multirun_file.is_file() else []
+    swept = frozenset(override.key_or_group for override in OverridesParser.create().parse_overrides(list(typed))
+                      if override.is_sweep_override())
+    return SweepJob(str(sweep_dir), hydra.job.num, tuple(hydra.overrides.task), swept & overrides.keys())
 
 
-def parent_run_id(job: SweepJob, experiment_name: str) -> str:
-    """The sweep's parent run, created by whichever job gets here first (a file lock serialises jobs).
+PARENT_FILE = "mlflow_parent_run.json"  # in the sweep folder: the parent run's id, experiment and UI view
 
-    Jobs of one sweep share the lock; a study resumed while another invocation of it is still starting
-    could create a second parent, which only splits the study's runs between two parents.
-    """
-    client = mlflow.MlflowClient()
-    experiment_id = client.get_experiment_by_name(experiment_name).experiment_id
-    lock_path = Path(job.sweep_dir) / ".mlflow_parent.lock"
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with lock_path.open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        found = client.search_runs(
-            [experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = '{job.group}' and tags.`{ROLE_TAG}` = 'sweep'",
-            max_results=1,
-        )
-        if found:
-            return found[0].info.run_id
-        tags = {SWEEP_TAG: job.group, ROLE_TAG: "sweep"}
-        if job.study_name:
-            tags[STUDY_TAG] = job.study_name
-            name = job.group
-        else:
-            name = "sweep " + "/".join(Path(job.sweep_dir).parts[-2:])
-        parent = client.create_run(experiment_id, run_name=name, tags=tags)
-        client.log_param(parent.info.run_id, "sweep_dir", job.sweep_dir)
-        return parent.info.run_id
+
+def sweep_group(sweep_dir: str, study_name: str | None) -> str:
+    """What the parent run is keyed by: the Optuna study, else the sweep's output folder."""
+    return f"optuna study {study_name}" if study_name else sweep_dir
+
+
+def read_parent(sweep_dir: str) -> dict[str, str]:
+    """The parent run the launching process created for this sweep (see :class:`SweepCallback`)."""
+    path = Path(sweep_dir) / PARENT_FILE
+    if not path.is_file():
+        raise RuntimeError(f"{path} is missing: the sweep's parent MLflow run is made by the Hydra callback "
+                           "hydra.callbacks.sweep_parent (conf/config.yaml) before jobs start; keep it in the config")
+    return json.loads(path.read_text())
+
+
+HEADLINE_SECTION = "superhf_lab-headline"
+
+
+def headline_view(group: str) -> dict:
+    """The MLflow UI view a sweep opens on: its jobs as one group (every job visible, no nested row to expand) and
+    one chart section of the headline metrics, each job's own line (charts of a metric no job logged stay hidden).
+    The chart entries follow MLflow 3.17's line-chart card fields."""
+
+    def line_chart(metric: str) -> dict:
+        return {"uuid": f"{HEADLINE_SECTION}-{metric}", "type": "LINE", "runsCountToCompare": 10,
+                "metricSectionId": HEADLINE_SECTION, "deleted": False, "isGenerated": False, "displayName": metric,
+                "metricKey": metric, "selectedMetricKeys": [metric], "lineSmoothness": 0, "xAxisScaleType": "linear",
+                "scaleType": "linear", "range": {}, "xAxisKey": "step", "selectedXAxisMetricKey": "",
+                "yAxisKey": "metric", "yAxisExpressions": [], "ignoreOutliers": False, "useGlobalXaxisKey": True,
+                "useGlobalLineSmoothing": True}
+
+    return {
+        "searchFilter": f"tags.`{SWEEP_TAG}` = '{group}' and tags.`{ROLE_TAG}` = 'job'",
+        "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": SWEEP_TAG}]},
+        "useGroupedValuesInCharts": False,
+        "hideEmptyCharts": True,
+        "isAccordionReordered": True,
+        "compareRunSections": [{"uuid": HEADLINE_SECTION, "name": "reward, held-out reward, KL and METEOR similarity",
+                                "display": True, "isReordered": False, "deleted": False, "isGenerated": False}],
+        "compareRunCharts": [line_chart(metric) for metric in HEADLINE_METRICS],
+    }
+
+
+class SweepCallback(Callback):
+    """Creates (or finds) the sweep's parent run before the jobs launch, and closes it and prints the sweep's
+    summary when they are done. Runs in the process that launches the jobs, whichever launcher."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from superhf_lab.config import MlflowConfig
+        from superhf_lab.tracking import check_tracking_store, find_or_create_run, share_view
+
+        sweep_dir = str(Path(config.hydra.sweep.dir).resolve())
+        study_name = config.hydra.sweeper.get("study_name") if "optuna" in str(config.hydra.sweeper.get(
+            "_target_")) else None
+        mlflow_config = MlflowConfig(**OmegaConf.to_container(config.mlflow, resolve=True))
+        tracking_uri = check_tracking_store(mlflow_config)
+        group = sweep_group(sweep_dir, study_name)
+        tags = {SWEEP_TAG: group, ROLE_TAG: "sweep", **({STUDY_TAG: study_name} if study_name else {})}
+        name = group if study_name else "sweep " + "/".join(Path(sweep_dir).parts[-2:])
+        run_id = find_or_create_run(mlflow_config.experiment_name, tags, name, {"sweep_dir": sweep_dir})
+        view_key = f"sweep-{run_id}"
+        experiment_id = share_view(mlflow_config.experiment_name, view_key, headline_view(group))
+        Path(sweep_dir).mkdir(parents=True, exist_ok=True)
+        (Path(sweep_dir) / PARENT_FILE).write_text(json.dumps(
+            {"run_id": run_id, "experiment_id": experiment_id, "tracking_uri": tracking_uri, "view_key": view_key}))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from superhf_lab.tracking import set_terminated_or_warn
+
+        sweep_dir = str(Path(config.hydra.sweep.dir).resolve())
+        parent = read_parent(sweep_dir)
+        set_terminated_or_warn(parent["run_id"], "FINISHED")
+        print_sweep_summary(parent, sweep_dir)
 
 
 def child_tags(job: SweepJob, parent_id: str) -> dict[str, str]:

@@ -37,6 +37,10 @@ log = logging.getLogger(__name__)
 COMPLETIONS_TABLE = "completions.json"
 RESOLVED_CONFIG = "config.yaml"
 SYNC_COMMAND = "python -m superhf_lab.tracking sync"
+# MLflow 3's UI opens an experiment as GenAI (traces) or model training (runs and charts) by this tag.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
+SHARED_VIEW_TAG_PREFIX = "mlflow.sharedViewState."  # what the UI's ?viewStateShareKey=<key> reads
 _MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 _PARAMS_PER_BATCH = 100  # MLflow's limit on params per request
 _METRICS_PER_BATCH = 1000  # MLflow's limit on metrics per request
@@ -157,7 +161,8 @@ class Tracker:
     """
 
     def __init__(self, run_id: str | None = None, spool_dir: str | Path = ".", retry_every_s: float = 30.0,
-                 table_flush_every: int = 25) -> None:
+                 table_flush_every: int = 25, experiment_id: str | None = None) -> None:
+        self.experiment_id = experiment_id
         self.history: dict[str, list[float]] = defaultdict(list)
         self.table_flush_every = table_flush_every
         self.retry_every_s = retry_every_s
@@ -185,6 +190,7 @@ class Tracker:
     @property
     def tracking_uri(self) -> str:
         return mlflow.get_tracking_uri()
+
 
     @property
     def spool_path(self) -> Path:
@@ -402,7 +408,9 @@ def check_tracking_store(config: MlflowConfig) -> str:
                 "mlflow.tracking_uri (or MLFLOW_TRACKING_URI) to a reachable server or a local sqlite:/// file"
             ) from None
     try:
-        mlflow.set_experiment(config.experiment_name)
+        experiment = mlflow.set_experiment(config.experiment_name)
+        if EXPERIMENT_KIND_TAG not in experiment.tags:
+            mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
     except Exception as error:  # a corrupt or locked store surfaces as several MLflow/SQLAlchemy types
         raise ConfigError(
             f"mlflow.tracking_uri={uri!r} cannot be used ({str(error).splitlines()[0]}). Point mlflow.tracking_uri "
@@ -421,7 +429,7 @@ def tracked_run(resolved: DictConfig, tags: dict[str, str], run_name: str | None
     """
     with bounded_http():  # run_id: continue that run (a resumed checkpoint's)
         run = mlflow.start_run(run_id=run_id, run_name=run_name, tags=tags)
-    tracker = Tracker(run.info.run_id, output_dir, retry_every_s)
+    tracker = Tracker(run.info.run_id, output_dir, retry_every_s, experiment_id=run.info.experiment_id)
     status = "FAILED"
     try:
         with bounded_http():
@@ -459,6 +467,48 @@ def download_artifacts(uri: str) -> str:
 
 def is_artifact_uri(location: str) -> bool:
     return location.startswith(("runs:/", "models:/", "mlflow-artifacts:/"))
+
+
+def find_or_create_run(experiment_name: str, tags: dict[str, str], run_name: str, params: dict[str, str]) -> str:
+    """The run of ``experiment_name`` carrying every one of ``tags``, created (RUNNING) when there is none, else set
+    RUNNING again (a resumed study's parent); returns its id."""
+    client = mlflow.MlflowClient()
+    with bounded_http():
+        experiment_id = client.get_experiment_by_name(experiment_name).experiment_id
+        condition = " and ".join(f"tags.`{key}` = '{value}'" for key, value in tags.items())
+        found = client.search_runs([experiment_id], filter_string=condition, max_results=1)
+        if found:
+            client.update_run(found[0].info.run_id, status="RUNNING")
+            return found[0].info.run_id
+        run = client.create_run(experiment_id, run_name=run_name, tags=tags)
+        for key, value in params.items():
+            client.log_param(run.info.run_id, key, value)
+        return run.info.run_id
+
+
+def share_view(experiment_name: str, key: str, state: dict[str, Any]) -> str:
+    """Store an MLflow UI view state (runs filter, grouping, chart filter...) as the experiment's shared view ``key``,
+    which the UI opens from ``?viewStateShareKey=<key>``; returns the experiment id."""
+    client = mlflow.MlflowClient()
+    with bounded_http():
+        experiment_id = client.get_experiment_by_name(experiment_name).experiment_id
+        client.set_experiment_tag(experiment_id, f"{SHARED_VIEW_TAG_PREFIX}{key}", json.dumps(state))
+    return experiment_id
+
+
+def child_runs(parent_id: str) -> list:
+    """The runs nested under ``parent_id``, oldest first."""
+    client = mlflow.MlflowClient()
+    with bounded_http():
+        experiment_id = client.get_run(parent_id).info.experiment_id
+        return client.search_runs([experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'",
+                                  order_by=["attributes.start_time ASC"])
+
+
+def metric_history(run_id: str, key: str) -> list[float]:
+    """A metric's values in step order."""
+    with bounded_http():
+        return [m.value for m in sorted(mlflow.MlflowClient().get_metric_history(run_id, key), key=lambda m: m.step)]
 
 
 def set_terminated_or_warn(run_id: str, status: str) -> None:

@@ -52,13 +52,14 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def mlflow_server_process(folder: Path, port: int | None = None):
-    """A real ``mlflow server`` on a sqlite database, as the README tells users to start one."""
+def mlflow_server_process(folder: Path, port: int | None = None, backend_store_uri: str | None = None):
+    """A real ``mlflow server`` on a sqlite database (by default a new one in ``folder``), as the README tells users
+    to start one."""
     port = port or _free_port()
     folder.mkdir(parents=True, exist_ok=True)
     log = (folder / "server.log").open("w")
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{folder}/mlflow.db",
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_store_uri or f"sqlite:///{folder}/mlflow.db",
          "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
          "--workers", "2"],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
