@@ -1,35 +1,9 @@
-"""Entry point: ``python run.py [overrides]`` or ``python run.py -m kl_coef=0,0.1,0.35`` for a sweep."""
+"""Entry point in a checkout: ``python run.py [overrides]`` or ``python run.py -m kl_coef=0,0.1,0.35`` for a sweep.
 
-import sys
+The same command line as ``superhf-lab`` once installed (superhf_lab/cli.py).
+"""
 
-import hydra
-from omegaconf import DictConfig
-
-from superhf_lab.checkpoint import Preempted
-from superhf_lab.data import DataFileError
-from superhf_lab.errors import ConfigError
-from superhf_lab.registry import store_algorithm_configs
-from superhf_lab.runner import run_experiment
-from superhf_lab.sweeps import current_sweep_job
-
-store_algorithm_configs()  # each plugin's defaults become its algorithm=<name> option before Hydra composes
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def main(cfg: DictConfig) -> float | tuple[float, ...] | None:
-    try:
-        return run_experiment(cfg)
-    except (ConfigError, DataFileError) as error:
-        if current_sweep_job() is not None:
-            raise  # the sweeper records the job as failed: an Optuna trial becomes FAIL and the study goes on
-        print(f"Configuration error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except Preempted as stop:
-        if current_sweep_job() is not None:
-            raise  # the whole sweep stops; its next invocation re-queues this trial
-        print(f"Preempted: {stop}. Re-run the same command to continue.", file=sys.stderr)
-        raise SystemExit(143) from None  # 128 + SIGTERM, as if the signal had ended the process
-
+from superhf_lab.cli import main
 
 if __name__ == "__main__":
     main()

@@ -20,7 +20,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import mlflow
 import torch
@@ -38,7 +37,6 @@ from superhf_lab.sequences import completion_token_ids
 from superhf_lab.tiny_world import ensure_tiny_world
 from superhf_lab.tracking import check_tracking_store, tracked_run
 
-ROOT = Path(__file__).resolve().parents[1]
 PHASES = ("generation_s", "scoring_s", "finetuning_s")
 # Per algorithm: the overrides for 7 steps of 32 completions (or pairs) each; the first WARM_UP_STEPS warm up
 # (kernels, caches, and WordNet loading in the background while step 1 runs).
@@ -121,7 +119,7 @@ def algorithm_costs(names: list[str], overrides: list[str]) -> dict:
         uri = f"sqlite:///{folder}/bench.db"
         for name in names:
             finished = subprocess.run(
-                [sys.executable, str(ROOT / "run.py"), f"algorithm={name}", *ALGORITHM_RUNS[name], *overrides,
+                [sys.executable, "-m", "superhf_lab", f"algorithm={name}", *ALGORITHM_RUNS[name], *overrides,
                  "eval.at_end=false", f"mlflow.tracking_uri={uri}", f"mlflow.run_name={name}",
                  "mlflow.experiment_name=bench", f"hydra.run.dir={folder}/{name}", f"checkpoint.dir={folder}/ckpt"],
                 capture_output=True, text=True)

@@ -374,7 +374,18 @@ def _field_name(parent: Any, child: Any) -> str:
     return next(f.name for f in fields(parent) if getattr(parent, f.name) is child)
 
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+INSTALLED_RESOURCES = {"conf": "conf", "sweeps": "sweep_configs"}  # where a wheel puts them in the package
+
+
+def resource_dir(name: str) -> Path:
+    """``conf`` or ``sweeps``: beside the package in a checkout, inside it when installed from a wheel (see
+    pyproject.toml), so the configs are found whatever the working directory."""
+    package = Path(__file__).resolve().parent
+    installed = package / INSTALLED_RESOURCES[name]
+    return installed if installed.is_dir() else package.parent / name
+
+
+CONF_DIR = resource_dir("conf")
 
 
 def compose_run_config(overrides: list[str], return_hydra_config: bool = False) -> DictConfig:
@@ -384,7 +395,7 @@ def compose_run_config(overrides: list[str], return_hydra_config: bool = False) 
     from superhf_lab.registry import store_algorithm_configs
 
     store_algorithm_configs()
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+    with initialize_config_dir(config_dir=str(CONF_DIR)):
         return compose("config", overrides=overrides, return_hydra_config=return_hydra_config)
 
 

@@ -27,12 +27,11 @@ from rich.console import Console
 from rich.progress import Progress
 
 from superhf_lab.checkpoint import run_fingerprint
-from superhf_lab.config import compose_run_config
+from superhf_lab.config import compose_run_config, resource_dir
 from superhf_lab.report import TEST_METRICS, SeedGroup, plot_kl_ablation, summarise
 from superhf_lab.runner import CODE_TAG, CONFIG_TAG, code_version
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_SPEC = ROOT / "sweeps" / "results" / "tiny_world.yaml"
+DEFAULT_SPEC = resource_dir("sweeps") / "results" / "tiny_world.yaml"
 COLUMNS = ("proxy reward", "held-out reward", "METEOR similarity", "KL per token", "KL per sequence")
 
 
@@ -93,7 +92,7 @@ def run_missing(spec: ResultsSpec, store: str, out: Path, console: Console) -> N
                 run_dir = out / f"{spec.name}_runs" / f"{index:02d}"
                 run_dir.mkdir(parents=True, exist_ok=True)
                 with (run_dir / "run.log").open("w") as log:
-                    finished = subprocess.run([sys.executable, str(ROOT / "run.py"), *overrides,
+                    finished = subprocess.run([sys.executable, "-m", "superhf_lab", *overrides,
                                                f"hydra.run.dir={run_dir}"], stdout=log, stderr=subprocess.STDOUT)
                 if finished.returncode != 0:
                     raise SystemExit(f"results row {row.label!r} seed {seed} failed (exit {finished.returncode}); "

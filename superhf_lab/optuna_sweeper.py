@@ -17,9 +17,9 @@ import logging
 from typing import Any
 
 import optuna
+from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 from optuna.trial import TrialState
 
-from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 from superhf_lab.sweeps import optuna_storage
 
 log = logging.getLogger(__name__)
