@@ -6,7 +6,8 @@
 - ``generation``: generated tokens per kept token, with generation stopping at the cut (now) and without (before);
 - ``meteor``: the superbatch's METEOR similarity pairs, :class:`superhf_lab.meteor.MeteorTexts` against nltk;
 - ``algorithms`` (``--algorithms``): seconds per 1,000 completions (preference pairs for DPO and FeedME) of each
-  algorithm on the tiny world at the same 32 per step, and the ratio to SuperHF.
+  algorithm on the tiny world at the same 32 per step, and the ratio to SuperHF;
+- ``processes`` (``--processes``): SuperHF's completions per second on 1 process and on 2 (torchrun, CPU, gloo).
 
 Throughput, not a test: compare numbers across commits on the same machine.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -112,32 +114,48 @@ def generation_saving(trainer, prompts: list[str], rounds: int = 2) -> dict:
     return result
 
 
+def seconds_per_1000(folder: str, label: str, algorithm: str, overrides: list[str],
+                     launcher: tuple[str, ...] = (sys.executable,), env: dict[str, str] | None = None) -> float:
+    """Seconds per 1,000 completions (pairs) of one run over the steps after its warm-up, from its logged history."""
+    uri = f"sqlite:///{folder}/bench.db"
+    finished = subprocess.run(
+        [*launcher, "-m", "superhf_lab", f"algorithm={algorithm}", *ALGORITHM_RUNS[algorithm], *overrides,
+         "eval.at_end=false", f"mlflow.tracking_uri={uri}", f"mlflow.run_name={label}",
+         "mlflow.experiment_name=bench", f"hydra.run.dir={folder}/{label}", f"checkpoint.dir={folder}/ckpt-{label}"],
+        capture_output=True, text=True, env=env, check=False)
+    if finished.returncode != 0:
+        raise SystemExit(f"bench run {label} failed:\n{finished.stderr[-2000:]}")
+    client = mlflow.MlflowClient(uri)
+    run = client.search_runs([client.get_experiment_by_name("bench").experiment_id],
+                             filter_string=f"attributes.run_name = '{label}'")[0]
+    steps = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "time/step_s")}
+    done = {m.step: m.value for m in client.get_metric_history(
+        run.info.run_id, "progress/prompts_seen" if algorithm in ("dpo", "feedme") else "progress/completions_generated")}
+    timed = [step for step in sorted(steps) if step >= WARM_UP_STEPS]
+    per_step = (done[timed[-1]] - done[WARM_UP_STEPS - 1]) / len(timed)
+    return sum(steps[step] for step in timed) / (per_step * len(timed)) * 1000
+
+
 def algorithm_costs(names: list[str], overrides: list[str]) -> dict:
     """Seconds per 1,000 completions (pairs) of each algorithm over the steps after its warm-up, and ratios."""
-    seconds = {}
     with tempfile.TemporaryDirectory() as folder:
-        uri = f"sqlite:///{folder}/bench.db"
-        for name in names:
-            finished = subprocess.run(
-                [sys.executable, "-m", "superhf_lab", f"algorithm={name}", *ALGORITHM_RUNS[name], *overrides,
-                 "eval.at_end=false", f"mlflow.tracking_uri={uri}", f"mlflow.run_name={name}",
-                 "mlflow.experiment_name=bench", f"hydra.run.dir={folder}/{name}", f"checkpoint.dir={folder}/ckpt"],
-                capture_output=True, text=True)
-            if finished.returncode != 0:
-                raise SystemExit(f"bench run of algorithm={name} failed:\n{finished.stderr[-2000:]}")
-            client = mlflow.MlflowClient(uri)
-            run = client.search_runs([client.get_experiment_by_name("bench").experiment_id],
-                                     filter_string=f"attributes.run_name = '{name}'")[0]
-            steps = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "time/step_s")}
-            done = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "progress/prompts_seen"
-                                                                       if name in ("dpo", "feedme") else
-                                                                       "progress/completions_generated")}
-            timed = [step for step in sorted(steps) if step >= WARM_UP_STEPS]
-            per_step = (done[timed[-1]] - done[WARM_UP_STEPS - 1]) / len(timed)
-            seconds[name] = sum(steps[step] for step in timed) / (per_step * len(timed)) * 1000
+        seconds = {name: seconds_per_1000(folder, name, name, overrides) for name in names}
     base = seconds.get("superhf")
     return {name: {"seconds_per_1000": round(value, 2), "vs_superhf": round(value / base, 3) if base else None}
             for name, value in seconds.items()}
+
+
+def process_scaling(overrides: list[str]) -> dict:
+    """SuperHF's completions per second in one process and in two (DDP on CPU, gloo, the documented torchrun
+    command), at the same global superbatch. torchrun gives each process one thread unless OMP_NUM_THREADS is set."""
+    two = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true"}
+    with tempfile.TemporaryDirectory() as folder:
+        one_s = seconds_per_1000(folder, "one_process", "superhf", [*overrides, "device=cpu"])
+        two_s = seconds_per_1000(folder, "two_processes", "superhf", [*overrides, "device=cpu"], two, env)
+    return {"one_process_completions_per_s": round(1000 / one_s, 1),
+            "two_processes_completions_per_s": round(1000 / two_s, 1), "speedup": round(one_s / two_s, 3),
+            "torch_threads_per_process": {"one": torch.get_num_threads(), "two": int(env.get("OMP_NUM_THREADS", 1))}}
 
 
 def main() -> None:
@@ -145,6 +163,8 @@ def main() -> None:
     parser.add_argument("--superbatches", type=int, default=5, help="timed superbatches, after one warm-up")
     parser.add_argument("--algorithms", default="superhf,ppo,grpo,rloo,dpo,feedme",
                         help="algorithms to compare in seconds per 1,000 completions ('' skips the comparison)")
+    parser.add_argument("--processes", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time SuperHF on 2 processes (torchrun, CPU) against 1")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for run.py")
     args = parser.parse_args()
 
@@ -169,6 +189,7 @@ def main() -> None:
                    "fast_s": round(meteor["meteor_texts_s"], 4), "speedup": round(meteor["speedup"], 1),
                    "identical": meteor["identical"]},
         "algorithms": algorithm_costs(names, args.overrides) if names else {},
+        "processes": process_scaling(args.overrides) if args.processes else {},
         "device": str(device), "torch_threads": torch.get_num_threads(), "machine": platform.machine(),
     }))
 

@@ -9,12 +9,14 @@ from omegaconf import DictConfig
 from superhf_lab.checkpoint import Preempted
 from superhf_lab.config import CONF_DIR
 from superhf_lab.data import DataFileError
+from superhf_lab.distributed import register_launch_time_resolver
 from superhf_lab.errors import ConfigError
 from superhf_lab.registry import store_algorithm_configs
 from superhf_lab.runner import run_experiment
 from superhf_lab.sweeps import current_sweep_job
 
 store_algorithm_configs()  # each plugin's defaults become its algorithm=<name> option before Hydra composes
+register_launch_time_resolver()
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config")

@@ -14,6 +14,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from superhf_lab.distributed import ENGINES
 from superhf_lab.errors import ConfigError, require
 from superhf_lab.text import CUT_PATTERNS, REWARD_INPUT_FIELDS
 
@@ -330,6 +331,17 @@ class CheckpointConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """Which engine the launched processes use; how many there are is the launcher's choice (torchrun,
+    ``accelerate launch``, SLURM tasks). ``auto``: one process runs alone, several use what accelerate set up."""
+
+    engine: str = "auto"
+
+    def check(self, prefix: str) -> None:
+        require(self.engine in ENGINES, f"{prefix}.engine", self.engine, f"use one of {ENGINES}")
+
+
+@dataclass
 class RunConfig:
     """The whole run. ``algorithm`` is typed by the plugin that ``algorithm.name`` selects."""
 
@@ -345,6 +357,7 @@ class RunConfig:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     mode: str = "train"  # eval: run the evaluate plugin instead of the algorithm (whose settings stay as configured)
     kl_coef: float = 0.35
     seed: int = 0
@@ -354,7 +367,7 @@ class RunConfig:
 
     def check(self) -> None:
         for section in (self.model, self.reward_model, self.data, self.preferences, self.text, self.mlflow,
-                        self.objective, self.eval, self.checkpoint):
+                        self.objective, self.eval, self.checkpoint, self.distributed):
             section.check(_field_name(self, section))
         for name, source in self.preferences.sources.items():
             require(source.kind in PAIR_KINDS, f"preferences.sources.{name}.kind", source.kind,
@@ -392,9 +405,11 @@ def compose_run_config(overrides: list[str], return_hydra_config: bool = False) 
     """The config ``run.py`` composes for these overrides, outside a Hydra run (tools and tests)."""
     from hydra import compose, initialize_config_dir
 
+    from superhf_lab.distributed import register_launch_time_resolver
     from superhf_lab.registry import store_algorithm_configs
 
     store_algorithm_configs()
+    register_launch_time_resolver()
     with initialize_config_dir(config_dir=str(CONF_DIR)):
         return compose("config", overrides=overrides, return_hydra_config=return_hydra_config)
 

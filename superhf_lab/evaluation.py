@@ -31,6 +31,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from superhf_lab.completions import Completion, score_completions
 from superhf_lab.config import RunConfig
 from superhf_lab.data import PromptSet, load_prompts
+from superhf_lab.distributed import Processes
 from superhf_lab.metrics import mean_and_ci95, meteor_pair_scores
 from superhf_lab.models import autocast
 from superhf_lab.policies import StartingPolicy
@@ -161,8 +162,9 @@ class PolicyEvaluator:
     """Samples, scores and measures a policy on the run's evaluation prompts; logs under ``eval/``."""
 
     def __init__(self, config: RunConfig, tokenizer: PreTrainedTokenizerBase, reward_scorer: RewardScorer,
-                 heldout_scorer: RewardScorer | None, device: torch.device) -> None:
+                 heldout_scorer: RewardScorer | None, device: torch.device, processes: Processes | None = None) -> None:
         self.config = config
+        self.processes = processes or Processes()
         self.tokenizer = tokenizer
         self.reward_scorer = reward_scorer
         self.heldout_scorer = heldout_scorer
@@ -174,11 +176,12 @@ class PolicyEvaluator:
         """One completion per prompt; ``starting`` None means the policy is the starting policy (KL 0).
 
         ``send=False`` (a resumed run re-running a step MLflow already holds) keeps the results out of MLflow.
+        Several processes each sample, score and measure their share of the prompts, then join the results.
         """
-        run, settings = self.config, self.config.eval.sampling
+        run, settings, processes = self.config, self.config.eval.sampling, self.processes
         completions = sample_completions(policy, self.tokenizer, self.prompts.prompts, 1, settings,
                                          run.eval.batch_size, self.device, run.precision, run.eval.cut,
-                                         progress="evaluation")
+                                         progress="evaluation", processes=processes)
         score_completions(completions, run.eval.reward_input, self.reward_scorer, self.heldout_scorer)
         if starting is None:
             kl_token = kl_sequence = [0.0] * len(completions)
@@ -186,7 +189,8 @@ class PolicyEvaluator:
             kl_token, kl_sequence = completion_kl(self.tokenizer, policy, starting, completions,
                                                   settings.conversation_prompt, run.eval.batch_size, self.device,
                                                   run.precision)
-        kl = {"kl": kl_token, "kl_sequence": kl_sequence}
+        completions = processes.gather(completions)
+        kl = {"kl": processes.gather(kl_token), "kl_sequence": processes.gather(kl_sequence)}
         metrics = evaluation_metrics(completions, self.prompts.sources, kl, run.eval.meteor_pairs_per_source,
                                      run.eval.seed)
         tracker.log_metrics(metrics, step=step, send=send)

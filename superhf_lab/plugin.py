@@ -18,6 +18,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from superhf_lab.checkpoint import CheckpointStore, StopRequest
 from superhf_lab.config import LoraSettings, RunConfig
 from superhf_lab.data import PairSet, PromptSet, load_pairs, load_training_prompts
+from superhf_lab.distributed import Processes
 from superhf_lab.evaluation import PolicyEvaluator
 from superhf_lab.models import check_context_fits, load_policy
 from superhf_lab.policies import StartingPolicy, with_starting_policy
@@ -31,7 +32,8 @@ POLICY_URI_TAG = "superhf_lab.policy_uri"
 @dataclass
 class RunContext:
     """What an algorithm receives: the validated config, where to log, the device to use and, for plugins
-    that checkpoint, where checkpoints go, whether to resume from the newest one, and SIGTERM's stop request."""
+    that checkpoint, where checkpoints go, whether to resume from the newest one, SIGTERM's stop request, and
+    the processes the run spans (one unless launched with several: :mod:`superhf_lab.distributed`)."""
 
     config: RunConfig
     tracker: Tracker
@@ -39,6 +41,7 @@ class RunContext:
     checkpoints: CheckpointStore | None = None
     resume: bool = False
     stop: StopRequest = field(default_factory=StopRequest)
+    processes: Processes = field(default_factory=Processes)
 
     @property
     def algorithm(self) -> Any:
@@ -89,7 +92,8 @@ def training_setup(context: RunContext, max_new_tokens: int, scoring_batch_size:
 
 
 def evaluator_for(context: RunContext, setup: TrainingSetup) -> PolicyEvaluator:
-    return PolicyEvaluator(context.config, setup.tokenizer, setup.reward_scorer, setup.heldout_scorer, context.device)
+    return PolicyEvaluator(context.config, setup.tokenizer, setup.reward_scorer, setup.heldout_scorer, context.device,
+                           context.processes)
 
 
 def finish_training(context: RunContext, setup: TrainingSetup, policy: PreTrainedModel, starting: StartingPolicy,
@@ -98,7 +102,8 @@ def finish_training(context: RunContext, setup: TrainingSetup, policy: PreTraine
     if context.config.eval.at_end:
         evaluator = evaluator or evaluator_for(context, setup)
         evaluator.evaluate(policy, starting, context.tracker, last_step)
-    save_policy_artifact(context.tracker, policy, setup.tokenizer)
+    if context.processes.is_main:
+        save_policy_artifact(context.tracker, policy, setup.tokenizer)
 
 
 def save_policy_artifact(tracker: Tracker, policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> str:

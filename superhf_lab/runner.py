@@ -14,12 +14,13 @@ from transformers import set_seed
 
 from superhf_lab.checkpoint import CheckpointStore, StopRequest, run_fingerprint, stop_on_sigterm
 from superhf_lab.config import RunConfig, validate_config
+from superhf_lab.distributed import Processes, export_submitit_environment
 from superhf_lab.models import check_model_sources, resolve_device
 from superhf_lab.plugin import RunContext
 from superhf_lab.registry import AlgorithmPlugin, get_algorithm
 from superhf_lab.summary import print_run_summary
 from superhf_lab.sweeps import child_tags, current_sweep_job, read_parent
-from superhf_lab.tracking import Tracker, check_tracking_store, run_exists, tracked_run
+from superhf_lab.tracking import ReplicaTracker, Tracker, check_tracking_store, run_exists, tracked_run
 
 log = logging.getLogger(__name__)
 # A hash of everything that decides what a run computes (seed included; not where its outputs go), so runs of
@@ -58,25 +59,40 @@ def paths_in_tiny_world(config: RunConfig) -> list[str]:
     return [path for path in candidates if path and Path(path).resolve().is_relative_to(root)]
 
 
-def prepare(cfg: DictConfig) -> tuple[RunConfig, AlgorithmPlugin, torch.device]:
-    """Everything that can fail fast: config, device, objective name, tracking store, tiny world, model sources."""
+def prepare(cfg: DictConfig) -> tuple[RunConfig, AlgorithmPlugin, Processes, torch.device]:
+    """Everything that can fail fast: config, processes and device, objective name, tracking store, tiny world,
+    model sources."""
     config = validate_config(cfg)
-    device = resolve_device(config.device, config.precision)
+    export_submitit_environment()
+    processes = Processes.launched(config.distributed.engine, config.device)
+    device = processes.device(resolve_device(config.device, config.precision))
     plugin = get_algorithm("evaluate" if config.mode == "eval" else config.algorithm.name)
     config.objective.check_logged(plugin.metric_names, plugin.name, has_heldout=config.heldout_reward_model is not None)
-    check_tracking_store(config.mlflow)
+    if processes.is_main:
+        check_tracking_store(config.mlflow)
     if paths_in_tiny_world(config):
         from superhf_lab.tiny_world import ensure_tiny_world
 
-        ensure_tiny_world(config.tiny_world.dir)
+        with processes.main_first():  # built once, by the main rank; the others find it
+            ensure_tiny_world(config.tiny_world.dir)
     check_model_sources(config)  # model folders and hub names, reward heads: before the MLflow run opens
-    return config, plugin, device
+    return config, plugin, processes, device
 
 
-def run_experiment(cfg: DictConfig) -> float | tuple[float, ...]:
-    """Validate, seed, open the MLflow run, run the selected plugin; returns the objective for a sweeper."""
-    config, plugin, device = prepare(cfg)
-    set_seed(config.seed)
+def run_experiment(cfg: DictConfig) -> float | tuple[float, ...] | None:
+    """Validate, seed, open the MLflow run, run the selected plugin; returns the objective for a sweeper.
+
+    With several processes each rank runs this; the main rank alone opens the MLflow run and returns the
+    objective (the others return None), and each rank samples with its own seed (``seed`` + rank).
+    """
+    config, plugin, processes, device = prepare(cfg)
+    set_seed(config.seed + processes.rank)
+    checkpoints, resume_run_id = checkpoint_store(cfg, config, plugin)
+    if not processes.is_main:
+        with stop_on_sigterm() if checkpoints else contextlib.nullcontext(StopRequest()) as stop:
+            plugin.train(RunContext(config, ReplicaTracker(), device, checkpoints, resume_run_id is not None, stop,
+                                    processes))
+        return None
     tags = {"algorithm": plugin.name, "output_dir": config.output_dir, CONFIG_TAG: run_fingerprint(cfg),
             CODE_TAG: code_version()}
     sweep_job = current_sweep_job()
@@ -87,11 +103,11 @@ def run_experiment(cfg: DictConfig) -> float | tuple[float, ...]:
         tags.update(child_tags(sweep_job, read_parent(sweep_job.sweep_dir)["run_id"]))
         swept = " ".join(f"{key}={value}" for key, value in sweep_job.swept_values.items())
         run_name = run_name or swept or f"job {sweep_job.job_number}"
-    checkpoints, resume_run_id = checkpoint_store(cfg, config, plugin)
     with tracked_run(cfg, tags, run_name, config.output_dir, config.mlflow.retry_every_s, resume_run_id) as tracker:
         log.info("MLflow run %s in %s", tracker.run_id, tracker.tracking_uri)
+        tracker.log_params({"world_size": processes.world_size})
         with stop_on_sigterm() if checkpoints else contextlib.nullcontext(StopRequest()) as stop:
-            plugin.train(RunContext(config, tracker, device, checkpoints, resume_run_id is not None, stop))
+            plugin.train(RunContext(config, tracker, device, checkpoints, resume_run_id is not None, stop, processes))
         objective = config.objective.value(tracker.history)
         log_objective(tracker, config.objective.metrics, objective)
     print_run_summary(tracker.run_id, tracker.experiment_id, tracker.tracking_uri, config.output_dir, tracker.history)

@@ -19,6 +19,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from superhf_lab.distributed import launched_rank
 from superhf_lab.summary import HEADLINE_METRICS, print_sweep_summary
 
 SWEEP_TAG = "superhf_lab.sweep"
@@ -134,10 +135,14 @@ def headline_view(group: str) -> dict:
 
 class SweepCallback(Callback):
     """Creates (or finds) the sweep's parent run before the jobs launch, and closes it and prints the sweep's
-    summary when they are done. Runs in the process that launches the jobs, whichever launcher."""
+    summary when they are done. Runs in the process that launches the jobs, whichever launcher; in a sweep that
+    torchrun started on several processes, only in the main one (the others never talk to MLflow)."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from superhf_lab.config import MlflowConfig
+
+        if launched_rank() != 0:
+            return
         from superhf_lab.tracking import check_tracking_store, find_or_create_run, share_view
 
         sweep_dir = str(Path(config.hydra.sweep.dir).resolve())
@@ -158,6 +163,8 @@ class SweepCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from superhf_lab.tracking import set_terminated_or_warn
 
+        if launched_rank() != 0:
+            return
         sweep_dir = str(Path(config.hydra.sweep.dir).resolve())
         parent = read_parent(sweep_dir)
         set_terminated_or_warn(parent["run_id"], "FINISHED")

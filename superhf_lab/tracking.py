@@ -18,8 +18,9 @@ import shutil
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import mlflow
 import pandas as pd
@@ -332,6 +333,26 @@ class Tracker:
         if error is None:
             log.info("MLflow at %s answers again: synced %d buffered records of run %s",
                      mlflow.get_tracking_uri(), sent, self.run_id)
+
+
+class ReplicaTracker(Tracker):
+    """The tracker of every rank but the main one in a multi-process run: it keeps the metric history (which
+    checkpoints hold) and sends nothing, so the run has one MLflow run, logged by the main rank."""
+
+    def __init__(self) -> None:
+        super().__init__(run_id="")
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        pass
+
+    def logged_steps(self, key: str) -> set[int]:
+        return set()
+
+    def finish(self, status: str) -> None:
+        pass
+
+    def _send(self, records: list[dict]) -> None:
+        pass
 
 
 def _spool_header(run_id: str, tracking_uri: str) -> dict:

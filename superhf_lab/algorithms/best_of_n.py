@@ -84,8 +84,10 @@ def run_best_of_n(context: RunContext) -> None:
     policy, tokenizer = load_policy(run.model, context.device)
     scorer, heldout = build_scorers(run, context.device, cfg.minibatch_size_scoring)
     samples = sample_completions(policy, tokenizer, prompts.prompts, cfg.n, run.eval.sampling, run.eval.batch_size,
-                                 context.device, run.precision, run.eval.cut, progress=f"best-of-{cfg.n} sampling")
+                                 context.device, run.precision, run.eval.cut, progress=f"best-of-{cfg.n} sampling",
+                                 processes=context.processes)
     score_completions(samples, run.eval.reward_input, scorer, heldout)
+    samples = context.processes.gather(samples)
     chosen = best_per_prompt(samples)
     kl = {"kl_sequence_bound": [best_of_n_kl_bound(cfg.n)] * len(chosen)}
     metrics = evaluation_metrics(chosen, prompts.sources, kl, run.eval.meteor_pairs_per_source, run.eval.seed)

@@ -56,6 +56,6 @@ def evaluate(context: RunContext) -> None:
     policy, tokenizer, starting = load_policy_to_evaluate(config, context.device, local_policy(config.eval.policy))
     scorer, heldout = build_scorers(config, context.device, config.eval.batch_size)
     context.tracker.set_tag(EVALUATED_POLICY_TAG, config.eval.policy or config.model.name_or_path)
-    metrics = PolicyEvaluator(config, tokenizer, scorer, heldout, context.device).evaluate(
+    metrics = PolicyEvaluator(config, tokenizer, scorer, heldout, context.device, context.processes).evaluate(
         policy, starting, context.tracker, 0)
     context.tracker.log_metrics(shared_view(metrics), step=0)

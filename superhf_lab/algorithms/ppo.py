@@ -221,6 +221,7 @@ class MetricsBridge(TrainerCallback):
         if not logs or "objective/kl" not in logs:
             return
         completions, scoring_seconds = self.reward_model.take_scored()
+        completions = self.context.processes.gather(completions)  # each rank scored its share of the rollout
         metrics = {
             **completion_metrics(completions),
             "kl_sequence_estimate": logs["objective/kl"],
@@ -244,6 +245,13 @@ class MetricsBridge(TrainerCallback):
         self.step_started = time.perf_counter()
 
 
+def per_process_batch_size(cfg: PPOAlgorithmConfig, world_size: int) -> int:
+    """Prompts per update on each process; every process's share must split into ``num_mini_batches``."""
+    require(cfg.batch_size % (world_size * cfg.num_mini_batches) == 0, "algorithm.batch_size", cfg.batch_size,
+            f"use a multiple of {world_size} processes x algorithm.num_mini_batches={cfg.num_mini_batches}")
+    return cfg.batch_size // world_size
+
+
 def build_ppo_trainer(context: RunContext):
     """TRL's PPOTrainer on the shared setup (prompts, policy, scorers), with a value model initialised from the
     policy; TRL applies the LoRA adapters and keeps the reference itself."""
@@ -252,6 +260,7 @@ def build_ppo_trainer(context: RunContext):
 
     run = context.config
     cfg: PPOAlgorithmConfig = run.algorithm
+    per_process = per_process_batch_size(cfg, context.processes.world_size)
     setup = training_setup(context, cfg.max_new_tokens, cfg.rollout_minibatch_size, lora=None)
     prompts, policy, tokenizer = setup.prompts.prompts, setup.policy, setup.tokenizer
     value_model = AutoModelForSequenceClassification.from_pretrained(
@@ -265,8 +274,9 @@ def build_ppo_trainer(context: RunContext):
         seed=run.seed, bf16=run.precision == "bf16", fp16=run.precision == "fp16",
         use_cpu=context.device.type == "cpu", gradient_checkpointing=False, disable_tqdm=False,
         # One optimizer step per minibatch: TRL's micro-batch loop then takes each whole minibatch at once,
-        # and accelerate's accumulation (which TRL also uses to size its statistics) stays at 1.
-        per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=1,
+        # and accelerate's accumulation (which TRL also uses to size its statistics) stays at 1. Several processes
+        # share an update's prompts, so batch_size stays the global number of prompts per update.
+        per_device_train_batch_size=per_process, gradient_accumulation_steps=1,
         num_mini_batches=cfg.num_mini_batches,
         total_episodes=cfg.num_updates * cfg.batch_size, num_ppo_epochs=cfg.num_ppo_epochs,
         learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_schedule, response_length=cfg.max_new_tokens,

@@ -43,6 +43,7 @@ from superhf_lab.completions import (
 )
 from superhf_lab.config import LoraSettings, SamplingSettings, TextConfig
 from superhf_lab.data import PromptStream
+from superhf_lab.distributed import Processes
 from superhf_lab.errors import require
 from superhf_lab.evaluation import PolicyEvaluator, evaluation_metric_names
 from superhf_lab.memory import HalvingBatchSize
@@ -189,7 +190,13 @@ class SuperHFTrainer:
         heldout_scorer: RewardScorer | None,
         device: torch.device,
         precision: str,
+        processes: Processes | None = None,
     ) -> None:
+        self.processes = processes or Processes()
+        require(not self.processes.sharded_weights, "distributed.engine",
+                self.processes.accelerator and self.processes.accelerator.distributed_type.value,
+                "SuperHF's trainer runs under DDP (distributed=ddp or auto with torchrun); FSDP and DeepSpeed "
+                "serve the TRL-based algorithms")
         self.config = config
         self.kl_coef = kl_coef
         self.text = text
@@ -200,12 +207,15 @@ class SuperHFTrainer:
         self.heldout_scorer = heldout_scorer
         self.device = device
         self.precision = precision
-        trainable = [p for p in self.policy.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
-        self.scheduler = get_scheduler(
+        self.trainable = [p for p in self.policy.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(self.trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
+        scheduler = get_scheduler(
             config.lr_schedule if config.lr_schedule != "constant" else "constant_with_warmup",
-            self.optimizer, num_warmup_steps=config.warmup_superbatches, num_training_steps=config.num_superbatches,
+            optimizer, num_warmup_steps=config.warmup_superbatches, num_training_steps=config.num_superbatches,
         )
+        # ``trained`` is the policy as the engine wraps it (DDP) for fine-tuning; ``policy`` stays the plain model
+        # that generates, measures KL and is saved.
+        self.trained, self.optimizer, self.scheduler = self.processes.prepare(policy, optimizer, scheduler)
         self.grad_scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
         self.nonfinite_losses = 0
         self.batch_sizes = {
@@ -215,12 +225,13 @@ class SuperHFTrainer:
         }
 
     def generate(self, prompts: list[str]) -> list[Completion]:
-        """``superbatch_size`` sampled completions per prompt, cut where the model starts a new turn."""
+        """``superbatch_size`` sampled completions per prompt (this process's share of them), cut where the model
+        starts a new turn."""
         cfg = self.config
         return self.batch_sizes["generating"].run(lambda size: sample_completions(
             self.policy, self.tokenizer, prompts, cfg.superbatch_size, cfg.sampling, size, self.device, self.precision,
-            self.text.cut,
-        ))
+            self.text.cut, processes=self.processes,
+        ), self.processes.any)
 
     def score(self, completions: list[Completion]) -> None:
         """Reward (and held-out reward) of each completion, each scorer through its own tokenizer."""
@@ -231,20 +242,28 @@ class SuperHFTrainer:
                     scorer.batch_size = size
             score_completions(completions, self.text.reward_input, self.reward_scorer, self.heldout_scorer)
 
-        self.batch_sizes["scoring"].run(score_in_minibatches_of)
+        self.batch_sizes["scoring"].run(score_in_minibatches_of, self.processes.any)
 
     def finetune(self, kept: list[Completion]) -> dict[str, float]:
-        """One optimizer step per minibatch of kept completions; non-finite losses are skipped and counted."""
+        """One optimizer step per minibatch of kept completions; non-finite losses are skipped and counted.
+
+        With several processes each computes the gradients of its share of every minibatch; they agree on out of
+        memory and non-finite losses first, then sum their gradients, so every process takes the same steps.
+        """
         self.policy.train()
         sums = dict.fromkeys(LOSS_METRIC_NAMES, 0.0)
         steps = 0
         size = self.config.minibatch_size_finetuning
         for start in range(0, len(kept), size):
             minibatch = kept[start : start + size]
-            losses = self.batch_sizes["finetuning"].run(lambda micro: self._accumulate_gradients(minibatch, micro))
-            if losses is None:
+            losses = self.batch_sizes["finetuning"].run(lambda micro: self._accumulate_gradients(minibatch, micro),
+                                                        self.processes.any)
+            if self.processes.any(losses is None):
+                self.optimizer.zero_grad(set_to_none=True)
                 self._skip_nonfinite_loss()
                 continue
+            self.processes.sum_gradients(self.trainable)
+            losses = self.processes.sum(losses)
             if self.config.max_grad_norm is not None:
                 self.grad_scaler.unscale_(self.optimizer)
                 torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.config.max_grad_norm)
@@ -256,29 +275,33 @@ class SuperHFTrainer:
         return {name: total / steps if steps else math.nan for name, total in sums.items()}
 
     def _accumulate_gradients(self, minibatch: list[Completion], micro_size: int) -> dict[str, float] | None:
-        """Gradients of the minibatch's loss, summed over micro-batches of ``micro_size`` (the whole minibatch
-        unless memory ran out; then completions of similar length share a micro-batch, which changes no sum);
-        None, with no gradients left, when the loss is not finite."""
+        """Gradients of this process's share of the minibatch's loss (all of it with one process), summed over
+        micro-batches of ``micro_size`` (the whole share unless memory ran out; then completions of similar length
+        share a micro-batch, which changes no sum); None, with no gradients left, when the loss is not finite."""
         cfg = self.config
         self.optimizer.zero_grad(set_to_none=True)
         totals = dict.fromkeys(LOSS_METRIC_NAMES, 0.0)
-        tokens = [len(completion_token_ids(self.tokenizer, cfg.conversation_prompt, c)[1]) for c in minibatch]
-        if micro_size < len(minibatch):
-            minibatch = [minibatch[i] for i in sorted(range(len(minibatch)), key=tokens.__getitem__)]
-        for start in range(0, len(minibatch), micro_size):
-            part = minibatch[start : start + micro_size]
+        minibatch_tokens = sum(len(completion_token_ids(self.tokenizer, cfg.conversation_prompt, c)[1])
+                               for c in minibatch)
+        share = self.processes.share(minibatch)
+        tokens = [len(completion_token_ids(self.tokenizer, cfg.conversation_prompt, c)[1]) for c in share]
+        if micro_size < len(share):
+            share = [share[i] for i in sorted(range(len(share)), key=tokens.__getitem__)]
+        for start in range(0, len(share), micro_size):
+            part = share[start : start + micro_size]
             inputs, completion_mask = completion_batch(self.tokenizer, cfg.conversation_prompt, part, self.device)
             reference_logits = self.starting.logits(self.device, self.precision, **inputs)
-            with autocast(self.device, self.precision):
-                logits = self.policy(**inputs).logits
+            with self.processes.no_sync(self.trained), autocast(self.device, self.precision):
+                logits = self.trained(**inputs).logits
             terms = loss_terms(logits, reference_logits, inputs["input_ids"], completion_mask, cfg.kl_direction,
                                cfg.kl_mask)
-            ce, kl_penalty = minibatch_loss(terms, self.kl_coef, cfg.loss_reduction, len(minibatch), sum(tokens))
+            ce, kl_penalty = minibatch_loss(terms, self.kl_coef, cfg.loss_reduction, len(minibatch), minibatch_tokens)
             loss = ce + kl_penalty
             if not torch.isfinite(loss):
                 self.optimizer.zero_grad(set_to_none=True)
                 return None
-            self.grad_scaler.scale(loss).backward()
+            with self.processes.no_sync(self.trained):
+                self.grad_scaler.scale(loss).backward()
             totals["loss/total"] += loss.item()
             totals["loss/ce"] += ce.item()
             totals["loss/kl_penalty"] += kl_penalty.item()
@@ -301,6 +324,7 @@ class SuperHFTrainer:
         completions = self.generate(prompts)
         generated = time.perf_counter()
         self.score(completions)
+        completions = self.processes.gather(completions)  # every process selects from the whole superbatch
         scored = time.perf_counter()
         kept_indices = select_top_k(completions, self.config.top_k, self.config.length_penalty,
                                     self.config.length_penalty_form)
@@ -328,7 +352,8 @@ class SuperHFTrainer:
 
         With checkpoints, a resumed run restores the newest checkpoint and re-runs the superbatches after it;
         the steps MLflow already holds (logged before the kill) are not logged again, so the history has each
-        step once. SIGTERM ends the run after the current superbatch with a checkpoint (:class:`Preempted`).
+        step once. SIGTERM ends the run after the current superbatch with a checkpoint (:class:`Preempted`); with
+        several processes, SIGTERM to any of them stops all after the same superbatch.
         """
         cfg, run, tracker = self.config, context.config, context.tracker
         first_step, logged_steps = 0, set()
@@ -338,7 +363,7 @@ class SuperHFTrainer:
         if context.checkpoints is not None:
             tracker.append_tables_at_flush_only()  # appended at checkpoints, so a resume adds no duplicates
         progress = tqdm(range(first_step, cfg.num_superbatches), desc="SuperHF superbatches", unit="superbatch",
-                        initial=first_step, total=cfg.num_superbatches)
+                        initial=first_step, total=cfg.num_superbatches, disable=not self.processes.is_main)
         with Bookkeeping(tracker, background_bookkeeping) as bookkeeping:
             for step in progress:
                 metrics, completions, kept_indices = self.step(stream.take(cfg.prompt_accumulation_steps))
@@ -347,7 +372,8 @@ class SuperHFTrainer:
                     (step + 1) * cfg.prompt_accumulation_steps * cfg.superbatch_size)
                 send = step not in logged_steps
                 tracker.log_metrics(metrics, step=step, send=send)
-                bookkeeping.submit(step, lambda completions=completions: diversity_metrics(completions), send)
+                if self.processes.is_main:  # the others log nothing
+                    bookkeeping.submit(step, lambda completions=completions: diversity_metrics(completions), send)
                 if send:
                     tracker.log_completions(
                         completion_rows(step, completions, kept_indices, run.mlflow.completions_logged_per_superbatch))
@@ -358,26 +384,36 @@ class SuperHFTrainer:
                 if evaluator is not None and (due or (last and run.eval.at_end)):
                     evaluator.evaluate(self.policy, self.starting, tracker, step, send=send)
                 every = run.checkpoint.every_n_superbatches
-                if context.checkpoints and (last or context.stop.requested or (every and (step + 1) % every == 0)):
+                stop = self.processes.any(context.stop.requested)
+                if context.checkpoints and (last or stop or (every and (step + 1) % every == 0)):
                     bookkeeping.log_all()  # the checkpoint's history holds every step up to it
                     self.save_checkpoint(context, stream, step, finished=last)
-                if context.stop.requested and not last:
+                if stop and not last:
                     raise Preempted(f"stopped by SIGTERM after superbatch {step}; checkpoint in "
                                     f"{context.checkpoints.folder}")
 
     def save_checkpoint(self, context: RunContext, stream: PromptStream, step: int, finished: bool) -> None:
-        state = {"trainer": self.state_dict(), "stream_position": stream.position, "rng": capture_rng(),
-                 "tracker": context.tracker.state_dict()}
-        context.checkpoints.save(state, {"step": step, "run_id": context.tracker.run_id, "finished": finished})
-        context.tracker.flush()
+        """The main process writes the state (every process holds the same weights) with each process's RNG."""
+        rng = self.processes.gather([capture_rng()])
+        if self.processes.is_main:
+            state = {"trainer": self.state_dict(), "stream_position": stream.position, "rng": rng,
+                     "tracker": context.tracker.state_dict()}
+            context.checkpoints.save(state, {"step": step, "run_id": context.tracker.run_id, "finished": finished,
+                                             "world_size": self.processes.world_size})
+            context.tracker.flush()
+        self.processes.barrier()
 
     def resume(self, context: RunContext, stream: PromptStream) -> int:
         """Restore the newest checkpoint; returns the first superbatch still to run."""
         state, meta = context.checkpoints.load()
+        saved_by = len(state["rng"])
+        require(saved_by == self.processes.world_size, "checkpoint.resume", context.config.checkpoint.resume,
+                f"the checkpoint in {context.checkpoints.folder} was saved by {saved_by} process(es): launch "
+                f"{saved_by} to continue it exactly, or start over with checkpoint.resume=never")
         self.load_state_dict(state["trainer"])
         stream.position = state["stream_position"]
         context.tracker.load_state_dict(state["tracker"])
-        restore_rng(state["rng"])
+        restore_rng(state["rng"][self.processes.rank])
         log.info("resumed from the checkpoint after superbatch %d in %s", meta["step"], context.checkpoints.folder)
         return meta["step"] + 1
 
@@ -419,7 +455,7 @@ def build_trainer(context: RunContext) -> tuple[SuperHFTrainer, PromptStream]:
     run, cfg = context.config, context.algorithm
     setup = training_setup(context, cfg.max_new_tokens, cfg.minibatch_size_scoring, cfg.lora, cfg.conversation_prompt)
     trainer = SuperHFTrainer(cfg, run.kl_coef, run.text, setup.policy, setup.starting, setup.tokenizer,
-                             setup.reward_scorer, setup.heldout_scorer, context.device, run.precision)
+                             setup.reward_scorer, setup.heldout_scorer, context.device, run.precision, context.processes)
     return trainer, PromptStream(setup.prompts.prompts, seed=run.seed, shuffle=run.data.shuffle)
 
 
@@ -431,6 +467,7 @@ def train_superhf(context: RunContext) -> None:
     evaluator = None
     if run.eval.at_end or run.eval.every_n_superbatches:
         evaluator = PolicyEvaluator(run, trainer.tokenizer, trainer.reward_scorer, trainer.heldout_scorer,
-                                    context.device)
+                                    context.device, context.processes)
     trainer.train(stream, context, evaluator)
-    save_policy_artifact(context.tracker, trainer.policy, trainer.tokenizer)
+    if context.processes.is_main:
+        save_policy_artifact(context.tracker, trainer.policy, trainer.tokenizer)

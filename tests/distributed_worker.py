@@ -1,0 +1,71 @@
+"""One SuperHF fine-tuning update on fixed completions, in 1 process (``python``) or several (``torchrun``).
+
+    python tests/distributed_worker.py TINY_WORLD OUT [clean|oom_on_rank_1|nan_on_rank_1]
+
+The main process saves the trainable weights after the update, the loss metrics and the trainer's counters to OUT,
+so a test can compare a 2-process update with a 1-process one, or check what a fault on one rank did to both.
+"""
+
+import sys
+
+import torch
+from transformers import set_seed
+
+from superhf_lab.algorithms import superhf
+from superhf_lab.completions import Completion
+from superhf_lab.config import compose_run_config, validate_config
+from superhf_lab.distributed import Processes
+from superhf_lab.plugin import RunContext
+from superhf_lab.tracking import ReplicaTracker
+
+TEXTS = ["I can help with that.", "Sure, here is a short answer.", "No.", "Let me think about it step by step first.",
+         "Thanks for asking!", "The answer is four.", "Here is what I know about it, in brief.", "Maybe."]
+
+
+def inject(trainer: superhf.SuperHFTrainer, scenario: str, rank: int) -> None:
+    """Make rank 1's first minibatch run out of memory, or its loss NaN, once."""
+    if rank != 1 or scenario == "clean":
+        return
+    accumulate = trainer._accumulate_gradients
+    calls = []
+
+    def faulty(minibatch, micro_size):
+        calls.append(micro_size)
+        if len(calls) == 1 and scenario == "oom_on_rank_1":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+        if len(calls) == 1 and scenario == "nan_on_rank_1":
+            trainer.kl_coef, kl_coef = float("nan"), trainer.kl_coef
+            try:
+                return accumulate(minibatch, micro_size)
+            finally:
+                trainer.kl_coef = kl_coef
+        return accumulate(minibatch, micro_size)
+
+    trainer._accumulate_gradients = faulty
+
+
+def main(tiny_world: str, out: str, scenario: str) -> None:
+    overrides = [f"tiny_world.dir={tiny_world}", "device=cpu", "kl_coef=0.1", "algorithm.minibatch_size_finetuning=4",
+                 "algorithm.warmup_superbatches=0"]
+    cfg = compose_run_config(overrides)
+    cfg.output_dir = "outputs/worker"
+    config = validate_config(cfg)
+    processes = Processes.launched(config.distributed.engine, config.device)
+    set_seed(0)  # the same weights everywhere (DDP broadcasts rank 0's anyway)
+    context = RunContext(config, ReplicaTracker(), processes.device(torch.device("cpu")), processes=processes)
+    trainer, stream = superhf.build_trainer(context)
+    prompts = stream.take(2)
+    kept = [Completion(prompts[i % 2], i % 2, text, num_tokens=0, finished=True) for i, text in enumerate(TEXTS)]
+    inject(trainer, scenario, processes.rank)
+    losses = trainer.finetune(kept)
+    if processes.is_main:
+        trained = [(name, p) for name, p in trainer.policy.named_parameters() if p.requires_grad]
+        weights = {name: p.detach().clone() for name, p in trained}
+        gradients = {name: p.grad.clone() for name, p in trained if p.grad is not None}
+        torch.save({"weights": weights, "gradients": gradients, "losses": losses, "nonfinite_losses": trainer.nonfinite_losses,
+                    "finetuning_size": trainer.batch_sizes["finetuning"].size,
+                    "world_size": processes.world_size}, out)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:3], sys.argv[3] if len(sys.argv) > 3 else "clean")

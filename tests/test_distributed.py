@@ -1,0 +1,225 @@
+"""Runs that span several processes (DDP through accelerate), here on CPU with gloo: the same global work as one
+process, one MLflow run, agreed decisions, exact resume."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import mlflow
+import psutil
+import pytest
+import torch
+from conftest import ROOT
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from superhf_lab.checkpoint import CheckpointStore
+from superhf_lab.distributed import Processes, launch_time
+from superhf_lab.errors import ConfigError
+
+WORKER = ROOT / "tests" / "distributed_worker.py"
+LR = 1e-3  # the tiny preset's learning rate: Adam's first step moves every weight with a gradient by about this
+
+
+def _environment() -> dict[str, str]:
+    return {**os.environ, "ACCELERATE_USE_CPU": "true", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
+
+
+def _torchrun(script: Path, args: list[str], processes: int = 2) -> list[str]:
+    """The documented CPU command: ACCELERATE_USE_CPU=true torchrun --nproc_per_node N <script> ..."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+            str(script), *args]
+
+
+def _run(command: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    done = subprocess.run(command, cwd=cwd, env=_environment(), capture_output=True, text=True, timeout=timeout,
+                          check=False)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    return done
+
+
+def _update(tiny_world, tmp_path: Path, processes: int, scenario: str = "clean") -> dict:
+    out = tmp_path / f"update-{processes}-{scenario}.pt"
+    if processes == 1:
+        _run([sys.executable, str(WORKER), str(tiny_world.root), str(out), scenario], tmp_path)
+    else:
+        _run(_torchrun(WORKER, [str(tiny_world.root), str(out), scenario], processes), tmp_path)
+    return torch.load(out)
+
+
+def _runs(uri: str, experiment: str = "tiny_world") -> list:
+    client = mlflow.MlflowClient(uri)
+    return client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+
+
+def _steps(client: mlflow.MlflowClient, run_id: str, metric: str) -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run_id, metric))
+
+
+def test_shares_of_every_rank_join_back_into_the_list_in_order():
+    items = list(range(11))
+    for world in (1, 2, 3, 4, 16):
+        shares = [Processes(SimpleNamespace(process_index=rank, num_processes=world)).share(items)
+                  for rank in range(world)]
+        assert [item for share in shares for item in share] == items
+        assert max(map(len, shares)) - min(map(len, shares)) <= 1
+    assert Processes().share(items) == items and Processes().gather(items) == items
+    assert Processes().any(True) and not Processes().any(False)
+
+
+def test_a_single_process_engine_refuses_a_multi_process_launch(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match=r"distributed=single is invalid: 2 processes were launched"):
+        Processes.launched("single", "cpu")
+
+
+def test_every_rank_of_a_launch_names_the_same_output_folder(tmp_path):
+    """Ranks start a moment apart; the folder comes from the launcher's start time, which they share."""
+    code = "import time, sys; time.sleep(float(sys.argv[1])); from superhf_lab.distributed import launch_time; " \
+           "print(launch_time('%Y-%m-%d/%H-%M-%S.%f'))"
+    env = {**os.environ, "WORLD_SIZE": "2", "PYTHONPATH": str(ROOT)}
+    first = subprocess.run([sys.executable, "-c", code, "0"], env=env, capture_output=True, text=True, check=True)
+    second = subprocess.run([sys.executable, "-c", code, "1.2"], env=env, capture_output=True, text=True, check=True)
+    assert first.stdout == second.stdout
+    assert launch_time("%Y") == time.strftime("%Y")
+
+
+@pytest.mark.slow
+def test_one_update_on_two_processes_equals_the_update_on_one(tiny_world, tmp_path):
+    one, two = _update(tiny_world, tmp_path, 1), _update(tiny_world, tmp_path, 2)
+    assert two["world_size"] == 2
+    assert two["losses"] == pytest.approx(one["losses"], rel=1e-6), "loss and KL summed over the ranks' shares"
+    assert one["losses"]["kl"] > 0, "the second minibatch measures a KL to the starting policy"
+    for name, gradient in one["gradients"].items():
+        torch.testing.assert_close(two["gradients"][name], gradient, rtol=1e-4, atol=1e-7, msg=name)
+    start = dict(AutoModelForCausalLM.from_pretrained(tiny_world.root / "policy").named_parameters())
+    for name, weight in one["weights"].items():
+        assert (weight - start[name]).abs().max() > LR / 2, f"{name} moved"
+        # Adam divides by |gradient| + 1e-8, so float-order differences in near-zero gradients move a few weights
+        # by a fraction of the step; every weight agrees to a tenth of the learning rate.
+        torch.testing.assert_close(two["weights"][name], weight, rtol=0, atol=LR / 10, msg=name)
+
+
+@pytest.mark.slow
+def test_out_of_memory_on_one_rank_halves_the_minibatch_on_both_and_changes_no_update(tiny_world, tmp_path):
+    clean, faulty = _update(tiny_world, tmp_path, 2), _update(tiny_world, tmp_path, 2, "oom_on_rank_1")
+    assert faulty["finetuning_size"] == clean["finetuning_size"] // 2, "rank 0 halved with rank 1"
+    assert faulty["losses"] == pytest.approx(clean["losses"], rel=1e-6)
+    for name, weight in clean["weights"].items():
+        torch.testing.assert_close(faulty["weights"][name], weight, rtol=1e-6, atol=1e-7, msg=name)
+
+
+@pytest.mark.slow
+def test_a_nan_loss_on_one_rank_skips_that_minibatch_on_both(tiny_world, tmp_path):
+    clean, faulty = _update(tiny_world, tmp_path, 2), _update(tiny_world, tmp_path, 2, "nan_on_rank_1")
+    assert faulty["nonfinite_losses"] == 1 and clean["nonfinite_losses"] == 0, "rank 0 counted rank 1's NaN"
+    start = dict(AutoModelForCausalLM.from_pretrained(tiny_world.root / "policy").named_parameters())
+    name = "embed_out.weight" if "embed_out.weight" in start else next(iter(start))
+    step = (faulty["weights"][name] - start[name]).abs().max()
+    assert LR / 2 < step < 1.5 * LR, "one Adam step (the second minibatch's), not two"
+    assert not torch.equal(faulty["weights"][name], clean["weights"][name])
+
+
+@pytest.mark.slow
+def test_a_two_process_superhf_run_is_one_mlflow_run_with_each_step_once(tiny_world, tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    args = [f"tiny_world.dir={tiny_world.root}", f"mlflow.tracking_uri={uri}", "device=cpu",
+            "algorithm.num_superbatches=3", "eval.prompts_per_source=4", f"checkpoint.dir={tmp_path}/checkpoints"]
+    _run(_torchrun(ROOT / "run.py", args), tmp_path)
+    runs = _runs(uri)
+    assert len(runs) == 1, "only the main rank opens an MLflow run"
+    run, client = runs[0], mlflow.MlflowClient(uri)
+    assert run.data.params["world_size"] == "2"
+    for metric in ("reward/mean", "kl", "diversity/meteor_similarity", "progress/completions_generated"):
+        assert _steps(client, run.info.run_id, metric) == [0, 1, 2], metric
+    generated = client.get_metric_history(run.info.run_id, "progress/completions_generated")
+    assert max(m.value for m in generated) == 3 * 2 * 16, "a superbatch is global: 2 prompts x 16 on 2 processes"
+    assert client.get_metric_history(run.info.run_id, "eval/all/prompts")[0].value == 12, "both ranks' test prompts"
+    assert len(list((tmp_path / "outputs").glob("*/*"))) == 1, "one output folder for both ranks"
+
+
+@pytest.mark.slow
+def test_a_killed_two_process_run_resumes_to_the_weights_of_an_unkilled_one(tiny_world, tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    common = [f"tiny_world.dir={tiny_world.root}", f"mlflow.tracking_uri={uri}", "device=cpu", "eval.at_end=false",
+              "algorithm.num_superbatches=8", "algorithm.superbatch_size=4", "checkpoint.every_n_superbatches=2"]
+    _run(_torchrun(ROOT / "run.py", [*common, f"checkpoint.dir={tmp_path}/reference"]), tmp_path)
+    client = mlflow.MlflowClient(uri)
+    reference = _runs(uri)[0]
+
+    args = [*common, f"checkpoint.dir={tmp_path}/checkpoints"]
+    log = (tmp_path / "killed.log").open("w")
+    launch = subprocess.Popen(_torchrun(ROOT / "run.py", args), cwd=tmp_path, env=_environment(),
+                              stdout=log, stderr=subprocess.STDOUT)
+
+    def killable() -> bool:
+        metas = [CheckpointStore(path).latest_meta() for path in (tmp_path / "checkpoints").glob("*")]
+        meta = next((meta for meta in metas if meta), None)
+        return meta is not None and 2 in _steps(client, meta["run_id"], "reward/mean")
+
+    deadline = time.monotonic() + 300
+    while not killable():
+        assert launch.poll() is None and time.monotonic() < deadline, (tmp_path / "killed.log").read_text()[-3000:]
+        time.sleep(0.1)
+    for process in [psutil.Process(launch.pid), *psutil.Process(launch.pid).children(recursive=True)]:
+        process.send_signal(signal.SIGKILL)  # the launcher and both ranks (torchrun starts them in their own sessions)
+    launch.wait()
+    metas = [CheckpointStore(path).latest_meta() for path in (tmp_path / "checkpoints").glob("*")]
+    assert not next(meta for meta in metas if meta)["finished"], "killed mid-run"
+
+    _run(_torchrun(ROOT / "run.py", args), tmp_path)
+    runs = [run for run in _runs(uri) if run.info.run_id != reference.info.run_id]
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED", "the resumed launch continued the killed run"
+    assert _steps(client, runs[0].info.run_id, "reward/mean") == list(range(8))
+    weights = {}
+    for run in (reference, runs[0]):
+        folder = client.download_artifacts(run.info.run_id, "policy", str(tmp_path / run.info.run_id))
+        weights[run.info.run_id] = load_file(str(Path(folder) / "model.safetensors"))
+    expected, actual = weights[reference.info.run_id], weights[runs[0].info.run_id]
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.slow
+def test_two_process_ppo_and_best_of_n_finish_with_global_batches(tiny_world, tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    common = [f"tiny_world.dir={tiny_world.root}", f"mlflow.tracking_uri={uri}", "device=cpu",
+              "eval.prompts_per_source=4"]
+    _run(_torchrun(ROOT / "run.py", [*common, "algorithm=ppo", "algorithm.num_updates=2"]), tmp_path)
+    _run(_torchrun(ROOT / "run.py", [*common, "algorithm=best_of_n", "algorithm.n=4"]), tmp_path)
+    client = mlflow.MlflowClient(uri)
+    ppo, best_of_n = sorted(_runs(uri), key=lambda run: run.data.tags["algorithm"] != "ppo")
+    assert ppo.data.params["world_size"] == best_of_n.data.params["world_size"] == "2"
+    assert _steps(client, ppo.info.run_id, "reward/mean") == [0, 1]
+    assert [m.value for m in client.get_metric_history(ppo.info.run_id, "progress/completions_generated")] == [32, 64]
+    assert client.get_metric_history(best_of_n.info.run_id, "eval/all/prompts")[0].value == 12
+
+
+@pytest.mark.slow
+def test_each_job_of_a_submitit_sweep_runs_as_one_two_task_run(tiny_world, tmp_path):
+    """The SLURM launcher's path (one task per GPU) through submitit's local executor, on CPU."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), "-m", "hydra/launcher=submitit_local", "hydra.launcher.tasks_per_node=2",
+         "hydra.launcher.timeout_min=10", "device=cpu", f"tiny_world.dir={tiny_world.root}", f"mlflow.tracking_uri={uri}",
+         "algorithm.num_superbatches=2", "eval.prompts_per_source=4", "kl_coef=0.1"],
+        cwd=tmp_path, env=_environment(), capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-4000:]
+    jobs = [run for run in _runs(uri) if "world_size" in run.data.params]  # not the sweep's parent run
+    assert [(run.data.params["world_size"], run.info.status) for run in jobs] == [("2", "FINISHED")]
+    client = mlflow.MlflowClient(uri)
+    assert _steps(client, jobs[0].info.run_id, "reward/mean") == [0, 1]
+
+
+@pytest.mark.slow
+def test_a_launch_that_is_not_the_configured_engine_is_refused_naming_the_key(tiny_world, tmp_path):
+    done = subprocess.run(_torchrun(ROOT / "run.py", [f"tiny_world.dir={tiny_world.root}", "device=cpu",
+                                                      "distributed=fsdp"]),
+                          cwd=tmp_path, env=_environment(), capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode != 0
+    assert "distributed=fsdp is invalid for this launch: accelerate set up MULTI_CPU" in done.stderr
+    assert not (tmp_path / "mlflow.db").exists(), "refused before any MLflow store is touched"
