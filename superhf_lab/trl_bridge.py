@@ -52,14 +52,22 @@ def trainer_arguments(context: RunContext, max_steps: int, learning_rate: float,
     )
 
 
+def per_process(context: RunContext, total: int, key: str) -> int:
+    """TRL sizes batches per process; the run's config sizes them per step over all processes."""
+    world = context.processes.world_size
+    require(total % world == 0, key, total, f"use a multiple of the {world} processes this run was launched with")
+    return total // world
+
+
 class TextReward:
     """A TRL reward function over decoded text: each completion is cut at the next turn (as SuperHF cuts it) and
     scored through the reward models' own tokenizers with ``text.reward_input``; the scored completions are kept
-    for the step's metrics."""
+    for the step's metrics (every process's, gathered)."""
 
     __name__ = "reward_model"  # TRL names its reward metrics after the function
 
     def __init__(self, setup: TrainingSetup, context: RunContext) -> None:
+        self.processes = context.processes
         self.scorer, self.heldout_scorer = setup.reward_scorer, setup.heldout_scorer
         self.text = context.config.text
         self.eos_token_id = setup.tokenizer.eos_token_id
@@ -81,7 +89,7 @@ class TextReward:
     def take_scored(self) -> tuple[list[Completion], dict[str, float]]:
         """The completions scored since the last call (for :class:`TrackerBridge`)."""
         scored, self.scored, self.prompt_index = self.scored, [], {}
-        return scored, {}
+        return self.processes.gather(scored), {}
 
 
 class CutAtNextTurn:
@@ -104,7 +112,8 @@ class CutAtNextTurn:
 class PolicyProbe:
     """For trainers that sample nothing (DPO, FeedME): at each step, one completion for each of a fixed set of
     training prompts (``eval.sampling``, ``text.*``), scored, with its exact KL to the starting policy, so these
-    algorithms log reward, held-out reward, METEOR similarity and ``kl`` per step like the others."""
+    algorithms log reward, held-out reward, METEOR similarity and ``kl`` per step like the others. Several processes
+    probe shares of the prompts and gather them."""
 
     def __init__(self, context: RunContext, setup: TrainingSetup, count: int) -> None:
         self.context, self.setup = context, setup
@@ -116,12 +125,14 @@ class PolicyProbe:
         run, device, setup = self.context.config, self.context.device, self.setup
         policy = self.trainer.accelerator.unwrap_model(self.trainer.model)
         completions = sample_completions(policy, setup.tokenizer, self.prompts, 1, run.eval.sampling,
-                                         run.eval.batch_size, device, run.precision, run.text.cut)
+                                         run.eval.batch_size, device, run.precision, run.text.cut,
+                                         processes=self.context.processes)
         score_completions(completions, run.text.reward_input, setup.reward_scorer, setup.heldout_scorer)
         kl, _ = completion_kl(setup.tokenizer, policy, starting_policy(self.trainer, policy, self.frozen),
                               completions, run.eval.sampling.conversation_prompt, run.eval.batch_size, device,
                               run.precision)
-        return completions, {"kl": sum(kl) / len(kl)}
+        kl = self.context.processes.gather(kl)
+        return self.context.processes.gather(completions), {"kl": sum(kl) / len(kl)}
 
 
 class TrackerBridge(TrainerCallback):
@@ -163,13 +174,14 @@ class TrackerBridge(TrainerCallback):
 
 class CheckpointMarker(TrainerCallback):
     """Marks the run's checkpoint folder at each TRL save (step and MLflow run id), so the runner continues this
-    MLflow run when the command is run again; honours SIGTERM by saving and stopping after the current step."""
+    MLflow run when the command is run again; honours SIGTERM (to any of the run's processes) by saving and stopping
+    after the current step. The main process alone writes the mark."""
 
     def __init__(self, context: RunContext) -> None:
         self.context = context
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.context.stop.requested:
+        if self.context.processes.any(self.context.stop.requested):
             control.should_save = True
             control.should_training_stop = True
 
@@ -177,7 +189,9 @@ class CheckpointMarker(TrainerCallback):
         self.mark(state.global_step - 1, finished=False)
 
     def mark(self, step: int, finished: bool) -> None:
-        self.context.checkpoints.mark({"step": step, "run_id": self.context.tracker.run_id, "finished": finished})
+        if self.context.processes.is_main:
+            self.context.checkpoints.mark({"step": step, "run_id": self.context.tracker.run_id,
+                                           "finished": finished})
 
 
 def train_and_finish(context: RunContext, trainer, setup: TrainingSetup, last_step: int,
@@ -258,7 +272,8 @@ def train_group_policy(context: RunContext, trainer_class, config_class) -> None
     completions_per_step = cfg.prompts_per_step * cfg.group_size
     args = config_class(**trainer_arguments(
         context, cfg.num_steps, cfg.learning_rate, lr_scheduler_type=cfg.lr_schedule,
-        per_device_train_batch_size=completions_per_step, gradient_accumulation_steps=1,
+        per_device_train_batch_size=per_process(context, completions_per_step, "algorithm.prompts_per_step"),
+        gradient_accumulation_steps=1,
         num_generations=cfg.group_size, max_completion_length=cfg.max_new_tokens, temperature=cfg.temperature,
         top_p=cfg.top_p, beta=run.kl_coef, num_iterations=cfg.num_iterations, epsilon=cfg.epsilon,
     ))

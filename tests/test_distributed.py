@@ -223,3 +223,23 @@ def test_a_launch_that_is_not_the_configured_engine_is_refused_naming_the_key(ti
     assert done.returncode != 0
     assert "distributed=fsdp is invalid for this launch: accelerate set up MULTI_CPU" in done.stderr
     assert not (tmp_path / "mlflow.db").exists(), "refused before any MLflow store is touched"
+
+
+@pytest.mark.slow
+def test_two_process_grpo_and_dpo_keep_their_per_step_sizes_global(tiny_world, tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    common = [f"tiny_world.dir={tiny_world.root}", f"mlflow.tracking_uri={uri}", "device=cpu",
+              "eval.prompts_per_source=4", "algorithm.num_steps=2"]
+    for algorithm in ("grpo", "dpo"):
+        _run(_torchrun(ROOT / "run.py", [*common, f"algorithm={algorithm}"]), tmp_path)
+    client = mlflow.MlflowClient(uri)
+    runs = {run.data.tags["algorithm"]: run for run in _runs(uri)}
+
+    def history(algorithm: str, metric: str) -> list[float]:
+        return [m.value for m in sorted(client.get_metric_history(runs[algorithm].info.run_id, metric),
+                                        key=lambda m: m.step)]
+
+    assert history("grpo", "progress/completions_generated") == [32, 64], "4 prompts x 8 per step over both"
+    assert history("dpo", "progress/prompts_seen") == [32, 64], "32 pairs per step over both"
+    assert all(run.data.params["world_size"] == "2" for run in runs.values())
+    assert all(history(algorithm, "eval/all/prompts") == [12] for algorithm in runs)

@@ -22,6 +22,7 @@ from superhf_lab.trl_bridge import (
     CheckpointMarker,
     PolicyProbe,
     TrackerBridge,
+    per_process,
     train_and_finish,
     trainer_arguments,
 )
@@ -59,7 +60,7 @@ def train_feedme(context: RunContext) -> None:
     pairs = training_pairs(context).pairs
     dataset = Dataset.from_dict({"prompt": [p.prompt for p in pairs], "completion": [p.chosen for p in pairs]})
     args = SFTConfig(**trainer_arguments(context, cfg.num_steps, cfg.learning_rate, lr_scheduler_type=cfg.lr_schedule,
-                                         per_device_train_batch_size=cfg.examples_per_step,
+                                         per_device_train_batch_size=per_process(context, cfg.examples_per_step, "algorithm.examples_per_step"),
                                          gradient_accumulation_steps=1, completion_only_loss=True,
                                          max_length=cfg.max_length))
     probe = PolicyProbe(context, setup, cfg.probe_prompts)
