@@ -129,8 +129,8 @@ def seconds_per_1000(folder: str, label: str, algorithm: str, overrides: list[st
     run = client.search_runs([client.get_experiment_by_name("bench").experiment_id],
                              filter_string=f"attributes.run_name = '{label}'")[0]
     steps = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "time/step_s")}
-    done = {m.step: m.value for m in client.get_metric_history(
-        run.info.run_id, "progress/prompts_seen" if algorithm in ("dpo", "feedme") else "progress/completions_generated")}
+    progress = "progress/prompts_seen" if algorithm in ("dpo", "feedme") else "progress/completions_generated"
+    done = {m.step: m.value for m in client.get_metric_history(run.info.run_id, progress)}
     timed = [step for step in sorted(steps) if step >= WARM_UP_STEPS]
     per_step = (done[timed[-1]] - done[WARM_UP_STEPS - 1]) / len(timed)
     return sum(steps[step] for step in timed) / (per_step * len(timed)) * 1000

@@ -79,7 +79,8 @@ def sample_completions(
     was_training = policy.training
     policy.eval()
     completions = []
-    for start in tqdm(range(0, len(jobs), batch_size), desc=progress, unit="minibatch", disable=progress is None or (processes is not None and not processes.is_main),
+    quiet = progress is None or (processes is not None and not processes.is_main)
+    for start in tqdm(range(0, len(jobs), batch_size), desc=progress, unit="minibatch", disable=quiet,
                       leave=False):
         batch = jobs[start : start + batch_size]
         encoded = tokenizer(

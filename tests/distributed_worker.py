@@ -62,7 +62,8 @@ def main(tiny_world: str, out: str, scenario: str) -> None:
         trained = [(name, p) for name, p in trainer.policy.named_parameters() if p.requires_grad]
         weights = {name: p.detach().clone() for name, p in trained}
         gradients = {name: p.grad.clone() for name, p in trained if p.grad is not None}
-        torch.save({"weights": weights, "gradients": gradients, "losses": losses, "nonfinite_losses": trainer.nonfinite_losses,
+        torch.save({"weights": weights, "gradients": gradients, "losses": losses,
+                    "nonfinite_losses": trainer.nonfinite_losses,
                     "finetuning_size": trainer.batch_sizes["finetuning"].size,
                     "world_size": processes.world_size}, out)
 

@@ -205,7 +205,8 @@ def test_each_job_of_a_submitit_sweep_runs_as_one_two_task_run(tiny_world, tmp_p
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     done = subprocess.run(
         [sys.executable, str(ROOT / "run.py"), "-m", "hydra/launcher=submitit_local", "hydra.launcher.tasks_per_node=2",
-         "hydra.launcher.timeout_min=10", "device=cpu", f"tiny_world.dir={tiny_world.root}", f"mlflow.tracking_uri={uri}",
+         "hydra.launcher.timeout_min=10", "device=cpu", f"tiny_world.dir={tiny_world.root}",
+         f"mlflow.tracking_uri={uri}",
          "algorithm.num_superbatches=2", "eval.prompts_per_source=4", "kl_coef=0.1"],
         cwd=tmp_path, env=_environment(), capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-4000:]

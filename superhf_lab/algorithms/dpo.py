@@ -64,8 +64,9 @@ def train_dpo(context: RunContext) -> None:
     pairs = training_pairs(context).pairs
     dataset = Dataset.from_dict({"prompt": [p.prompt for p in pairs], "chosen": [p.chosen for p in pairs],
                                  "rejected": [p.rejected for p in pairs]})
+    per_device = per_process(context, cfg.pairs_per_step, "algorithm.pairs_per_step")
     args = DPOConfig(**trainer_arguments(context, cfg.num_steps, cfg.learning_rate, lr_scheduler_type=cfg.lr_schedule,
-                                         per_device_train_batch_size=per_process(context, cfg.pairs_per_step, "algorithm.pairs_per_step"), gradient_accumulation_steps=1,
+                                         per_device_train_batch_size=per_device, gradient_accumulation_steps=1,
                                          beta=run.kl_coef, loss_type=cfg.loss_type, max_length=cfg.max_length))
     probe = PolicyProbe(context, setup, cfg.probe_prompts)
     callbacks = [TrackerBridge(context, probe, RENAMES, cfg.pairs_per_step, len(probe.prompts))]

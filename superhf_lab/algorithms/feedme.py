@@ -59,8 +59,9 @@ def train_feedme(context: RunContext) -> None:
     setup = training_setup(context, run.eval.sampling.max_new_tokens, cfg.minibatch_size_scoring, lora=None)
     pairs = training_pairs(context).pairs
     dataset = Dataset.from_dict({"prompt": [p.prompt for p in pairs], "completion": [p.chosen for p in pairs]})
+    per_device = per_process(context, cfg.examples_per_step, "algorithm.examples_per_step")
     args = SFTConfig(**trainer_arguments(context, cfg.num_steps, cfg.learning_rate, lr_scheduler_type=cfg.lr_schedule,
-                                         per_device_train_batch_size=per_process(context, cfg.examples_per_step, "algorithm.examples_per_step"),
+                                         per_device_train_batch_size=per_device,
                                          gradient_accumulation_steps=1, completion_only_loss=True,
                                          max_length=cfg.max_length))
     probe = PolicyProbe(context, setup, cfg.probe_prompts)

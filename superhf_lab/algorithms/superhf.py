@@ -455,7 +455,8 @@ def build_trainer(context: RunContext) -> tuple[SuperHFTrainer, PromptStream]:
     run, cfg = context.config, context.algorithm
     setup = training_setup(context, cfg.max_new_tokens, cfg.minibatch_size_scoring, cfg.lora, cfg.conversation_prompt)
     trainer = SuperHFTrainer(cfg, run.kl_coef, run.text, setup.policy, setup.starting, setup.tokenizer,
-                             setup.reward_scorer, setup.heldout_scorer, context.device, run.precision, context.processes)
+                             setup.reward_scorer, setup.heldout_scorer, context.device, run.precision,
+                             context.processes)
     return trainer, PromptStream(setup.prompts.prompts, seed=run.seed, shuffle=run.data.shuffle)
 
 
