@@ -65,4 +65,4 @@ def test_the_readme_shows_the_current_results_table():
     generated = (ROOT / "results" / f"{spec.name}.md").read_text()
     readme = (ROOT / "README.md").read_text()
     assert f"<!-- results: {spec.name} -->\n{generated}<!-- /results: {spec.name} -->" in readme
-    assert len([line for line in generated.splitlines() if line.startswith("| ")]) == len(spec.rows) + 2
+    assert len([line for line in generated.splitlines() if line.startswith("|")]) == len(spec.rows) + 2, "header, rule, rows"
