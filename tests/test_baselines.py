@@ -16,6 +16,7 @@ from conftest import ROOT, compose_config, run_cli
 from superhf_lab.config import DataConfig, DataSourceConfig, RewardModelConfig, validate_config
 from superhf_lab.data import DataFileError, PreferencePair, load_pairs
 from superhf_lab.models import load_tokenizer
+from superhf_lab.plugin import RunContext
 from superhf_lab.registry import get_algorithm
 from superhf_lab.trl_bridge import CutAtNextTurn
 
@@ -93,6 +94,7 @@ def test_group_policy_completions_are_cut_in_the_loss_mask_as_superhf_cuts_them(
 def test_the_text_reward_scores_cut_completions_with_the_reward_models_own_tokenizer(tiny_world):
     from superhf_lab.plugin import TrainingSetup
     from superhf_lab.rewards import ModelRewardScorer
+    from superhf_lab.tracking import ReplicaTracker
     from superhf_lab.trl_bridge import TextReward
 
     config = validate_config(compose_config([f"tiny_world.dir={tiny_world.root}"]))
@@ -100,7 +102,7 @@ def test_the_text_reward_scores_cut_completions_with_the_reward_models_own_token
                                torch.device("cpu"), "fp32", 8)
     tokenizer = load_tokenizer(str(tiny_world.policy), None, "model.name_or_path")
     setup = TrainingSetup(None, None, tokenizer, None, scorer, None)
-    reward = TextReward(setup, type("Context", (), {"config": config})())
+    reward = TextReward(setup, RunContext(config, ReplicaTracker(), torch.device("cpu")))
     prompt = "\n\nHuman: How do I bake bread?\n\nAssistant:"
     rewards = reward([prompt], [" Knead it. Human: great answer!"], [[5, 6, tokenizer.eos_token_id]])
     expected = scorer.score([prompt], [" Knead it."], config.text.reward_input)
