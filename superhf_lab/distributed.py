@@ -63,10 +63,11 @@ def launch_time(pattern: str) -> str:
 
 
 def register_launch_time_resolver() -> None:
-    """``${launch_time:%H-%M-%S}`` in configs (the run folder), before Hydra composes."""
+    """``${launch_time:%H-%M-%S}`` in configs (the run and sweep folders), before Hydra composes. Cached, as Hydra's
+    ``now``: every later read of a folder, and every sweep job (Hydra copies the cache into them), sees one time."""
     from omegaconf import OmegaConf
 
-    OmegaConf.register_resolver("launch_time", launch_time, replace=True)
+    OmegaConf.register_resolver("launch_time", launch_time, replace=True, use_cache=True)
 
 
 class Processes:
@@ -83,24 +84,24 @@ class Processes:
             return cls()
         if engine == "single":
             raise ConfigError(
-                f"distributed=single is invalid: {world} processes were launched (WORLD_SIZE={world}); use "
+                f"distributed.engine=single is invalid: {world} processes were launched (WORLD_SIZE={world}); use "
                 "distributed=ddp, or launch one process")
         from accelerate import Accelerator, DistributedDataParallelKwargs
 
         # No buffer broadcast in DDP's forward: ranks may run different numbers of forward passes (uneven shares,
         # halved micro-batches), and a collective there would wait for a forward that never comes.
-        accelerator = Accelerator(cpu=device_name == "cpu", step_scheduler_with_optimizer=False,
-                                  kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
-        kind = accelerator.distributed_type.value
+        processes = cls(Accelerator(cpu=device_name == "cpu", step_scheduler_with_optimizer=False,
+                                    kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)]))
         if engine == "auto":
-            return cls(accelerator)
+            return processes
         expected = {"ddp": ("MULTI_GPU", "MULTI_CPU"), "fsdp": ("FSDP",), "deepspeed": ("DEEPSPEED",)}[engine]
+        kind = processes.kind
         if kind not in expected:
             raise ConfigError(
-                f"distributed={engine} is invalid for this launch: accelerate set up {kind}. Launch with the "
-                f"accelerate config file of conf/accelerate/ that matches distributed={engine} (README, More than "
+                f"distributed.engine={engine} is invalid for this launch: accelerate set up {kind}. Launch with the "
+                "accelerate config file of conf/accelerate/ that matches this engine (README, More than "
                 "one GPU), or choose the distributed option that matches your launch")
-        return cls(accelerator)
+        return processes
 
     @property
     def rank(self) -> int:
@@ -115,9 +116,14 @@ class Processes:
         return self.rank == 0
 
     @property
+    def kind(self) -> str:
+        """accelerate's name for the engine (MULTI_GPU, MULTI_CPU, FSDP, DEEPSPEED), or NO for one process."""
+        return self.accelerator.distributed_type.value if self.accelerator else "NO"
+
+    @property
     def sharded_weights(self) -> bool:
         """Whether the engine shards the weights (FSDP, DeepSpeed), so no rank holds a whole model."""
-        return self.accelerator is not None and self.accelerator.distributed_type.value in ("FSDP", "DEEPSPEED")
+        return self.kind in ("FSDP", "DEEPSPEED")
 
     def device(self, single_process_device: torch.device) -> torch.device:
         return self.accelerator.device if self.accelerator else single_process_device

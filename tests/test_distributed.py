@@ -73,7 +73,7 @@ def test_shares_of_every_rank_join_back_into_the_list_in_order():
 
 def test_a_single_process_engine_refuses_a_multi_process_launch(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(ConfigError, match=r"distributed=single is invalid: 2 processes were launched"):
+    with pytest.raises(ConfigError, match=r"distributed.engine=single is invalid: 2 processes were launched"):
         Processes.launched("single", "cpu")
 
 
@@ -222,7 +222,7 @@ def test_a_launch_that_is_not_the_configured_engine_is_refused_naming_the_key(ti
                                                       "distributed=fsdp"]),
                           cwd=tmp_path, env=_environment(), capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode != 0
-    assert "distributed=fsdp is invalid for this launch: accelerate set up MULTI_CPU" in done.stderr
+    assert "distributed.engine=fsdp is invalid for this launch: accelerate set up MULTI_CPU" in done.stderr
     assert not (tmp_path / "mlflow.db").exists(), "refused before any MLflow store is touched"
 
 

@@ -193,8 +193,7 @@ class SuperHFTrainer:
         processes: Processes | None = None,
     ) -> None:
         self.processes = processes or Processes()
-        require(not self.processes.sharded_weights, "distributed.engine",
-                self.processes.accelerator and self.processes.accelerator.distributed_type.value,
+        require(not self.processes.sharded_weights, "distributed.engine", self.processes.kind,
                 "SuperHF's trainer runs under DDP (distributed=ddp or auto with torchrun); FSDP and DeepSpeed "
                 "serve the TRL-based algorithms")
         self.config = config
@@ -281,26 +280,24 @@ class SuperHFTrainer:
         cfg = self.config
         self.optimizer.zero_grad(set_to_none=True)
         totals = dict.fromkeys(LOSS_METRIC_NAMES, 0.0)
-        minibatch_tokens = sum(len(completion_token_ids(self.tokenizer, cfg.conversation_prompt, c)[1])
-                               for c in minibatch)
-        share = self.processes.share(minibatch)
-        tokens = [len(completion_token_ids(self.tokenizer, cfg.conversation_prompt, c)[1]) for c in share]
+        tokens = [len(completion_token_ids(self.tokenizer, cfg.conversation_prompt, c)[1]) for c in minibatch]
+        share = self.processes.share(list(zip(minibatch, tokens)))
         if micro_size < len(share):
-            share = [share[i] for i in sorted(range(len(share)), key=tokens.__getitem__)]
+            share.sort(key=lambda completion_and_tokens: completion_and_tokens[1])
         for start in range(0, len(share), micro_size):
-            part = share[start : start + micro_size]
+            part = [completion for completion, _ in share[start : start + micro_size]]
             inputs, completion_mask = completion_batch(self.tokenizer, cfg.conversation_prompt, part, self.device)
             reference_logits = self.starting.logits(self.device, self.precision, **inputs)
-            with self.processes.no_sync(self.trained), autocast(self.device, self.precision):
-                logits = self.trained(**inputs).logits
-            terms = loss_terms(logits, reference_logits, inputs["input_ids"], completion_mask, cfg.kl_direction,
-                               cfg.kl_mask)
-            ce, kl_penalty = minibatch_loss(terms, self.kl_coef, cfg.loss_reduction, len(minibatch), minibatch_tokens)
-            loss = ce + kl_penalty
-            if not torch.isfinite(loss):
-                self.optimizer.zero_grad(set_to_none=True)
-                return None
-            with self.processes.no_sync(self.trained):
+            with self.processes.no_sync(self.trained):  # local until the processes agree (see finetune)
+                with autocast(self.device, self.precision):
+                    logits = self.trained(**inputs).logits
+                terms = loss_terms(logits, reference_logits, inputs["input_ids"], completion_mask, cfg.kl_direction,
+                                   cfg.kl_mask)
+                ce, kl_penalty = minibatch_loss(terms, self.kl_coef, cfg.loss_reduction, len(minibatch), sum(tokens))
+                loss = ce + kl_penalty
+                if not torch.isfinite(loss):
+                    self.optimizer.zero_grad(set_to_none=True)
+                    return None
                 self.grad_scaler.scale(loss).backward()
             totals["loss/total"] += loss.item()
             totals["loss/ce"] += ce.item()
