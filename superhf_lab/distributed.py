@@ -142,6 +142,14 @@ class Processes:
         torch.distributed.all_gather_object(shares, share)
         return [item for part in shares for item in part]
 
+    def from_main(self, value: Item) -> Item:
+        """The main process's ``value``, on every process (what the others passed is ignored)."""
+        if self.world_size == 1:
+            return value
+        holder = [value]
+        torch.distributed.broadcast_object_list(holder, src=0)
+        return holder[0]
+
     def any(self, flag: bool) -> bool:
         """Whether ``flag`` is true on any rank (every rank learns the same answer)."""
         if self.world_size == 1:

@@ -87,7 +87,9 @@ def run_experiment(cfg: DictConfig) -> float | tuple[float, ...] | None:
     """
     config, plugin, processes, device = prepare(cfg)
     set_seed(config.seed + processes.rank)
-    checkpoints, resume_run_id = checkpoint_store(cfg, config, plugin)
+    # The main process alone asks MLflow whether the checkpoint's run exists; every process resumes as it decides.
+    checkpoints, resume_run_id = processes.from_main(checkpoint_store(cfg, config, plugin) if processes.is_main
+                                                     else None)
     if not processes.is_main:
         with stop_on_sigterm() if checkpoints else contextlib.nullcontext(StopRequest()) as stop:
             plugin.train(RunContext(config, ReplicaTracker(), device, checkpoints, resume_run_id is not None, stop,
