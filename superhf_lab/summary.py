@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -20,7 +21,7 @@ UI_PORT = 5000
 
 def _console() -> Console:
     """Wide enough for the tables and links even when the output is a log file, not a terminal."""
-    return Console(width=max(Console().width, 140), soft_wrap=True)
+    return Console(width=max(Console().width, 180), soft_wrap=True)
 
 
 def ui_base(tracking_uri: str) -> tuple[str, str]:
@@ -66,21 +67,42 @@ def print_run_summary(run_id: str, experiment_id: str, tracking_uri: str, output
     console.print(f"output folder: {output_dir}\nopen it: {command}\n  then {run_link(tracking_uri, experiment_id, run_id)}")
 
 
+def _training_kl(metrics: dict[str, float], history: Callable[[str], list[float]]) -> str:
+    """A job's training KL, first → last, named when it is an estimate rather than the exact per-token ``kl``: the
+    algorithms measure different quantities while training (the test KL column is exact for all of them)."""
+    name = next((name for name in ("kl", "kl_sequence_estimate", "kl_token_estimate") if name in metrics), None)
+    if name is None:
+        return "—"
+    values = _first_to_last(history(name))
+    return values if name == "kl" else f"{values} ({name})"
+
+
+def _test_kl(metrics: dict[str, float]) -> str:
+    """Exact KL per token on the test prompts; best-of-N has only an upper bound on its sequence KL, said so."""
+    if "eval/all/kl_sequence_bound" in metrics:
+        return f"≤ {metrics['eval/all/kl_sequence_bound']:.2f} per sequence (bound)"
+    return _number(metrics.get("eval/all/kl"))
+
+
 def print_sweep_summary(parent: dict[str, str], sweep_dir: str, console: Console | None = None,
                         history: Callable[[str, str], list[float]] = metric_history) -> None:
     """One row per job of the sweep: status, headline metrics first → last, final test numbers; and where to look."""
     console = console or _console()
     jobs = child_runs(parent["run_id"])
     table = Table(title=f"sweep {sweep_dir}: {len(jobs)} jobs under MLflow run {parent['run_id']}")
-    for column in ("job", "status", "reward", "held-out", "KL", "METEOR", "test reward", "test held-out"):
+    columns = ("job", "status", "reward", "held-out", "training KL", "METEOR", "test reward", "test held-out",
+               "test KL/token")
+    for column in columns:
         table.add_column(column, justify="left" if column in ("job", "status") else "right")
     for job in jobs:
         run_id, metrics = job.info.run_id, job.data.metrics
-        kl = next((name for name in ("kl", "kl_sequence_estimate", "kl_token_estimate") if name in metrics), "kl")
         table.add_row(job.info.run_name, job.info.status,
                       *(_first_to_last(history(run_id, name))
-                        for name in ("reward/mean", "heldout_reward/mean", kl, "diversity/meteor_similarity")),
-                      _number(metrics.get("eval/all/reward/mean")), _number(metrics.get("eval/all/heldout_reward/mean")))
+                        for name in ("reward/mean", "heldout_reward/mean")),
+                      _training_kl(metrics, functools.partial(history, run_id)),
+                      _first_to_last(history(run_id, "diversity/meteor_similarity")),
+                      *(_number(metrics.get(f"eval/all/{name}")) for name in ("reward/mean", "heldout_reward/mean")),
+                      _test_kl(metrics))
     console.print(table)
     command = ui_base(parent["tracking_uri"])[1]
     link = sweep_link(parent["tracking_uri"], parent["experiment_id"], parent["view_key"])

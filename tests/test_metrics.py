@@ -127,3 +127,35 @@ def test_bookkeeping_logs_each_steps_metrics_once_in_step_order_whatever_finishe
         release.set()
         bookkeeping.submit(2, lambda: {"value": 2.0})
     assert tracker.logged == [(0, 0.0, True), (1, 1.0, False), (2, 2.0, True)], "all logged when the loop ends"
+
+
+def test_a_sweeps_summary_never_puts_different_kls_in_one_column_unnamed(tmp_path):
+    """Algorithms log different training KLs; the summary names the estimates and compares on the exact test KL."""
+    import mlflow
+    from rich.console import Console
+
+    from superhf_lab.summary import print_sweep_summary
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    try:
+        client = mlflow.MlflowClient()
+        experiment_id = client.create_experiment("summary")
+        parent = client.create_run(experiment_id, run_name="sweep").info.run_id
+        jobs = {"superhf": {"kl": 0.6, "eval/all/kl": 0.347},
+                "ppo": {"kl_sequence_estimate": 5.67, "eval/all/kl": 0.168},
+                "best_of_n": {"eval/all/kl_sequence_bound": 1.84}}
+        for name, metrics in jobs.items():
+            run_id = client.create_run(experiment_id, run_name=name, tags={"mlflow.parentRunId": parent}).info.run_id
+            for key, value in metrics.items():
+                client.log_metric(run_id, key, value, step=0)
+        console = Console(record=True, width=250)
+        parent_file = {"run_id": parent, "tracking_uri": mlflow.get_tracking_uri(), "experiment_id": experiment_id,
+                       "view_key": "sweep-x"}
+        print_sweep_summary(parent_file, str(tmp_path), console)
+    finally:
+        mlflow.set_tracking_uri(previous)
+    rows = {line.split("│")[1].strip(): line for line in console.export_text().splitlines() if line.count("│") > 5}
+    assert "0.600 → 0.600" in rows["superhf"] and "(kl_" not in rows["superhf"] and "0.347" in rows["superhf"]
+    assert "5.670 → 5.670 (kl_sequence_estimate)" in rows["ppo"] and "0.168" in rows["ppo"]
+    assert "≤ 1.84 per sequence (bound)" in rows["best_of_n"]
