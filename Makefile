@@ -1,7 +1,7 @@
 # make run    install (if needed), build the tiny world (if needed), run SuperHF on it
 # make test   install (if needed), run the test suite
 # make bench  time one superbatch's phases on the tiny world (one JSON line)
-# make results  the README's results table: each row x seed on the tiny world (about an hour on 2 cores)
+# make results  the README's results table: each row x seed on the tiny world (about 35 minutes on 2 cores)
 # make tracking-server  an MLflow tracking server for parallel and cluster sweeps (port 5000)
 VENV ?= .venv
 PYTHON ?= python3
