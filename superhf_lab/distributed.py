@@ -195,3 +195,6 @@ class Processes:
     def no_sync(self, model: torch.nn.Module) -> contextlib.AbstractContextManager:
         """Backward passes that only accumulate locally; :meth:`sum_gradients` combines them afterwards."""
         return self.accelerator.no_sync(model) if self.accelerator else contextlib.nullcontext()
+
+
+ONE_PROCESS = Processes()  # a run that was launched alone: every method is the identity

@@ -31,7 +31,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from superhf_lab.completions import Completion, score_completions
 from superhf_lab.config import RunConfig
 from superhf_lab.data import PromptSet, load_prompts
-from superhf_lab.distributed import Processes
+from superhf_lab.distributed import ONE_PROCESS, Processes
 from superhf_lab.metrics import mean_and_ci95, meteor_pair_scores
 from superhf_lab.models import autocast
 from superhf_lab.policies import StartingPolicy
@@ -162,9 +162,9 @@ class PolicyEvaluator:
     """Samples, scores and measures a policy on the run's evaluation prompts; logs under ``eval/``."""
 
     def __init__(self, config: RunConfig, tokenizer: PreTrainedTokenizerBase, reward_scorer: RewardScorer,
-                 heldout_scorer: RewardScorer | None, device: torch.device, processes: Processes | None = None) -> None:
+                 heldout_scorer: RewardScorer | None, device: torch.device, processes: Processes = ONE_PROCESS) -> None:
         self.config = config
-        self.processes = processes or Processes()
+        self.processes = processes
         self.tokenizer = tokenizer
         self.reward_scorer = reward_scorer
         self.heldout_scorer = heldout_scorer

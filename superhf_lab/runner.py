@@ -90,10 +90,9 @@ def run_experiment(cfg: DictConfig) -> float | tuple[float, ...] | None:
     # The main process alone asks MLflow whether the checkpoint's run exists; every process resumes as it decides.
     checkpoints, resume_run_id = processes.from_main(checkpoint_store(cfg, config, plugin) if processes.is_main
                                                      else None)
+    resume = resume_run_id is not None
     if not processes.is_main:
-        with stop_on_sigterm() if checkpoints else contextlib.nullcontext(StopRequest()) as stop:
-            plugin.train(RunContext(config, ReplicaTracker(), device, checkpoints, resume_run_id is not None, stop,
-                                    processes))
+        train(plugin, config, ReplicaTracker(), device, checkpoints, resume, processes)
         return None
     tags = {"algorithm": plugin.name, "output_dir": config.output_dir, CONFIG_TAG: run_fingerprint(cfg),
             CODE_TAG: code_version()}
@@ -108,13 +107,19 @@ def run_experiment(cfg: DictConfig) -> float | tuple[float, ...] | None:
     with tracked_run(cfg, tags, run_name, config.output_dir, config.mlflow.retry_every_s, resume_run_id) as tracker:
         log.info("MLflow run %s in %s", tracker.run_id, tracker.tracking_uri)
         tracker.log_params({"world_size": processes.world_size})
-        with stop_on_sigterm() if checkpoints else contextlib.nullcontext(StopRequest()) as stop:
-            plugin.train(RunContext(config, tracker, device, checkpoints, resume_run_id is not None, stop, processes))
+        train(plugin, config, tracker, device, checkpoints, resume, processes)
         objective = config.objective.value(tracker.history)
         log_objective(tracker, config.objective.metrics, objective)
     print_run_summary(tracker.run_id, tracker.experiment_id, tracker.tracking_uri, config.output_dir, tracker.history)
     log.info("objective %s (mean of the last %d steps) = %s", config.objective.metrics, config.objective.last_n, objective)
     return objective
+
+
+def train(plugin: AlgorithmPlugin, config: RunConfig, tracker: Tracker, device: torch.device,
+          checkpoints: CheckpointStore | None, resume: bool, processes: Processes) -> None:
+    """The plugin's training, which SIGTERM stops cleanly after a step when the plugin checkpoints."""
+    with stop_on_sigterm() if checkpoints else contextlib.nullcontext(StopRequest()) as stop:
+        plugin.train(RunContext(config, tracker, device, checkpoints, resume, stop, processes))
 
 
 def checkpoint_store(cfg: DictConfig, config: RunConfig, plugin: AlgorithmPlugin) -> tuple[CheckpointStore | None, str | None]:

@@ -8,7 +8,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCrite
 
 from superhf_lab.completions import Completion
 from superhf_lab.config import SamplingSettings
-from superhf_lab.distributed import Processes
+from superhf_lab.distributed import ONE_PROCESS, Processes
 from superhf_lab.models import autocast
 from superhf_lab.text import CUT_LAST_CHARACTERS, CUT_PATTERNS, decode_completion, with_conversation_prompt
 
@@ -64,24 +64,22 @@ def sample_completions(
     cut: str,
     progress: str | None = None,
     stop_at_cut: bool = True,
-    processes: Processes | None = None,
+    processes: Processes = ONE_PROCESS,
 ) -> list[Completion]:
     """``per_prompt`` completions of each prompt (prompt-major order), cut where ``cut`` says a new turn starts
     (``text.cut``, see :data:`superhf_lab.text.CUT_PATTERNS`); generation of a sequence stops there too unless
     ``stop_at_cut`` is off (the benchmark's "before").
 
-    ``progress`` names a progress bar over the minibatches (long evaluations); None shows none. With
-    ``processes``, only this rank's share of the completions is sampled (``processes.gather`` joins them).
+    ``progress`` names a progress bar over the minibatches (long evaluations), shown by the main process; None
+    shows none. Each of several ``processes`` samples only its share of the completions (``processes.gather``
+    joins them).
     """
-    jobs = [(index, prompt) for index, prompt in enumerate(prompts) for _ in range(per_prompt)]
-    if processes is not None:
-        jobs = processes.share(jobs)
+    jobs = processes.share([(index, prompt) for index, prompt in enumerate(prompts) for _ in range(per_prompt)])
     was_training = policy.training
     policy.eval()
     completions = []
-    quiet = progress is None or (processes is not None and not processes.is_main)
-    for start in tqdm(range(0, len(jobs), batch_size), desc=progress, unit="minibatch", disable=quiet,
-                      leave=False):
+    for start in tqdm(range(0, len(jobs), batch_size), desc=progress, unit="minibatch",
+                      disable=progress is None or not processes.is_main, leave=False):
         batch = jobs[start : start + batch_size]
         encoded = tokenizer(
             [with_conversation_prompt(settings.conversation_prompt, prompt) for _, prompt in batch],

@@ -43,7 +43,7 @@ from superhf_lab.completions import (
 )
 from superhf_lab.config import LoraSettings, SamplingSettings, TextConfig
 from superhf_lab.data import PromptStream
-from superhf_lab.distributed import Processes
+from superhf_lab.distributed import ONE_PROCESS, Processes
 from superhf_lab.errors import require
 from superhf_lab.evaluation import PolicyEvaluator, evaluation_metric_names
 from superhf_lab.memory import HalvingBatchSize
@@ -190,9 +190,9 @@ class SuperHFTrainer:
         heldout_scorer: RewardScorer | None,
         device: torch.device,
         precision: str,
-        processes: Processes | None = None,
+        processes: Processes = ONE_PROCESS,
     ) -> None:
-        self.processes = processes or Processes()
+        self.processes = processes
         require(not self.processes.sharded_weights, "distributed.engine", self.processes.kind,
                 "SuperHF's trainer runs under DDP (distributed=ddp or auto with torchrun); FSDP and DeepSpeed "
                 "serve the TRL-based algorithms")
