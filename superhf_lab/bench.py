@@ -7,7 +7,8 @@
 - ``meteor``: the superbatch's METEOR similarity pairs, :class:`superhf_lab.meteor.MeteorTexts` against nltk;
 - ``algorithms`` (``--algorithms``): seconds per 1,000 completions (preference pairs for DPO and FeedME) of each
   algorithm on the tiny world at the same 32 per step, and the ratio to SuperHF;
-- ``processes`` (``--processes``): SuperHF's completions per second on 1 process and on 2 (torchrun, CPU, gloo).
+- ``processes`` (``--processes``): SuperHF's completions per second on 1 process and on 2 (torchrun, CPU, gloo),
+  with DDP and with FSDP2.
 
 Throughput, not a test: compare numbers across commits on the same machine.
 """
@@ -146,15 +147,20 @@ def algorithm_costs(names: list[str], overrides: list[str]) -> dict:
 
 
 def process_scaling(overrides: list[str]) -> dict:
-    """SuperHF's completions per second in one process and in two (DDP on CPU, gloo, the documented torchrun
-    command), at the same global superbatch. torchrun gives each process one thread unless OMP_NUM_THREADS is set."""
+    """SuperHF's completions per second in one process and in two (DDP, then FSDP2, on CPU with gloo: the documented
+    torchrun commands), at the same global superbatch. torchrun gives each process one thread unless OMP_NUM_THREADS
+    is set."""
     two = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")
     env = {**os.environ, "ACCELERATE_USE_CPU": "true"}
     with tempfile.TemporaryDirectory() as folder:
         one_s = seconds_per_1000(folder, "one_process", "superhf", [*overrides, "device=cpu"])
-        two_s = seconds_per_1000(folder, "two_processes", "superhf", [*overrides, "device=cpu"], two, env)
+        two_s = seconds_per_1000(folder, "two_processes", "superhf", [*overrides, "device=cpu", "distributed=ddp"],
+                                 two, env)
+        fsdp_s = seconds_per_1000(folder, "two_processes_fsdp", "superhf",
+                                  [*overrides, "device=cpu", "distributed=fsdp"], two, env)
     return {"one_process_completions_per_s": round(1000 / one_s, 1),
             "two_processes_completions_per_s": round(1000 / two_s, 1), "speedup": round(one_s / two_s, 3),
+            "two_processes_fsdp_completions_per_s": round(1000 / fsdp_s, 1),
             "torch_threads_per_process": {"one": torch.get_num_threads(), "two": int(env.get("OMP_NUM_THREADS", 1))}}
 
 

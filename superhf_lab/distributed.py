@@ -6,11 +6,16 @@ back in the original order, so a superbatch or an evaluation means the same comp
 Decisions one rank may reach alone (out of memory, a non-finite loss, SIGTERM) are agreed with :meth:`any`
 before any collective that could otherwise wait forever for the rank that took the other branch.
 
+With sharded weights (FSDP2) every forward and backward through the policy is itself a collective, so every
+rank must call the policy equally often: :meth:`even_share` pads the shorter shares, and state dicts are gathered
+whole (:meth:`state_dicts`, :meth:`full_state_dict`).
+
 With one process every method is the identity and nothing from ``torch.distributed`` is touched.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime
 import os
@@ -19,7 +24,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from superhf_lab.errors import ConfigError
+from superhf_lab.errors import ConfigError, require
 
 Item = TypeVar("Item")
 ENGINES = ("auto", "single", "ddp", "fsdp", "deepspeed")
@@ -92,6 +97,9 @@ class Processes:
         # halved micro-batches), and a collective there would wait for a forward that never comes.
         processes = cls(Accelerator(cpu=device_name == "cpu", step_scheduler_with_optimizer=False,
                                     kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)]))
+        atexit.register(_leave_process_group)
+        if engine == "fsdp" and processes.kind == "MULTI_CPU":
+            processes._shard_on_cpu()
         if engine == "auto":
             return processes
         expected = {"ddp": ("MULTI_GPU", "MULTI_CPU"), "fsdp": ("FSDP",), "deepspeed": ("DEEPSPEED",)}[engine]
@@ -102,6 +110,18 @@ class Processes:
                 "accelerate config file of conf/accelerate/ that matches this engine (README, More than "
                 "one GPU), or choose the distributed option that matches your launch")
         return processes
+
+    def _shard_on_cpu(self) -> None:
+        """FSDP2 over CPU processes (gloo), which torch supports but accelerate only sets up on accelerators: the
+        same accelerate FSDP2 path as on GPUs, to try a sharded run (and test it) without one."""
+        from accelerate.state import PartialState
+        from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+        state = self.accelerator.state
+        state.fsdp_plugin = FullyShardedDataParallelPlugin(fsdp_version=2, auto_wrap_policy="transformer_based_wrap",
+                                                           cpu_ram_efficient_loading=False)
+        # accelerate's own FSDP set-up writes both states (every AcceleratorState() copies the partial one's)
+        state.distributed_type = PartialState().distributed_type = DistributedType.FSDP
 
     @property
     def rank(self) -> int:
@@ -134,6 +154,16 @@ class Processes:
         start = self.rank * base + min(self.rank, extra)
         return list(items[start : start + base + (self.rank < extra)])
 
+    def even_share(self, items: Sequence[Item]) -> tuple[list[Item], int]:
+        """This rank's share and how many of its leading items are real. With sharded weights the share is padded
+        (repeating an item) to the longest share's length, so every rank calls the policy equally often; the
+        caller drops the results of the padding."""
+        share = self.share(items)
+        if not self.sharded_weights or not items:
+            return share, len(share)
+        longest = -(-len(items) // self.world_size)
+        return share + [share[-1] if share else items[-1]] * (longest - len(share)), len(share)
+
     def gather(self, share: list[Item]) -> list[Item]:
         """Every rank's share, concatenated in rank order, on every rank: the inverse of :meth:`share`."""
         if self.world_size == 1:
@@ -163,9 +193,16 @@ class Processes:
         per_rank = self.gather([values])
         return {name: sum(part[name] for part in per_rank) for name in values}
 
+    @property
+    def gradient_sum_scale(self) -> int:
+        """What a share's loss is multiplied by before backward so that the ranks' gradients end up summed: FSDP
+        reduces them in backward as a mean over ranks; otherwise :meth:`sum_gradients` sums them."""
+        return self.world_size if self.sharded_weights else 1
+
     def sum_gradients(self, parameters: list[torch.nn.Parameter]) -> None:
-        """All-reduce (sum) the gradients each rank accumulated on its share of a minibatch, in one flat buffer."""
-        if self.world_size == 1:
+        """All-reduce (sum) the gradients each rank accumulated on its share of a minibatch, in one flat buffer
+        (sharded weights: FSDP already reduced them in backward)."""
+        if self.world_size == 1 or self.sharded_weights:
             return
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
         flat = torch.cat([g.reshape(-1) for g in grads])
@@ -179,6 +216,11 @@ class Processes:
         if self.accelerator:
             self.accelerator.wait_for_everyone()
 
+    def leave(self) -> None:
+        """The end of a rank's run: it waits for the others, as a rank that exits while another still uses the
+        process group can be aborted by its threads (gloo: about one exit in eight here)."""
+        self.barrier()
+
     @contextlib.contextmanager
     def main_first(self) -> Iterator[None]:
         """The main rank runs the block first (building a shared cache), then the others."""
@@ -188,13 +230,70 @@ class Processes:
         with self.accelerator.main_process_first():
             yield
 
-    def prepare(self, *objects: Any) -> tuple[Any, ...]:
-        """Model, optimizer and scheduler through ``Accelerator.prepare`` (DDP wraps the model)."""
-        return self.accelerator.prepare(*objects) if self.accelerator else objects
+    def prepare(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                scheduler: Any) -> tuple[torch.nn.Module, Any, Any]:
+        """Model, optimizer and scheduler through ``Accelerator.prepare``: DDP wraps the model; FSDP2 shards it in
+        place, after every rank took the main rank's weights (as DDP does), and shards a LoRA model's base model,
+        the one module every forward (generation included) enters through."""
+        if not self.accelerator:
+            return model, optimizer, scheduler
+        if not self.sharded_weights:
+            return self.accelerator.prepare(model, optimizer, scheduler)
+        require(self.kind == "FSDP" and self.accelerator.is_fsdp2, "distributed.engine", self.kind,
+                "sharded weights need FSDP2 here: launch with conf/accelerate/fsdp.yaml (fsdp_version: 2)")
+        for tensor in [*model.parameters(), *model.buffers()]:
+            torch.distributed.broadcast(tensor.data, src=0)
+        sharded = model.get_base_model() if hasattr(model, "get_base_model") else model
+        _, optimizer, scheduler = self.accelerator.prepare(sharded, optimizer, scheduler)
+        return model, optimizer, scheduler
 
     def no_sync(self, model: torch.nn.Module) -> contextlib.AbstractContextManager:
-        """Backward passes that only accumulate locally; :meth:`sum_gradients` combines them afterwards."""
-        return self.accelerator.no_sync(model) if self.accelerator else contextlib.nullcontext()
+        """Backward passes that only accumulate locally; :meth:`sum_gradients` combines them afterwards (sharded
+        weights: FSDP reduces in every backward)."""
+        if not self.accelerator or self.sharded_weights:
+            return contextlib.nullcontext()
+        return self.accelerator.no_sync(model)
+
+    def state_dicts(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    trainable_only: bool) -> tuple[dict, dict]:
+        """Whole (unsharded) model and optimizer state on the main rank, keyed by parameter name; every rank calls
+        this (it gathers sharded weights), the others get empty dicts. ``trainable_only`` keeps only trained
+        weights (LoRA adapters)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        weights, optimizer_state = get_state_dict(model, _plain(optimizer), options=options)
+        if trainable_only:
+            trained = {name for name, p in model.named_parameters() if p.requires_grad}
+            weights = {name: value for name, value in weights.items() if name in trained}
+        return weights, optimizer_state
+
+    def load_state_dicts(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, weights: dict,
+                         optimizer_state: dict, trainable_only: bool) -> None:
+        """Every rank loads what :meth:`state_dicts` returned on the main rank (sharding it again under FSDP)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+        set_state_dict(model, _plain(optimizer), model_state_dict=weights, optim_state_dict=optimizer_state,
+                       options=StateDictOptions(full_state_dict=True, strict=not trainable_only))
+
+    def full_state_dict(self, model: torch.nn.Module) -> dict | None:
+        """A sharded model's whole state dict on the main rank (every rank calls this); None when weights are not
+        sharded, as the model's own state dict is whole already."""
+        if not self.sharded_weights:
+            return None
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def _leave_process_group() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def _plain(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """The torch optimizer inside accelerate's wrapper."""
+    return getattr(optimizer, "optimizer", optimizer)
 
 
 ONE_PROCESS = Processes()  # a run that was launched alone: every method is the identity

@@ -183,14 +183,15 @@ class PolicyEvaluator:
                                          run.eval.batch_size, self.device, run.precision, run.eval.cut,
                                          progress="evaluation", processes=processes)
         score_completions(completions, run.eval.reward_input, self.reward_scorer, self.heldout_scorer)
+        completions = processes.gather(completions)
         if starting is None:
-            kl_token = kl_sequence = [0.0] * len(completions)
+            kl = {"kl": [0.0] * len(completions), "kl_sequence": [0.0] * len(completions)}
         else:
-            kl_token, kl_sequence = completion_kl(self.tokenizer, policy, starting, completions,
+            share, real = processes.even_share(completions)
+            kl_token, kl_sequence = completion_kl(self.tokenizer, policy, starting, share,
                                                   settings.conversation_prompt, run.eval.batch_size, self.device,
                                                   run.precision)
-        completions = processes.gather(completions)
-        kl = {"kl": processes.gather(kl_token), "kl_sequence": processes.gather(kl_sequence)}
+            kl = {"kl": processes.gather(kl_token[:real]), "kl_sequence": processes.gather(kl_sequence[:real])}
         metrics = evaluation_metrics(completions, self.prompts.sources, kl, run.eval.meteor_pairs_per_source,
                                      run.eval.seed)
         tracker.log_metrics(metrics, step=step, send=send)

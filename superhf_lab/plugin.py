@@ -106,10 +106,12 @@ def finish_training(context: RunContext, setup: TrainingSetup, policy: PreTraine
         save_policy_artifact(context.tracker, policy, setup.tokenizer)
 
 
-def save_policy_artifact(tracker: Tracker, policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> str:
-    """The trained policy (adapter weights only with LoRA) as the run's ``policy`` artifact; returns its URI."""
+def save_policy_artifact(tracker: Tracker, policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                         weights: dict | None = None) -> str:
+    """The trained policy (adapter weights only with LoRA) as the run's ``policy`` artifact; returns its URI.
+    ``weights``: the policy's whole state dict when its own is sharded (FSDP)."""
     with tempfile.TemporaryDirectory() as folder:
-        policy.save_pretrained(folder)
+        policy.save_pretrained(folder, state_dict=weights)
         tokenizer.save_pretrained(folder)
         tracker.log_artifacts(folder, POLICY_ARTIFACT)
     uri = f"runs:/{tracker.run_id}/{POLICY_ARTIFACT}"

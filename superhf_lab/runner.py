@@ -93,6 +93,7 @@ def run_experiment(cfg: DictConfig) -> float | tuple[float, ...] | None:
     resume = resume_run_id is not None
     if not processes.is_main:
         train(plugin, config, ReplicaTracker(), device, checkpoints, resume, processes)
+        processes.leave()
         return None
     tags = {"algorithm": plugin.name, "output_dir": config.output_dir, CONFIG_TAG: run_fingerprint(cfg),
             CODE_TAG: code_version()}
@@ -112,6 +113,7 @@ def run_experiment(cfg: DictConfig) -> float | tuple[float, ...] | None:
         log_objective(tracker, config.objective.metrics, objective)
     print_run_summary(tracker.run_id, tracker.experiment_id, tracker.tracking_uri, config.output_dir, tracker.history)
     log.info("objective %s (mean of the last %d steps) = %s", config.objective.metrics, config.objective.last_n, objective)
+    processes.leave()
     return objective
 
 

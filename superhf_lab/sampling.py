@@ -74,7 +74,7 @@ def sample_completions(
     shows none. Each of several ``processes`` samples only its share of the completions (``processes.gather``
     joins them).
     """
-    jobs = processes.share([(index, prompt) for index, prompt in enumerate(prompts) for _ in range(per_prompt)])
+    jobs, real = processes.even_share([(index, prompt) for index, prompt in enumerate(prompts) for _ in range(per_prompt)])
     was_training = policy.training
     policy.eval()
     completions = []
@@ -98,7 +98,7 @@ def sample_completions(
         for (prompt_index, prompt), tokens in zip(batch, new_tokens):
             completions.append(decoded_completion(tokenizer, prompt, prompt_index, tokens, cut))
     policy.train(was_training)
-    return completions
+    return completions[:real]
 
 
 def decoded_completion(tokenizer: PreTrainedTokenizerBase, prompt: str, prompt_index: int, tokens: list[int],

@@ -76,6 +76,12 @@ class LossTerms:
     kl: torch.Tensor
     kl_loss: torch.Tensor
 
+    def only(self, kept: torch.Tensor) -> LossTerms:
+        """The terms with the rows not ``kept`` (a bool per completion) contributing nothing: padding that a rank
+        runs only to call a sharded policy as often as the others."""
+        weight = kept.to(self.ce_sum)
+        return LossTerms(self.ce_sum * weight, self.tokens, self.kl * weight, self.kl_loss * weight)
+
 
 def loss_terms(logits: torch.Tensor, reference_logits: torch.Tensor, input_ids: torch.Tensor,
                completion_mask: torch.Tensor, kl_direction: str = "policy_to_reference",

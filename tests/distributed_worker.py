@@ -1,6 +1,6 @@
 """One SuperHF fine-tuning update on fixed completions, in 1 process (``python``) or several (``torchrun``).
 
-    python tests/distributed_worker.py TINY_WORLD OUT [clean|oom_on_rank_1|nan_on_rank_1]
+    python tests/distributed_worker.py TINY_WORLD OUT [clean|oom_on_rank_1|nan_on_rank_1] [OVERRIDE ...]
 
 The main process saves the trainable weights after the update, the loss metrics and the trainer's counters to OUT,
 so a test can compare a 2-process update with a 1-process one, or check what a fault on one rank did to both.
@@ -9,6 +9,7 @@ so a test can compare a 2-process update with a 1-process one, or check what a f
 import sys
 
 import torch
+from torch.distributed.tensor import DTensor
 from transformers import set_seed
 
 from superhf_lab.algorithms import superhf
@@ -44,9 +45,14 @@ def inject(trainer: superhf.SuperHFTrainer, scenario: str, rank: int) -> None:
     trainer._accumulate_gradients = faulty
 
 
-def main(tiny_world: str, out: str, scenario: str) -> None:
+def whole(tensor: torch.Tensor) -> torch.Tensor:
+    """A tensor FSDP sharded, gathered whole (every rank calls this)."""
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+def main(tiny_world: str, out: str, scenario: str = "clean", *extra_overrides: str) -> None:
     overrides = [f"tiny_world.dir={tiny_world}", "device=cpu", "kl_coef=0.1", "algorithm.minibatch_size_finetuning=4",
-                 "algorithm.warmup_superbatches=0"]
+                 "algorithm.warmup_superbatches=0", *extra_overrides]
     cfg = compose_run_config(overrides)
     cfg.output_dir = "outputs/worker"
     config = validate_config(cfg)
@@ -58,15 +64,16 @@ def main(tiny_world: str, out: str, scenario: str) -> None:
     kept = [Completion(prompts[i % 2], i % 2, text, num_tokens=0, finished=True) for i, text in enumerate(TEXTS)]
     inject(trainer, scenario, processes.rank)
     losses = trainer.finetune(kept)
+    trained = [(name, p) for name, p in trainer.policy.named_parameters() if p.requires_grad]
+    weights = {name: whole(p.detach()).clone() for name, p in trained}
+    gradients = {name: whole(p.grad).clone() for name, p in trained if p.grad is not None}
     if processes.is_main:
-        trained = [(name, p) for name, p in trainer.policy.named_parameters() if p.requires_grad]
-        weights = {name: p.detach().clone() for name, p in trained}
-        gradients = {name: p.grad.clone() for name, p in trained if p.grad is not None}
         torch.save({"weights": weights, "gradients": gradients, "losses": losses,
                     "nonfinite_losses": trainer.nonfinite_losses,
                     "finetuning_size": trainer.batch_sizes["finetuning"].size,
                     "world_size": processes.world_size}, out)
+    processes.leave()
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3], sys.argv[3] if len(sys.argv) > 3 else "clean")
+    main(*sys.argv[1:])

@@ -46,7 +46,7 @@ from superhf_lab.data import PromptStream
 from superhf_lab.distributed import ONE_PROCESS, Processes
 from superhf_lab.errors import require
 from superhf_lab.evaluation import PolicyEvaluator, evaluation_metric_names
-from superhf_lab.memory import HalvingBatchSize
+from superhf_lab.memory import HalvingBatchSize, alone
 from superhf_lab.models import autocast
 from superhf_lab.plugin import RunContext, save_policy_artifact, training_setup
 from superhf_lab.policies import StartingPolicy
@@ -193,9 +193,9 @@ class SuperHFTrainer:
         processes: Processes = ONE_PROCESS,
     ) -> None:
         self.processes = processes
-        require(not self.processes.sharded_weights, "distributed.engine", self.processes.kind,
-                "SuperHF's trainer runs under DDP (distributed=ddp or auto with torchrun); FSDP and DeepSpeed "
-                "serve the TRL-based algorithms")
+        require(self.processes.kind != "DEEPSPEED", "distributed.engine", self.processes.kind,
+                "SuperHF's trainer runs under DDP or FSDP2 (distributed=ddp or fsdp); DeepSpeed serves the "
+                "TRL-based algorithms")
         self.config = config
         self.kl_coef = kl_coef
         self.text = text
@@ -206,20 +206,28 @@ class SuperHFTrainer:
         self.heldout_scorer = heldout_scorer
         self.device = device
         self.precision = precision
-        self.trainable = [p for p in self.policy.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(self.trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
+        optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=config.learning_rate,
+                                      weight_decay=config.weight_decay)
         scheduler = get_scheduler(
             config.lr_schedule if config.lr_schedule != "constant" else "constant_with_warmup",
             optimizer, num_warmup_steps=config.warmup_superbatches, num_training_steps=config.num_superbatches,
         )
-        # ``trained`` is the policy as the engine wraps it (DDP) for fine-tuning; ``policy`` stays the plain model
-        # that generates, measures KL and is saved.
+        # ``trained`` is the policy as the engine wraps it (DDP) for fine-tuning; ``policy`` stays the model that
+        # generates, measures KL and is saved (FSDP shards it in place: then both are one).
         self.trained, self.optimizer, self.scheduler = self.processes.prepare(policy, optimizer, scheduler)
+        self.trainable = [p for p in self.policy.parameters() if p.requires_grad]  # FSDP's, once sharded
         self.grad_scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
         self.nonfinite_losses = 0
+        # A rank out of memory inside a sharded forward leaves the others in a collective that no agreement can
+        # reach: under FSDP the error ends the run (torchrun stops every rank) instead of halving.
+        self.agree_on_oom = alone if self.processes.sharded_weights else self.processes.any
+        max_halvings = 0 if self.processes.sharded_weights else config.max_oom_halvings
+        if max_halvings < config.max_oom_halvings:
+            log.info("FSDP: out of memory ends the run; algorithm.max_oom_halvings=%d is not used",
+                     config.max_oom_halvings)
         self.batch_sizes = {
             phase: HalvingBatchSize(f"algorithm.minibatch_size_{phase}", getattr(config, f"minibatch_size_{phase}"),
-                                    config.max_oom_halvings)
+                                    max_halvings)
             for phase in ("generating", "scoring", "finetuning")
         }
 
@@ -230,7 +238,7 @@ class SuperHFTrainer:
         return self.batch_sizes["generating"].run(lambda size: sample_completions(
             self.policy, self.tokenizer, prompts, cfg.superbatch_size, cfg.sampling, size, self.device, self.precision,
             self.text.cut, processes=self.processes,
-        ), self.processes.any)
+        ), self.agree_on_oom)
 
     def score(self, completions: list[Completion]) -> None:
         """Reward (and held-out reward) of each completion, each scorer through its own tokenizer."""
@@ -241,7 +249,7 @@ class SuperHFTrainer:
                     scorer.batch_size = size
             score_completions(completions, self.text.reward_input, self.reward_scorer, self.heldout_scorer)
 
-        self.batch_sizes["scoring"].run(score_in_minibatches_of, self.processes.any)
+        self.batch_sizes["scoring"].run(score_in_minibatches_of, self.agree_on_oom)
 
     def finetune(self, kept: list[Completion]) -> dict[str, float]:
         """One optimizer step per minibatch of kept completions; non-finite losses are skipped and counted.
@@ -256,7 +264,7 @@ class SuperHFTrainer:
         for start in range(0, len(kept), size):
             minibatch = kept[start : start + size]
             losses = self.batch_sizes["finetuning"].run(lambda micro: self._accumulate_gradients(minibatch, micro),
-                                                        self.processes.any)
+                                                        self.agree_on_oom)
             if self.processes.any(losses is None):
                 self.optimizer.zero_grad(set_to_none=True)
                 self._skip_nonfinite_loss()
@@ -281,29 +289,37 @@ class SuperHFTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         totals = dict.fromkeys(LOSS_METRIC_NAMES, 0.0)
         tokens = [len(completion_token_ids(self.tokenizer, cfg.conversation_prompt, c)[1]) for c in minibatch]
-        share = self.processes.share(list(zip(minibatch, tokens)))
+        share, real = self.processes.even_share(list(zip(minibatch, tokens)))
+        share = [(completion, length, index < real) for index, (completion, length) in enumerate(share)]
         if micro_size < len(share):
-            share.sort(key=lambda completion_and_tokens: completion_and_tokens[1])
+            share.sort(key=lambda completion_length_real: completion_length_real[1])
         for start in range(0, len(share), micro_size):
-            part = [completion for completion, _ in share[start : start + micro_size]]
+            part = [completion for completion, _, _ in share[start : start + micro_size]]
+            is_real = torch.tensor([kept for _, _, kept in share[start : start + micro_size]], device=self.device)
             inputs, completion_mask = completion_batch(self.tokenizer, cfg.conversation_prompt, part, self.device)
             reference_logits = self.starting.logits(self.device, self.precision, **inputs)
             with self.processes.no_sync(self.trained):  # local until the processes agree (see finetune)
                 with autocast(self.device, self.precision):
                     logits = self.trained(**inputs).logits
                 terms = loss_terms(logits, reference_logits, inputs["input_ids"], completion_mask, cfg.kl_direction,
-                                   cfg.kl_mask)
+                                   cfg.kl_mask).only(is_real)
                 ce, kl_penalty = minibatch_loss(terms, self.kl_coef, cfg.loss_reduction, len(minibatch), sum(tokens))
                 loss = ce + kl_penalty
-                if not torch.isfinite(loss):
+                if not self._finite(loss):
                     self.optimizer.zero_grad(set_to_none=True)
                     return None
-                self.grad_scaler.scale(loss).backward()
+                self.grad_scaler.scale(loss * self.processes.gradient_sum_scale).backward()
             totals["loss/total"] += loss.item()
             totals["loss/ce"] += ce.item()
             totals["loss/kl_penalty"] += kl_penalty.item()
             totals["kl"] += terms.kl.sum().item() / len(minibatch)
         return totals
+
+    def _finite(self, loss: torch.Tensor) -> bool:
+        """Whether to back-propagate ``loss``. With sharded weights backward is a collective, so the ranks agree
+        on every micro-batch; otherwise each decides alone and :meth:`finetune` agrees once per minibatch."""
+        finite = bool(torch.isfinite(loss))
+        return not self.processes.any(not finite) if self.processes.sharded_weights else finite
 
     def _skip_nonfinite_loss(self) -> None:
         self.nonfinite_losses += 1
@@ -392,8 +408,9 @@ class SuperHFTrainer:
     def save_checkpoint(self, context: RunContext, stream: PromptStream, step: int, finished: bool) -> None:
         """The main process writes the state (every process holds the same weights) with each process's RNG."""
         rng = self.processes.gather([capture_rng()])
+        trainer_state = self.state_dict()  # on every process: sharded weights are gathered
         if self.processes.is_main:
-            state = {"trainer": self.state_dict(), "stream_position": stream.position, "rng": rng,
+            state = {"trainer": trainer_state, "stream_position": stream.position, "rng": rng,
                      "tracker": context.tracker.state_dict()}
             context.checkpoints.save(state, {"step": step, "run_id": context.tracker.run_id, "finished": finished,
                                              "world_size": self.processes.world_size})
@@ -416,18 +433,16 @@ class SuperHFTrainer:
 
     def state_dict(self) -> dict:
         """What continuing exactly needs besides RNG and the prompt stream: weights (only the adapters with
-        LoRA), optimizer, schedule, loss scaler, the skipped-loss count and the halved minibatch sizes."""
-        if self.config.lora.enabled:
-            weights = {name: p.detach().clone() for name, p in self.policy.named_parameters() if p.requires_grad}
-        else:
-            weights = self.policy.state_dict()
-        return {"policy": weights, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+        LoRA), optimizer, schedule, loss scaler, the skipped-loss count and the halved minibatch sizes. Every
+        process calls this; weights and optimizer state are whole on the main one."""
+        weights, optimizer = self.processes.state_dicts(self.policy, self.optimizer, self.config.lora.enabled)
+        return {"policy": weights, "optimizer": optimizer, "scheduler": self.scheduler.state_dict(),
                 "grad_scaler": self.grad_scaler.state_dict(), "nonfinite_losses": self.nonfinite_losses,
                 "batch_sizes": {phase: (b.size, b.halvings) for phase, b in self.batch_sizes.items()}}
 
     def load_state_dict(self, state: dict) -> None:
-        self.policy.load_state_dict(state["policy"], strict=not self.config.lora.enabled)
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.processes.load_state_dicts(self.policy, self.optimizer, state["policy"], state["optimizer"],
+                                        self.config.lora.enabled)
         self.scheduler.load_state_dict(state["scheduler"])
         self.grad_scaler.load_state_dict(state["grad_scaler"])
         self.nonfinite_losses = state["nonfinite_losses"]
@@ -467,5 +482,6 @@ def train_superhf(context: RunContext) -> None:
         evaluator = PolicyEvaluator(run, trainer.tokenizer, trainer.reward_scorer, trainer.heldout_scorer,
                                     context.device, context.processes)
     trainer.train(stream, context, evaluator)
+    weights = context.processes.full_state_dict(trainer.policy)
     if context.processes.is_main:
-        save_policy_artifact(context.tracker, trainer.policy, trainer.tokenizer)
+        save_policy_artifact(context.tracker, trainer.policy, trainer.tokenizer, weights)
