@@ -118,8 +118,9 @@ class Processes:
         from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
         state = self.accelerator.state
+        # as conf/accelerate/fsdp.yaml: rank 0's weights are loaded into every rank's shards
         state.fsdp_plugin = FullyShardedDataParallelPlugin(fsdp_version=2, auto_wrap_policy="transformer_based_wrap",
-                                                           cpu_ram_efficient_loading=False)
+                                                           cpu_ram_efficient_loading=True)
         # accelerate's own FSDP set-up writes both states (every AcceleratorState() copies the partial one's)
         state.distributed_type = PartialState().distributed_type = DistributedType.FSDP
 
@@ -241,8 +242,9 @@ class Processes:
             return self.accelerator.prepare(model, optimizer, scheduler)
         require(self.kind == "FSDP" and self.accelerator.is_fsdp2, "distributed.engine", self.kind,
                 "sharded weights need FSDP2 here: launch with conf/accelerate/fsdp.yaml (fsdp_version: 2)")
-        for tensor in [*model.parameters(), *model.buffers()]:
-            torch.distributed.broadcast(tensor.data, src=0)
+        if not self.accelerator.state.fsdp_plugin.cpu_ram_efficient_loading:  # else accelerate loads rank 0's
+            for tensor in [*model.parameters(), *model.buffers()]:
+                torch.distributed.broadcast(tensor.data, src=0)
         sharded = model.get_base_model() if hasattr(model, "get_base_model") else model
         _, optimizer, scheduler = self.accelerator.prepare(sharded, optimizer, scheduler)
         return model, optimizer, scheduler

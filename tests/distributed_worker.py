@@ -57,7 +57,7 @@ def main(tiny_world: str, out: str, scenario: str = "clean", *extra_overrides: s
     cfg.output_dir = "outputs/worker"
     config = validate_config(cfg)
     processes = Processes.launched(config.distributed.engine, config.device)
-    set_seed(0)  # the same weights everywhere (DDP broadcasts rank 0's anyway)
+    set_seed(processes.rank)  # as run.py (seed + rank): each engine must give every rank the main rank's weights
     context = RunContext(config, ReplicaTracker(), processes.device(torch.device("cpu")), processes=processes)
     trainer, stream = superhf.build_trainer(context)
     prompts = stream.take(2)
