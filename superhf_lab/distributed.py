@@ -261,14 +261,9 @@ class Processes:
         """Whole (unsharded) model and optimizer state on the main rank, keyed by parameter name; every rank calls
         this (it gathers sharded weights), the others get empty dicts. ``trainable_only`` keeps only trained
         weights (LoRA adapters)."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+        from torch.distributed.checkpoint.state_dict import get_state_dict
 
-        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        weights, optimizer_state = get_state_dict(model, _plain(optimizer), options=options)
-        if trainable_only:
-            trained = {name for name, p in model.named_parameters() if p.requires_grad}
-            weights = {name: value for name, value in weights.items() if name in trained}
-        return weights, optimizer_state
+        return get_state_dict(model, _plain(optimizer), options=_whole(trainable_only))
 
     def load_state_dicts(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, weights: dict,
                          optimizer_state: dict, trainable_only: bool) -> None:
@@ -278,14 +273,22 @@ class Processes:
         set_state_dict(model, _plain(optimizer), model_state_dict=weights, optim_state_dict=optimizer_state,
                        options=StateDictOptions(full_state_dict=True, strict=not trainable_only))
 
-    def full_state_dict(self, model: torch.nn.Module) -> dict | None:
+    def full_state_dict(self, model: torch.nn.Module, trainable_only: bool) -> dict | None:
         """A sharded model's whole state dict on the main rank (every rank calls this); None when weights are not
         sharded, as the model's own state dict is whole already."""
         if not self.sharded_weights:
             return None
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return get_model_state_dict(model, options=_whole(trainable_only))
+
+
+def _whole(trainable_only: bool) -> Any:
+    """State dicts gathered whole to the main rank's host memory; ``trainable_only`` (LoRA) never gathers or copies
+    the frozen base model."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=trainable_only)
 
 
 def _leave_process_group() -> None:

@@ -482,6 +482,6 @@ def train_superhf(context: RunContext) -> None:
         evaluator = PolicyEvaluator(run, trainer.tokenizer, trainer.reward_scorer, trainer.heldout_scorer,
                                     context.device, context.processes)
     trainer.train(stream, context, evaluator)
-    weights = context.processes.full_state_dict(trainer.policy)
+    weights = context.processes.full_state_dict(trainer.policy, trainer.config.lora.enabled)
     if context.processes.is_main:
         save_policy_artifact(context.tracker, trainer.policy, trainer.tokenizer, weights)
