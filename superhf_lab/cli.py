@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 from superhf_lab.checkpoint import Preempted
 from superhf_lab.config import CONF_DIR
 from superhf_lab.data import DataFileError
-from superhf_lab.distributed import register_launch_time_resolver
+from superhf_lab.distributed import exit_launched_process, launched_world_size, register_launch_time_resolver
 from superhf_lab.errors import ConfigError
 from superhf_lab.registry import store_algorithm_configs
 from superhf_lab.runner import run_experiment
@@ -19,8 +19,29 @@ store_algorithm_configs()  # each plugin's defaults become its algorithm=<name> 
 register_launch_time_resolver()
 
 
+def main() -> None:
+    """The console script. One of several launched processes (torchrun) ends through
+    :func:`~superhf_lab.distributed.exit_launched_process`, with the status the run ended with."""
+    if launched_world_size() == 1:
+        run_hydra()
+        return
+    try:
+        run_hydra()
+    except SystemExit as stop:
+        exit_launched_process(_exit_status(stop.code))
+    exit_launched_process(0)
+
+
+def _exit_status(code: object) -> int:
+    """The status Python itself gives a ``SystemExit`` code (a message is printed and means 1)."""
+    if code is None or isinstance(code, int):
+        return code or 0
+    print(code, file=sys.stderr)
+    return 1
+
+
 @hydra.main(config_path=str(CONF_DIR), config_name="config")
-def main(cfg: DictConfig) -> float | tuple[float, ...] | None:
+def run_hydra(cfg: DictConfig) -> float | tuple[float, ...] | None:
     try:
         return run_experiment(cfg)
     except (ConfigError, DataFileError) as error:

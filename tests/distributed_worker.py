@@ -15,7 +15,7 @@ from transformers import set_seed
 from superhf_lab.algorithms import superhf
 from superhf_lab.completions import Completion
 from superhf_lab.config import compose_run_config, validate_config
-from superhf_lab.distributed import Processes
+from superhf_lab.distributed import Processes, exit_launched_process
 from superhf_lab.plugin import RunContext
 from superhf_lab.tracking import ReplicaTracker
 
@@ -77,3 +77,4 @@ def main(tiny_world: str, out: str, scenario: str = "clean", *extra_overrides: s
 
 if __name__ == "__main__":
     main(*sys.argv[1:])
+    exit_launched_process(0)

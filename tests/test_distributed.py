@@ -2,6 +2,7 @@
 as one process, one MLflow run, agreed decisions, exact resume."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -269,6 +270,7 @@ def test_a_launch_that_is_not_the_configured_engine_is_refused_naming_the_key(ti
                           cwd=tmp_path, env=_environment(), capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode != 0
     assert "distributed.engine=deepspeed is invalid for this launch: accelerate set up MULTI_CPU" in done.stderr
+    assert re.search(r"exitcode\s*:\s*2 ", done.stderr), "each rank ends with the configuration error's status"
     assert not (tmp_path / "mlflow.db").exists(), "refused before any MLflow store is touched"
 
 
