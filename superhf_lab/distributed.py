@@ -81,6 +81,7 @@ class Processes:
 
     def __init__(self, accelerator: Any = None) -> None:
         self.accelerator = accelerator
+        self.shards_on_cpu = False  # FSDP2 set up here over CPU processes, not by accelerate from the launch
 
     @classmethod
     def launched(cls, engine: str, device_name: str) -> Processes:
@@ -123,6 +124,7 @@ class Processes:
                                                            cpu_ram_efficient_loading=True)
         # accelerate's own FSDP set-up writes both states (every AcceleratorState() copies the partial one's)
         state.distributed_type = PartialState().distributed_type = DistributedType.FSDP
+        self.shards_on_cpu = True
 
     @property
     def rank(self) -> int:

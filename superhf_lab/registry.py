@@ -29,6 +29,8 @@ class AlgorithmPlugin:
     checkpoints: bool = False  # saves and resumes checkpoints, and stops cleanly on SIGTERM
     describe: Callable[[RunConfig], str] | None = None  # the run's default name; None: "<name> kl_coef=.. seed=.."
     build: Callable[[RunContext], Any] | None = None  # its trainer, for tools that drive steps (the benchmark)
+    # trains through a transformers Trainer (TRL's), which sets accelerate up again from the launch's environment
+    transformers_trainer: bool = False
 
     def run_name(self, config: RunConfig) -> str:
         if self.describe is not None:
@@ -42,14 +44,14 @@ _discovered = False
 
 def register_algorithm(name: str, config_class: type, metric_names: tuple[str, ...], checkpoints: bool = False,
                        describe: Callable[[RunConfig], str] | None = None,
-                       build: Callable[[RunContext], Any] | None = None):
+                       build: Callable[[RunContext], Any] | None = None, transformers_trainer: bool = False):
     """Decorator for an algorithm's ``train(context)`` function."""
 
     def decorator(train: Callable[[RunContext], None]) -> Callable[[RunContext], None]:
         if name in _PLUGINS and _PLUGINS[name].train is not train:
             raise RuntimeError(f"two algorithm plugins are named {name!r}")
         _PLUGINS[name] = AlgorithmPlugin(name, config_class, train, tuple(dict.fromkeys(metric_names)), checkpoints,
-                                         describe, build)
+                                         describe, build, transformers_trainer)
         return train
 
     return decorator

@@ -15,6 +15,7 @@ from transformers import set_seed
 from superhf_lab.checkpoint import CheckpointStore, StopRequest, run_fingerprint, stop_on_sigterm
 from superhf_lab.config import RunConfig, validate_config
 from superhf_lab.distributed import Processes, export_submitit_environment
+from superhf_lab.errors import require
 from superhf_lab.models import check_model_sources, resolve_device
 from superhf_lab.plugin import RunContext
 from superhf_lab.registry import AlgorithmPlugin, get_algorithm
@@ -67,6 +68,10 @@ def prepare(cfg: DictConfig) -> tuple[RunConfig, AlgorithmPlugin, Processes, tor
     processes = Processes.launched(config.distributed.engine, config.device)
     device = processes.device(resolve_device(config.device, config.precision))
     plugin = get_algorithm("evaluate" if config.mode == "eval" else config.algorithm.name)
+    require(not (processes.shards_on_cpu and plugin.transformers_trainer), "distributed.engine", "fsdp",
+            f"algorithm={plugin.name} trains through a transformers Trainer, which sets accelerate up again from the "
+            "launch and would run DDP on CPU processes, not FSDP; on CPU use distributed=ddp, on GPUs launch with "
+            "conf/accelerate/fsdp.yaml (README, More than one GPU)")
     config.objective.check_logged(plugin.metric_names, plugin.name, has_heldout=config.heldout_reward_model is not None)
     if processes.is_main:
         check_tracking_store(config.mlflow)

@@ -275,6 +275,18 @@ def test_a_launch_that_is_not_the_configured_engine_is_refused_naming_the_key(ti
 
 
 @pytest.mark.slow
+def test_a_trl_algorithm_refuses_fsdp_on_cpu_processes_instead_of_running_ddp(tiny_world, tmp_path):
+    """A transformers Trainer sets accelerate up again from the launch, which on CPU means DDP (seen: its model
+    came out DDP-wrapped, no parameter sharded): asking for FSDP there must not run something else."""
+    done = subprocess.run(_torchrun(ROOT / "run.py", [f"tiny_world.dir={tiny_world.root}", "device=cpu",
+                                                      "distributed=fsdp", "algorithm=grpo"]),
+                          cwd=tmp_path, env=_environment(), capture_output=True, text=True, timeout=300, check=False)
+    assert re.search(r"exitcode\s*:\s*2 ", done.stderr), done.stderr[-3000:]
+    assert "distributed.engine='fsdp' is invalid: algorithm=grpo trains through a transformers Trainer" in done.stderr
+    assert not (tmp_path / "mlflow.db").exists(), "refused before any MLflow store is touched"
+
+
+@pytest.mark.slow
 def test_two_process_grpo_and_dpo_keep_their_per_step_sizes_global(tiny_world, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     common = [f"tiny_world.dir={tiny_world.root}", f"mlflow.tracking_uri={uri}", "device=cpu",

@@ -51,7 +51,7 @@ class DPOAlgorithmConfig:
         self.lora.check("algorithm.lora")
 
 
-@register_algorithm("dpo", DPOAlgorithmConfig, METRIC_NAMES, checkpoints=True)
+@register_algorithm("dpo", DPOAlgorithmConfig, METRIC_NAMES, checkpoints=True, transformers_trainer=True)
 def train_dpo(context: RunContext) -> None:
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer

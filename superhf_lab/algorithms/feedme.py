@@ -50,7 +50,7 @@ class FeedMEConfig:
         self.lora.check("algorithm.lora")
 
 
-@register_algorithm("feedme", FeedMEConfig, METRIC_NAMES, checkpoints=True)
+@register_algorithm("feedme", FeedMEConfig, METRIC_NAMES, checkpoints=True, transformers_trainer=True)
 def train_feedme(context: RunContext) -> None:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer

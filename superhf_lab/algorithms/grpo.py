@@ -22,7 +22,8 @@ class GRPOAlgorithmConfig(GroupPolicyConfig):
     name: str = "grpo"
 
 
-@register_algorithm("grpo", GRPOAlgorithmConfig, GROUP_POLICY_METRIC_NAMES, checkpoints=True)
+@register_algorithm("grpo", GRPOAlgorithmConfig, GROUP_POLICY_METRIC_NAMES, checkpoints=True,
+                    transformers_trainer=True)
 def train_grpo(context: RunContext) -> None:
     from trl import GRPOConfig, GRPOTrainer
 

@@ -300,7 +300,7 @@ def build_ppo_trainer(context: RunContext):
     return trainer, setup
 
 
-@register_algorithm("ppo", PPOAlgorithmConfig, METRIC_NAMES)
+@register_algorithm("ppo", PPOAlgorithmConfig, METRIC_NAMES, transformers_trainer=True)
 def train_ppo(context: RunContext) -> None:
     """Run TRL's PPO loop (the callbacks log every update), then evaluate and save the final policy."""
     trainer, setup = build_ppo_trainer(context)

@@ -20,7 +20,7 @@ class RLOOAlgorithmConfig(GroupPolicyConfig):
     name: str = "rloo"
 
 
-@register_algorithm("rloo", RLOOAlgorithmConfig, GROUP_POLICY_METRIC_NAMES, checkpoints=True)
+@register_algorithm("rloo", RLOOAlgorithmConfig, GROUP_POLICY_METRIC_NAMES, checkpoints=True, transformers_trainer=True)
 def train_rloo(context: RunContext) -> None:
     from trl import RLOOConfig, RLOOTrainer
 
