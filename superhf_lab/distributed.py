@@ -301,7 +301,7 @@ def exit_launched_process(status: int) -> NoReturn:
     the collectives still in flight when it started), and freeing a tensor takes the GIL. Once the interpreter
     finalizes, a thread that asks for the GIL exits in the middle of that destructor and the process aborts:
     "terminate called without an active exception", exit status -6, which torchrun reports as a failed launch
-    although every rank had finished (about 1 launch in 8 here on a loaded CPU, seen under FSDP). ``os._exit``
+    although every rank had finished (4 launches in 40 here on a loaded CPU, under FSDP). ``os._exit``
     after the exit handlers leaves no teardown for such a thread to race.
     """
     try:
