@@ -269,11 +269,21 @@ class Processes:
 
     def load_state_dicts(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, weights: dict,
                          optimizer_state: dict, trainable_only: bool) -> None:
-        """Every rank loads what :meth:`state_dicts` returned on the main rank (sharding it again under FSDP)."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+        """Every rank loads what :meth:`state_dicts` returned on the main rank (sharding it again under FSDP).
+        Optimizer state keyed by position (torch's own format, in checkpoints written before 3f24bcd) loads as
+        torch loads it, where weights are whole."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_state_dict
 
-        set_state_dict(model, _plain(optimizer), model_state_dict=weights, optim_state_dict=optimizer_state,
-                       options=StateDictOptions(full_state_dict=True, strict=not trainable_only))
+        options = StateDictOptions(full_state_dict=True, strict=not trainable_only)
+        if not _keyed_by_position(optimizer_state):
+            set_state_dict(model, _plain(optimizer), model_state_dict=weights, optim_state_dict=optimizer_state,
+                           options=options)
+            return
+        require(not self.sharded_weights, "distributed.engine", self.kind,
+                "this checkpoint predates sharded training (its optimizer state is keyed by position): continue it "
+                "on one process or under DDP, or start over with checkpoint.resume=never")
+        set_model_state_dict(model, weights, options=options)
+        _plain(optimizer).load_state_dict(optimizer_state)
 
     def full_state_dict(self, model: torch.nn.Module, trainable_only: bool) -> dict | None:
         """A sharded model's whole state dict on the main rank (every rank calls this); None when weights are not
@@ -312,6 +322,10 @@ def exit_launched_process(status: int) -> NoReturn:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(status)
+
+
+def _keyed_by_position(optimizer_state: dict) -> bool:
+    return any(isinstance(key, int) for group in optimizer_state["param_groups"] for key in group["params"])
 
 
 def _plain(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:

@@ -1,5 +1,6 @@
 """The pieces of a SuperHF superbatch, checked on small hand-made inputs and a tiny random GPT-NeoX."""
 
+import copy
 import math
 
 import pytest
@@ -216,6 +217,22 @@ def test_nonfinite_losses_are_skipped_counted_and_limited(tiny_causal_lm):
         torch.testing.assert_close(parameter, before[name], equal_nan=True, msg=f"{name} changed on a NaN loss")
     with pytest.raises(FloatingPointError, match="max_nonfinite_losses"):
         trainer.finetune(kept)
+
+
+def test_a_checkpoint_with_optimizer_state_keyed_by_position_still_resumes(tiny_causal_lm):
+    """Checkpoints written before 3f24bcd hold torch's own optimizer state dict, parameters numbered in order."""
+    config = SuperHFConfig(minibatch_size_finetuning=1)
+    trainer = _trainer(config, GPTNeoXForCausalLM(tiny_causal_lm.config), _Tokenizer())
+    trainer.finetune([Completion("ab", 0, "cd", 2, True), Completion("ab", 0, "ef", 2, True)])
+    saved = copy.deepcopy({**trainer.state_dict(), "optimizer": trainer.optimizer.state_dict()})
+    assert isinstance(next(iter(saved["optimizer"]["state"])), int)
+    resumed = _trainer(config, GPTNeoXForCausalLM(tiny_causal_lm.config), _Tokenizer())
+    resumed.load_state_dict(saved)
+    expected, actual = trainer.state_dict(), resumed.state_dict()
+    assert actual["optimizer"]["param_groups"] == expected["optimizer"]["param_groups"]
+    for part in ("policy", "scheduler", "batch_sizes"):
+        torch.testing.assert_close(actual[part], expected[part], rtol=0, atol=0, msg=part)
+    torch.testing.assert_close(actual["optimizer"]["state"], expected["optimizer"]["state"], rtol=0, atol=0)
 
 
 CPU_OOM = "DefaultCPUAllocator: can't allocate memory: you tried to allocate 17179869184 bytes."
