@@ -9,16 +9,16 @@ implicit-reward statistics on the training pairs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from superhf_lab.completions import PROGRESS_METRIC_NAMES
-from superhf_lab.config import LoraSettings
 from superhf_lab.errors import ConfigError, require
 from superhf_lab.plugin import RunContext, training_pairs, training_setup
 from superhf_lab.registry import register_algorithm
 from superhf_lab.trl_bridge import (
     PROBE_METRIC_NAMES,
     CheckpointMarker,
+    PairTrainingConfig,
     PolicyProbe,
     TrackerBridge,
     per_process,
@@ -32,23 +32,14 @@ METRIC_NAMES = (*PROBE_METRIC_NAMES, *RENAMES.values(), "time/step_s", *PROGRESS
 
 
 @dataclass
-class DPOAlgorithmConfig:
+class DPOAlgorithmConfig(PairTrainingConfig):
     name: str = "dpo"
-    num_steps: int = 40  # optimizer steps; pairs seen = num_steps x pairs_per_step
-    pairs_per_step: int = 32
-    learning_rate: float = 1e-6
-    lr_schedule: str = "linear"
+    pairs_per_step: int = 32  # pairs seen = num_steps x pairs_per_step
     loss_type: str = "sigmoid"  # TRL's DPO loss (sigmoid: the paper's)
-    max_length: int = 512  # tokens of prompt + response, longer pairs truncated
-    probe_prompts: int = 16  # training prompts sampled at every step to measure the policy
-    minibatch_size_scoring: int = 32
-    lora: LoraSettings = field(default_factory=LoraSettings)
 
     def check(self) -> None:
-        for key in ("num_steps", "pairs_per_step", "max_length", "probe_prompts", "minibatch_size_scoring"):
-            require(getattr(self, key) > 0, f"algorithm.{key}", getattr(self, key), "use a positive integer")
-        require(self.learning_rate > 0, "algorithm.learning_rate", self.learning_rate, "use a value > 0")
-        self.lora.check("algorithm.lora")
+        super().check()
+        require(self.pairs_per_step > 0, "algorithm.pairs_per_step", self.pairs_per_step, "use a positive integer")
 
 
 @register_algorithm("dpo", DPOAlgorithmConfig, METRIC_NAMES, checkpoints=True, transformers_trainer=True)

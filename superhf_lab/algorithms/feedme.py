@@ -9,10 +9,9 @@ logged per step like every other algorithm's.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from superhf_lab.completions import PROGRESS_METRIC_NAMES
-from superhf_lab.config import LoraSettings
 from superhf_lab.errors import require
 from superhf_lab.plugin import RunContext, training_pairs, training_setup
 from superhf_lab.policies import StartingPolicy
@@ -20,6 +19,7 @@ from superhf_lab.registry import register_algorithm
 from superhf_lab.trl_bridge import (
     PROBE_METRIC_NAMES,
     CheckpointMarker,
+    PairTrainingConfig,
     PolicyProbe,
     TrackerBridge,
     per_process,
@@ -32,22 +32,15 @@ METRIC_NAMES = (*PROBE_METRIC_NAMES, *RENAMES.values(), "time/step_s", *PROGRESS
 
 
 @dataclass
-class FeedMEConfig:
+class FeedMEConfig(PairTrainingConfig):
     name: str = "feedme"
-    num_steps: int = 40  # optimizer steps; chosen responses seen = num_steps x examples_per_step
-    examples_per_step: int = 32
+    examples_per_step: int = 32  # chosen responses seen = num_steps x examples_per_step
     learning_rate: float = 2e-5
-    lr_schedule: str = "linear"
-    max_length: int = 512  # tokens of prompt + response, longer examples truncated
-    probe_prompts: int = 16  # training prompts sampled at every step to measure the policy
-    minibatch_size_scoring: int = 32
-    lora: LoraSettings = field(default_factory=LoraSettings)
 
     def check(self) -> None:
-        for key in ("num_steps", "examples_per_step", "max_length", "probe_prompts", "minibatch_size_scoring"):
-            require(getattr(self, key) > 0, f"algorithm.{key}", getattr(self, key), "use a positive integer")
-        require(self.learning_rate > 0, "algorithm.learning_rate", self.learning_rate, "use a value > 0")
-        self.lora.check("algorithm.lora")
+        super().check()
+        require(self.examples_per_step > 0, "algorithm.examples_per_step", self.examples_per_step,
+                "use a positive integer")
 
 
 @register_algorithm("feedme", FeedMEConfig, METRIC_NAMES, checkpoints=True, transformers_trainer=True)
