@@ -74,7 +74,8 @@ def sample_completions(
     shows none. Each of several ``processes`` samples only its share of the completions (``processes.gather``
     joins them).
     """
-    jobs, real = processes.even_share([(index, prompt) for index, prompt in enumerate(prompts) for _ in range(per_prompt)])
+    jobs = [(index, prompt) for index, prompt in enumerate(prompts) for _ in range(per_prompt)]
+    jobs, real = processes.even_share(jobs)
     was_training = policy.training
     policy.eval()
     completions = []
