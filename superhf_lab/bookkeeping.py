@@ -26,17 +26,16 @@ class Bookkeeping:
         self.tracker = tracker
         self.worker_seconds = 0.0  # time spent computing, for the benchmark
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bookkeeping") if background else None
-        self._pending: deque[tuple[int, Future, bool]] = deque()
+        self._pending: deque[tuple[int, Future]] = deque()
 
-    def submit(self, step: int, compute: Callable[[], dict[str, float]], send: bool = True) -> None:
-        """Compute ``step``'s metrics in the background; ``send=False`` keeps them out of MLflow (a resumed run
-        re-running a step MLflow already holds)."""
+    def submit(self, step: int, compute: Callable[[], dict[str, float]]) -> None:
+        """Compute ``step``'s metrics in the background."""
         if self._executor is None:
             done: Future = Future()
             done.set_result(self._timed(compute))
-            self._pending.append((step, done, send))
+            self._pending.append((step, done))
             return
-        self._pending.append((step, self._executor.submit(self._timed, compute), send))
+        self._pending.append((step, self._executor.submit(self._timed, compute)))
 
     def log_ready(self) -> None:
         while self._pending and self._pending[0][1].done():
@@ -46,8 +45,8 @@ class Bookkeeping:
         while self._pending:
             self._log(*self._pending.popleft())
 
-    def _log(self, step: int, future: Future, send: bool) -> None:
-        self.tracker.log_metrics(future.result(), step=step, send=send)
+    def _log(self, step: int, future: Future) -> None:
+        self.tracker.log_metrics(future.result(), step=step)
 
     def _timed(self, compute: Callable[[], dict[str, float]]) -> dict[str, float]:
         started = time.perf_counter()

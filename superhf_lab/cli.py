@@ -6,7 +6,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from superhf_lab.checkpoint import Preempted
+from superhf_lab.checkpoint import CheckpointSaveError, Preempted
 from superhf_lab.config import CONF_DIR
 from superhf_lab.data import DataFileError
 from superhf_lab.distributed import exit_launched_process, launched_world_size, register_launch_time_resolver
@@ -49,6 +49,11 @@ def run_hydra(cfg: DictConfig) -> float | tuple[float, ...] | None:
             raise  # the sweeper records the job as failed: an Optuna trial becomes FAIL and the study goes on
         print(f"Configuration error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    except CheckpointSaveError as error:
+        if current_sweep_job() is not None:
+            raise
+        print(f"Checkpoint error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
     except Preempted as stop:
         if current_sweep_job() is not None:
             raise  # the whole sweep stops; its next invocation re-queues this trial

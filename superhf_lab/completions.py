@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from superhf_lab.faults import reach
 from superhf_lab.metrics import distinct_n, meteor_similarity, meteor_similarity_within_prompt
 
 
@@ -39,6 +40,7 @@ def score_completions(completions: list[Completion], reward_input: str, scorer, 
 
     ``reward_input`` is the template of what a reward model reads (``text.reward_input``).
     """
+    reach("scoring")
     prompts = [c.prompt for c in completions]
     texts = [c.text for c in completions]
     for completion, reward in zip(completions, scorer.score(prompts, texts, reward_input), strict=True):

@@ -110,6 +110,8 @@ class DataConfig:
 
     ``total_prompts`` sizes a weighted mix (null: the largest mix the weights allow); prompts over
     ``max_prompt_chars`` characters are dropped, as in the paper; ``shuffle`` mixes with the run's seed.
+    Malformed rows (a parser finds no prompt in them) are skipped and counted; a source with more than
+    ``max_malformed_fraction`` of the rows read malformed stops the run instead.
     """
 
     name: str = "custom"
@@ -117,6 +119,7 @@ class DataConfig:
     total_prompts: Optional[int] = None
     max_prompt_chars: int = 1024
     shuffle: bool = True
+    max_malformed_fraction: float = 0.01  # share of a source's rows that may be malformed (skipped) before it stops
 
     def check(self, prefix: str) -> None:
         require(bool(self.sources), f"{prefix}.sources", {}, "name at least one prompt source (see conf/data/)")
@@ -134,6 +137,8 @@ class DataConfig:
                 "use a positive prompt count, or null for the largest mix the weights allow")
         require(self.max_prompt_chars > 0, f"{prefix}.max_prompt_chars", self.max_prompt_chars,
                 "use a positive character count")
+        require(0 <= self.max_malformed_fraction <= 1, f"{prefix}.max_malformed_fraction", self.max_malformed_fraction,
+                "use a share from 0 (stop at the first malformed row) to 1 (skip any number)")
 
     def local_paths(self) -> list[str]:
         """Every local file the sources name, so the caller can build them first (the tiny world's prompts)."""

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import math
 import random
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import chain, islice
 from pathlib import Path
 from typing import Any, Optional, TextIO
@@ -29,6 +30,10 @@ ASSISTANT = "\n\nAssistant:"
 SPLITS = ("train", "test")
 _GZIP_MAGIC = b"\x1f\x8b"
 _ARRAY_READ_CHARS = 1 << 16  # how much more of a JSON array to read when an item is still incomplete
+_QUOTED_ROW_CHARS = 200  # how much of a malformed row a message quotes
+_PARQUET_BRANCH = "refs/convert/parquet"  # the Hub's parquet conversion of a dataset, scripts included
+
+log = logging.getLogger(__name__)
 
 Row = tuple[str, Any]  # (where it came from, for error messages: "file:line" or "hub split row N"; the row)
 
@@ -37,13 +42,20 @@ class DataFileError(ValueError):
     """A prompt file that is unreadable, empty or malformed; the message names the file and line."""
 
 
+class MalformedRowsError(ConfigError, DataFileError):
+    """More malformed rows in a source than ``max_malformed_fraction`` tolerates: bad data (it names the first
+    bad row) and a setting to change (it names the key)."""
+
+
 @dataclass
 class PromptSet:
-    """A split's prompts in mixed order, which source each came from, and how many each source gave."""
+    """A split's prompts in mixed order, which source each came from, how many each source gave, and how many
+    malformed rows each skipped."""
 
     prompts: list[str]
     sources: list[str]
     counts: dict[str, int]
+    skipped: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -57,11 +69,13 @@ class PreferencePair:
 
 @dataclass
 class PairSet:
-    """A split's preference pairs in mixed order, which source each came from, and how many each source gave."""
+    """A split's preference pairs in mixed order, which source each came from, how many each source gave, and
+    how many malformed rows each skipped."""
 
     pairs: list[PreferencePair]
     sources: list[str]
     counts: dict[str, int]
+    skipped: dict[str, int] = field(default_factory=dict)
 
 
 def _first_turn(conversation: Any) -> str:
@@ -245,17 +259,53 @@ def _hub_rows(source: DataSourceConfig, split: str, key: str) -> Iterator[Row]:
     try:
         rows = load_dataset(source.hub_name, data_dir=source.hub_data_dir, revision=source.hub_revision, split=split,
                             streaming=True)
-    except ConnectionError as error:
-        raise ConfigError(
-            f"{key}.hub_name={source.hub_name!r} is unreachable ({error}); connect to the internet, or set {key}.path "
-            "to a local copy in the hub's row format"
-        ) from None
+    except (ConnectionError, FileNotFoundError, RuntimeError) as error:
+        failure = _hub_failure(error, source, key)
+        if failure is None:
+            raise
+        raise failure from None
     label = "/".join(part for part in (source.hub_name, source.hub_data_dir) if part)
     index = -1
     for index, row in enumerate(rows):
         yield f"{label} ({split} split) row {index}", row
     if index < 0:
         raise DataFileError(f"{label} ({split} split): holds no rows")
+
+
+def _hub_failure(error: Exception, source: DataSourceConfig, key: str) -> ConfigError | None:
+    """Why ``load_dataset`` refused a hub source, as the key to change and the fix; None for an error that no
+    setting explains."""
+    from datasets.data_files import EmptyDatasetError
+    from datasets.exceptions import DataFilesNotFoundError
+
+    name, revision, cause = source.hub_name, source.hub_revision, f"({type(error).__name__}: {error})"
+    local = f"set {key}.path to a local copy in the hub's row format"
+    other_revision = (f"set {key}.hub_revision to another revision (null: the main branch; {_PARQUET_BRANCH}: "
+                      "the Hub's parquet conversion)")
+    if isinstance(error, ConnectionError):
+        return ConfigError(f"{key}.hub_name={name!r} is unreachable ({error}); connect to the internet, or {local}")
+    if isinstance(error, RuntimeError):
+        if "Dataset scripts are no longer supported" not in str(error):
+            return None
+        parquet = "" if revision == _PARQUET_BRANCH else (
+            f"set {key}.hub_revision={_PARQUET_BRANCH} (the Hub's parquet conversion of it), or ")
+        return ConfigError(f"{key}.hub_revision={revision!r} is invalid: {name} at this revision is a loading "
+                           f"script, which datasets>=4 cannot run {cause}; {parquet}{local}")
+    if "is a gated dataset" in str(error):
+        return ConfigError(f"{key}.hub_name={name!r} is invalid: it is a gated dataset {cause}; accept its terms at "
+                           f"https://huggingface.co/datasets/{name} and log in (hf auth login), or {local}")
+    if isinstance(error, (EmptyDatasetError, DataFilesNotFoundError)):
+        return ConfigError(f"{key}.hub_data_dir={source.hub_data_dir!r} is invalid: {name} holds no data files there "
+                           f"{cause}; check the folder name, {other_revision}, or {local}")
+    if str(error).startswith("Revision"):
+        return ConfigError(f"{key}.hub_revision={revision!r} is invalid: {name} has no such revision {cause}; "
+                           f"{other_revision}, or {local}")
+    return ConfigError(f"{key}.hub_name={name!r} is invalid: no such dataset {cause}; check the name, or {local}")
+
+
+def _shortened(row: Any) -> str:
+    text = json.dumps(row, ensure_ascii=False, default=str)
+    return text if len(text) <= _QUOTED_ROW_CHARS else text[:_QUOTED_ROW_CHARS] + "..."
 
 
 def _all_but_last(rows: Iterator[Row], held_out: int) -> Iterator[Row]:
@@ -269,18 +319,22 @@ def _all_but_last(rows: Iterator[Row], held_out: int) -> Iterator[Row]:
 
 class _SourceReader:
     """One source's items (prompts, or preference pairs) for one split, read lazily, with the tallies that
-    explain a shortfall. ``section`` is the config section the source sits in, for messages."""
+    explain a shortfall or a skipped row. ``section`` is the config section the source sits in, for messages."""
 
-    def __init__(self, name: str, source: DataSourceConfig, split: str, max_prompt_chars: int, formats: dict,
+    def __init__(self, name: str, source: DataSourceConfig, split: str, config: DataConfig, formats: dict,
                  section: str) -> None:
         self.section = section
         self.key = f"{section}.sources.{name}"
         self.source = source
         self.split = split
-        self.max_prompt_chars = max_prompt_chars
+        self.max_prompt_chars = config.max_prompt_chars
+        self.max_malformed_fraction = config.max_malformed_fraction
         self.formats = formats
         self.rows_read = 0
         self.too_long = 0
+        self.parsed = 0  # rows given to the row format, after the split and `where`
+        self.malformed = 0  # of those, rows it could not turn into an item: skipped
+        self.first_malformed = ""  # where the first one is, what it lacks, and the row, for messages
 
     def items(self) -> Iterator[str | PreferencePair]:
         """Items whose prompt has at most ``max_prompt_chars`` characters; without its own test split, a source's
@@ -293,12 +347,12 @@ class _SourceReader:
         for where, row in rows:
             if self.source.where and not _matches(row, self.source.where):
                 continue
+            self.parsed += 1
             try:
                 item = to_item(row)
             except (KeyError, TypeError, ValueError) as error:
-                raise DataFileError(
-                    f"{where}: expected a JSON object with {description} ({type(error).__name__}: {error})"
-                ) from None
+                self._skip_malformed(where, row, f"{description} ({type(error).__name__}: {error})")
+                continue
             if item is None:
                 continue
             if len(item if isinstance(item, str) else item.prompt) > self.max_prompt_chars:
@@ -331,9 +385,31 @@ class _SourceReader:
             self.rows_read += 1
             yield row
 
+    def _skip_malformed(self, where: str, row: Any, expected: str) -> None:
+        self.malformed += 1
+        if self.malformed == 1:
+            self.first_malformed = f"{where}: expected a JSON object with {expected}: {_shortened(row)}"
+
+    def _check_malformed(self) -> None:
+        """Malformed rows are skipped with a warning, unless more than ``max_malformed_fraction`` of the rows read
+        are: then the source is too broken to train on."""
+        if not self.malformed:
+            return
+        limit = f"{self.section}.max_malformed_fraction={self.max_malformed_fraction}"
+        share = f"{self.malformed} of the {self.parsed} {self.split} rows read ({self.malformed / self.parsed:.1%})"
+        if self.malformed > self.max_malformed_fraction * self.parsed:
+            raise MalformedRowsError(
+                f"{limit} is exceeded: {self.key} has {share} malformed; the first, {self.first_malformed}. Repair "
+                f"or replace the source ({self.key}.path: a local copy in the row format), or raise "
+                f"{self.section}.max_malformed_fraction to skip them"
+            )
+        log.warning("%s: skipped %s malformed (within %s); the first, %s", self.key, share, limit,
+                    self.first_malformed)
+
     def take(self, wanted: Optional[int], wanted_key: str, wanted_value: Any) -> list:
         """``wanted`` items (all when None); too few raises a ConfigError naming the key to change."""
         prompts = list(islice(self.items(), wanted))
+        self._check_malformed()
         needed = 1 if wanted is None else wanted
         if len(prompts) >= needed:
             return prompts
@@ -375,29 +451,33 @@ def _take_weighted(readers: dict[str, _SourceReader], config: DataConfig, sectio
         return {name: reader.take(counts[name], f"{section}.total_prompts", config.total_prompts)
                 for name, reader in readers.items()}
     # No total: the largest mix with these proportions, which the scarcest source (for its weight) limits.
-    available = {name: reader.take(None, f"{reader.key}.weight", reader.source.weight) for name, reader in readers.items()}
+    available = {name: reader.take(None, f"{reader.key}.weight", reader.source.weight)
+                 for name, reader in readers.items()}
     weight_sum = sum(weights.values())
     total = math.floor(min(len(available[name]) * weight_sum / weight for name, weight in weights.items()))
     return {name: available[name][:count] for name, count in _apportion(total, weights).items()}
 
 
-def _load_mix(config: DataConfig, split: str, seed: int, formats: dict, section: str) -> tuple[list, list, dict]:
-    """Items, the source of each, and the count per source, of one split of a configured mix (see load_prompts)."""
+def _load_mix(config: DataConfig, split: str, seed: int, formats: dict,
+              section: str) -> tuple[list, list, dict, dict]:
+    """Items, the source of each, the count per source and the malformed rows each skipped, of one split of a
+    configured mix (see load_prompts)."""
     if split not in SPLITS:
         raise ValueError(f"split={split!r}: use one of {SPLITS}")
     active = {name: source for name, source in config.sources.items() if source.count != 0 and source.weight != 0}
-    readers = {name: _SourceReader(name, source, split, config.max_prompt_chars, formats, section)
-               for name, source in active.items()}
+    readers = {name: _SourceReader(name, source, split, config, formats, section) for name, source in active.items()}
     if split == "train" and any(source.weight is not None for source in active.values()):
         taken = _take_weighted(readers, config, section)
     else:
         counts = {name: source.count if split == "train" else None for name, source in active.items()}
-        taken = {name: reader.take(counts[name], f"{reader.key}.count", counts[name]) for name, reader in readers.items()}
+        taken = {name: reader.take(counts[name], f"{reader.key}.count", counts[name])
+                 for name, reader in readers.items()}
     mixed = [(item, name) for name, items in taken.items() for item in items]
     if config.shuffle:
         random.Random(seed).shuffle(mixed)
     counts = {name: len(taken.get(name, [])) for name in config.sources}
-    return [item for item, _ in mixed], [name for _, name in mixed], counts
+    skipped = {name: readers[name].malformed if name in readers else 0 for name in config.sources}
+    return [item for item, _ in mixed], [name for _, name in mixed], counts, skipped
 
 
 def load_prompts(config: DataConfig, split: str, seed: int) -> PromptSet:

@@ -32,6 +32,7 @@ from superhf_lab.completions import Completion, score_completions
 from superhf_lab.config import RunConfig
 from superhf_lab.data import PromptSet, load_prompts
 from superhf_lab.distributed import ONE_PROCESS, Processes
+from superhf_lab.faults import reach
 from superhf_lab.metrics import mean_and_ci95, meteor_pair_scores
 from superhf_lab.models import autocast
 from superhf_lab.policies import StartingPolicy
@@ -171,18 +172,23 @@ class PolicyEvaluator:
         self.device = device
         self.prompts = evaluation_prompts(config)
 
-    def evaluate(self, policy: PreTrainedModel, starting: StartingPolicy | None, tracker: Tracker, step: int,
-                 send: bool = True) -> dict[str, float]:
+    def evaluate(self, policy: PreTrainedModel, starting: StartingPolicy | None, tracker: Tracker, step: int
+                 ) -> dict[str, float]:
         """One completion per prompt; ``starting`` None means the policy is the starting policy (KL 0).
 
-        ``send=False`` (a resumed run re-running a step MLflow already holds) keeps the results out of MLflow.
-        Several processes each sample, score and measure their share of the prompts, then join the results.
+        Sampling draws from its own generator, seeded by ``eval.seed`` and the step: every policy is judged with the
+        same draws, evaluating never moves the training's random state, and a re-run evaluation (a continued run)
+        gives what the first would have. Several processes each sample, score and measure their share of the prompts,
+        then join the results.
         """
         run, settings, processes = self.config, self.config.eval.sampling, self.processes
-        completions = sample_completions(policy, self.tokenizer, self.prompts.prompts, 1, settings,
-                                         run.eval.batch_size, self.device, run.precision, run.eval.cut,
-                                         progress="evaluation", processes=processes)
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(int(np.random.SeedSequence([run.eval.seed, step, processes.rank]).generate_state(1)[0]))
+            completions = sample_completions(policy, self.tokenizer, self.prompts.prompts, 1, settings,
+                                             run.eval.batch_size, self.device, run.precision, run.eval.cut,
+                                             progress="evaluation", processes=processes)
         score_completions(completions, run.eval.reward_input, self.reward_scorer, self.heldout_scorer)
+        reach("evaluation")
         completions = processes.gather(completions)
         if starting is None:
             kl = {"kl": [0.0] * len(completions), "kl_sequence": [0.0] * len(completions)}
@@ -194,9 +200,8 @@ class PolicyEvaluator:
             kl = {"kl": processes.gather(kl_token[:real]), "kl_sequence": processes.gather(kl_sequence[:real])}
         metrics = evaluation_metrics(completions, self.prompts.sources, kl, run.eval.meteor_pairs_per_source,
                                      run.eval.seed)
-        tracker.log_metrics(metrics, step=step, send=send)
-        if send:
-            log_evaluation_table(tracker, completion_table(step, completions, self.prompts.sources, kl), step)
+        tracker.log_metrics(metrics, step=step)
+        log_evaluation_table(tracker, completion_table(step, completions, self.prompts.sources, kl), step)
         return metrics
 
 

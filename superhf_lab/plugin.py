@@ -15,11 +15,12 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from superhf_lab.checkpoint import CheckpointStore, StopRequest
+from superhf_lab.checkpoint import CheckpointStore, Preempted, StopRequest
 from superhf_lab.config import LoraSettings, RunConfig
 from superhf_lab.data import PairSet, PromptSet, load_pairs, load_training_prompts
 from superhf_lab.distributed import Processes
 from superhf_lab.evaluation import PolicyEvaluator
+from superhf_lab.faults import reach
 from superhf_lab.models import check_context_fits, load_policy
 from superhf_lab.policies import StartingPolicy, with_starting_policy
 from superhf_lab.rewards import RewardScorer, build_scorers
@@ -47,6 +48,12 @@ class RunContext:
     def algorithm(self) -> Any:
         return self.config.algorithm
 
+    def stop_if_requested(self, after: str) -> None:
+        """Honour SIGTERM (to any of the run's processes) at a point where the checkpoint holds everything so far."""
+        if self.processes.any(self.stop.requested):
+            where = f"; checkpoint in {self.checkpoints.folder}" if self.checkpoints else ""
+            raise Preempted(f"stopped by SIGTERM after {after}{where}")
+
 
 @dataclass
 class TrainingSetup:
@@ -61,9 +68,11 @@ class TrainingSetup:
 
 
 def training_prompts(context: RunContext) -> PromptSet:
-    """The training split of the data mix; each source's count is logged as ``data.count.train.<source>``."""
+    """The training split of the data mix; each source's count is logged as ``data.count.train.<source>``, and its
+    malformed rows skipped as ``data.skipped.train.<source>``."""
     prompt_set = load_training_prompts(context.config.data, context.config.seed)
     context.tracker.log_params({f"data.count.train.{name}": count for name, count in prompt_set.counts.items()})
+    context.tracker.log_params({f"data.skipped.train.{name}": count for name, count in prompt_set.skipped.items()})
     return prompt_set
 
 
@@ -71,6 +80,7 @@ def training_pairs(context: RunContext) -> PairSet:
     """The training split of the ``preferences`` mix; each source's count is logged as ``preferences.count.<source>``."""
     pairs = load_pairs(context.config.preferences, "train", context.config.seed)
     context.tracker.log_params({f"preferences.count.train.{name}": count for name, count in pairs.counts.items()})
+    context.tracker.log_params({f"preferences.skipped.train.{name}": count for name, count in pairs.skipped.items()})
     return pairs
 
 
@@ -102,6 +112,7 @@ def finish_training(context: RunContext, setup: TrainingSetup, policy: PreTraine
     if context.config.eval.at_end:
         evaluator = evaluator or evaluator_for(context, setup)
         evaluator.evaluate(policy, starting, context.tracker, last_step)
+    context.stop_if_requested("the final evaluation")
     if context.processes.is_main:
         save_policy_artifact(context.tracker, policy, setup.tokenizer)
 
@@ -114,6 +125,7 @@ def save_policy_artifact(tracker: Tracker, policy: PreTrainedModel, tokenizer: P
         policy.save_pretrained(folder, state_dict=weights)
         tokenizer.save_pretrained(folder)
         tracker.log_artifacts(folder, POLICY_ARTIFACT)
+    reach("policy_upload")
     uri = f"runs:/{tracker.run_id}/{POLICY_ARTIFACT}"
     tracker.set_tag(POLICY_URI_TAG, uri)
     return uri

@@ -12,10 +12,11 @@ import torch
 from omegaconf import DictConfig
 from transformers import set_seed
 
-from superhf_lab.checkpoint import CheckpointStore, StopRequest, run_fingerprint, stop_on_sigterm
+from superhf_lab.checkpoint import CheckpointStore, run_fingerprint, stop_on_sigterm
 from superhf_lab.config import RunConfig, validate_config
 from superhf_lab.distributed import Processes, export_submitit_environment
 from superhf_lab.errors import require
+from superhf_lab.faults import reach
 from superhf_lab.models import check_model_sources, resolve_device
 from superhf_lab.plugin import RunContext
 from superhf_lab.registry import AlgorithmPlugin, get_algorithm
@@ -87,63 +88,78 @@ def prepare(cfg: DictConfig) -> tuple[RunConfig, AlgorithmPlugin, Processes, tor
 def run_experiment(cfg: DictConfig) -> float | tuple[float, ...] | None:
     """Validate, seed, open the MLflow run, run the selected plugin; returns the objective for a sweeper.
 
+    Every run has a folder in ``checkpoint.dir`` named by its configuration's fingerprint: while the main process
+    runs it holds the folder's lease, and until its MLflow run has ended FINISHED the folder names that run, so the
+    same command continues it (from its newest checkpoint when the plugin keeps them) wherever it was killed.
+
     With several processes each rank runs this; the main rank alone opens the MLflow run and returns the
     objective (the others return None), and each rank samples with its own seed (``seed`` + rank).
     """
     config, plugin, processes, device = prepare(cfg)
     set_seed(config.seed + processes.rank)
-    # The main process alone asks MLflow whether the checkpoint's run exists; every process resumes as it decides.
-    checkpoints, resume_run_id = processes.from_main(checkpoint_store(cfg, config, plugin) if processes.is_main
-                                                     else None)
-    resume = resume_run_id is not None
-    if not processes.is_main:
-        train(plugin, config, ReplicaTracker(), device, checkpoints, resume, processes)
-        processes.leave()
-        return None
-    tags = {"algorithm": plugin.name, "output_dir": config.output_dir, CONFIG_TAG: run_fingerprint(cfg),
-            CODE_TAG: code_version()}
-    sweep_job = current_sweep_job()
-    run_name = config.mlflow.run_name
-    if sweep_job is None:
-        run_name = run_name or plugin.run_name(config)
-    else:
-        tags.update(child_tags(sweep_job, read_parent(sweep_job.sweep_dir)["run_id"]))
-        swept = " ".join(f"{key}={value}" for key, value in sweep_job.swept_values.items())
-        run_name = run_name or swept or f"job {sweep_job.job_number}"
-    with tracked_run(cfg, tags, run_name, config.output_dir, config.mlflow.retry_every_s, resume_run_id) as tracker:
-        log.info("MLflow run %s in %s", tracker.run_id, tracker.tracking_uri)
-        tracker.log_params({"world_size": processes.world_size})
-        train(plugin, config, tracker, device, checkpoints, resume, processes)
+    store = CheckpointStore(Path(config.checkpoint.dir) / run_fingerprint(cfg))
+    checkpoints = store if plugin.checkpoints else None
+    with store.lease() if processes.is_main else contextlib.nullcontext():
+        # The main process alone asks MLflow whether the folder's run exists; every process resumes as it decides.
+        resume_run_id = processes.from_main(run_to_continue(store, config) if processes.is_main else None)
+        resume = resume_run_id is not None
+        if not processes.is_main:
+            train(plugin, RunContext(config, ReplicaTracker(), device, checkpoints, resume, processes=processes))
+            processes.leave()
+            return None
+        tags = {"algorithm": plugin.name, "output_dir": config.output_dir, CONFIG_TAG: run_fingerprint(cfg),
+                CODE_TAG: code_version()}
+        sweep_job = current_sweep_job()
+        run_name = config.mlflow.run_name
+        if sweep_job is None:
+            run_name = run_name or plugin.run_name(config)
+        else:
+            tags.update(child_tags(sweep_job, read_parent(sweep_job.sweep_dir)["run_id"]))
+            swept = " ".join(f"{key}={value}" for key, value in sweep_job.swept_values.items())
+            run_name = run_name or swept or f"job {sweep_job.job_number}"
+        with tracked_run(cfg, tags, run_name, store.folder, config.mlflow.retry_every_s, resume_run_id) as tracker:
+            log.info("MLflow run %s in %s", tracker.run_id, tracker.tracking_uri)
+            if not resume:
+                store.start_run(tracker.run_id)
+            tracker.log_params({"world_size": processes.world_size})
+            train(plugin, RunContext(config, tracker, device, checkpoints, resume, processes=processes),
+                  lambda: log_objective(tracker, config.objective.metrics, config.objective.value(tracker.history)))
+        store.finish_run(tracker.run_id)
         objective = config.objective.value(tracker.history)
-        log_objective(tracker, config.objective.metrics, objective)
     print_run_summary(tracker.run_id, tracker.experiment_id, tracker.tracking_uri, config.output_dir, tracker.history)
     log.info("objective %s (mean of the last %d steps) = %s", config.objective.metrics, config.objective.last_n, objective)
     processes.leave()
     return objective
 
 
-def train(plugin: AlgorithmPlugin, config: RunConfig, tracker: Tracker, device: torch.device,
-          checkpoints: CheckpointStore | None, resume: bool, processes: Processes) -> None:
-    """The plugin's training, which SIGTERM stops cleanly after a step when the plugin checkpoints."""
-    with stop_on_sigterm() if checkpoints else contextlib.nullcontext(StopRequest()) as stop:
-        plugin.train(RunContext(config, tracker, device, checkpoints, resume, stop, processes))
+def train(plugin: AlgorithmPlugin, context: RunContext, conclude=lambda: None) -> None:
+    """The plugin's training, then ``conclude`` (the main process logs the objective). SIGTERM stops it cleanly:
+    after a step with a checkpoint when the plugin keeps them, at once otherwise; one that arrives after the
+    plugin's last safe point still ends the run as preempted (exit 143), and the re-run ends it."""
+    with stop_on_sigterm(checkpoints=context.checkpoints is not None) as context.stop:
+        plugin.train(context)
+        conclude()
+        reach("run_end")
+        context.stop_if_requested("the run's work was done")
 
 
-def checkpoint_store(cfg: DictConfig, config: RunConfig, plugin: AlgorithmPlugin) -> tuple[CheckpointStore | None, str | None]:
-    """Where this configuration's checkpoints go, and the MLflow run to continue when an unfinished one exists."""
-    if not plugin.checkpoints:
-        return None, None
-    store = CheckpointStore(Path(config.checkpoint.dir) / run_fingerprint(cfg))
-    meta = store.latest_meta() if config.checkpoint.resume == "auto" else None
-    if meta is None or meta["finished"]:
-        return store, None
-    exists, why_not = run_exists(meta["run_id"])
+def run_to_continue(store: CheckpointStore, config: RunConfig) -> str | None:
+    """The MLflow run this configuration's folder names and that has not ended FINISHED, if the store holds it;
+    a run it lacks (another store, a deleted run) or ``checkpoint.resume=never`` sets the folder's run aside."""
+    record = store.run_record()
+    if record is None or record["finished"]:
+        return None
+    if config.checkpoint.resume == "never":
+        store.set_aside("checkpoint.resume=never starts over")
+        return None
+    exists, why_not = run_exists(record["run_id"])
     if not exists:
-        log.warning("checkpoint %s belongs to MLflow run %s, which this store lacks (%s); starting over",
-                    store.folder, meta["run_id"], why_not)
-        return store, None
-    log.info("continuing MLflow run %s from its checkpoint after superbatch %d", meta["run_id"], meta["step"])
-    return store, meta["run_id"]
+        store.set_aside(f"its MLflow run {record['run_id']} is not in this tracking store ({why_not}); starting over")
+        return None
+    latest = store.latest_meta()
+    log.info("continuing MLflow run %s %s", record["run_id"],
+             f"from its checkpoint after step {latest['step']}" if latest else "from its start (no checkpoint yet)")
+    return record["run_id"]
 
 
 def log_objective(tracker: Tracker, metrics: list[str], objective: float | tuple[float, ...]) -> None:

@@ -9,6 +9,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCrite
 from superhf_lab.completions import Completion
 from superhf_lab.config import SamplingSettings
 from superhf_lab.distributed import ONE_PROCESS, Processes
+from superhf_lab.faults import reach
 from superhf_lab.models import autocast
 from superhf_lab.text import CUT_LAST_CHARACTERS, CUT_PATTERNS, decode_completion, with_conversation_prompt
 
@@ -74,6 +75,7 @@ def sample_completions(
     shows none. Each of several ``processes`` samples only its share of the completions (``processes.gather``
     joins them).
     """
+    reach("generation")
     jobs = [(index, prompt) for index, prompt in enumerate(prompts) for _ in range(per_prompt)]
     jobs, real = processes.even_share(jobs)
     was_training = policy.training

@@ -1,9 +1,13 @@
 """MLflow bookkeeping: one run per job, params from the resolved config, metrics per step.
 
 A tracking server that dies mid-run must not cost the run: what the server does not take is kept in
-memory and in a local spool file (JSON lines in the run's output folder), synced with its original steps
-and timestamps when the server answers again or at the end of the run, or later with
+memory and in a local spool file (JSON lines in the run's folder, fsynced), synced with its original steps
+and timestamps when the server answers again, at the end of the run, when the run is continued, or later with
 ``python -m superhf_lab.tracking sync <spool file>``.
+
+Logging is idempotent, so a killed run re-run with the same command records each thing once: a continued run
+learns which (metric, step) pairs the store holds and sends only the others, and a table append drops the rows of
+steps its table already holds (a resent append, or a re-run step).
 """
 
 from __future__ import annotations
@@ -12,10 +16,11 @@ import argparse
 import contextlib
 import json
 import logging
-import math
 import os
+import posixpath
 import shutil
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -32,6 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 from superhf_lab.checkpoint import Preempted
 from superhf_lab.config import MlflowConfig
 from superhf_lab.errors import ConfigError
+from superhf_lab.faults import reach
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +115,7 @@ def send_records(client: mlflow.MlflowClient, run_id: str, records: list[dict]) 
     with bounded_http():
         while sent < len(records):
             try:
+                reach("store_send")
                 sent += _send_next(client, run_id, records, sent)
             except Exception as error:
                 if _is_our_bug(error):
@@ -130,7 +137,10 @@ def _send_next(client: mlflow.MlflowClient, run_id: str, records: list[dict], st
         client.log_batch(run_id, metrics=batch, synchronous=True)
         return len(batch)
     if kind == "table":
-        client.log_table(run_id, pd.DataFrame(record["rows"]), artifact_file=record["artifact_file"])
+        held = table_steps(client, run_id, record["artifact_file"])
+        rows = [row for row in record["rows"] if row.get("step") not in held]
+        if rows:
+            client.log_table(run_id, pd.DataFrame(rows), artifact_file=record["artifact_file"])
     elif kind == "artifacts":
         client.log_artifacts(run_id, record["local_dir"], record["artifact_path"])
     elif kind == "tag":
@@ -140,6 +150,19 @@ def _send_next(client: mlflow.MlflowClient, run_id: str, records: list[dict], st
     else:
         raise ValueError(f"unknown record kind {kind!r}")
     return 1
+
+
+def table_steps(client: mlflow.MlflowClient, run_id: str, artifact_file: str) -> set:
+    """The steps whose rows table ``artifact_file`` of the run holds (empty when there is no such table)."""
+    folder = posixpath.dirname(posixpath.normpath(artifact_file)) or None
+    if artifact_file not in {item.path for item in client.list_artifacts(run_id, folder)}:
+        return set()
+    with tempfile.TemporaryDirectory() as local:
+        table = json.loads(Path(client.download_artifacts(run_id, artifact_file, local)).read_text())
+    if "step" not in table.get("columns", []):
+        return set()
+    column = table["columns"].index("step")
+    return {row[column] for row in table["data"]}
 
 
 def _json_default(value: Any) -> Any:
@@ -157,14 +180,13 @@ class Tracker:
     what MLflow is missing.
 
     Completion rows are buffered and appended to the table every ``table_flush_every`` calls (each
-    append rewrites the artifact) and once more when the run closes; a run that checkpoints appends them at
-    its checkpoints only (:meth:`append_tables_at_flush_only`), so a resumed run appends no row twice.
+    append rewrites the artifact), at checkpoints (:meth:`flush`) and when the run closes.
     """
 
     def __init__(self, run_id: str | None = None, spool_dir: str | Path = ".", retry_every_s: float = 30.0,
                  table_flush_every: int = 25, experiment_id: str | None = None) -> None:
         self.experiment_id = experiment_id
-        self.history: dict[str, list[float]] = defaultdict(list)
+        self._values: dict[str, dict[int, float]] = defaultdict(dict)  # each metric's value per step
         self.table_flush_every = table_flush_every
         self.retry_every_s = retry_every_s
         self._run_id = run_id
@@ -175,6 +197,7 @@ class Tracker:
         self._next_retry = 0.0
         self._client: mlflow.MlflowClient | None = None
         self._copied_folders = 0
+        self._held: set[tuple[str, int]] = set()  # (metric, step) pairs the store or the backlog already holds
 
     @property
     def run_id(self) -> str:
@@ -192,22 +215,43 @@ class Tracker:
     def tracking_uri(self) -> str:
         return mlflow.get_tracking_uri()
 
+    @property
+    def history(self) -> dict[str, list[float]]:
+        """Each metric's values in step order, a continued run's earlier steps included (read from the store)."""
+        return {name: [values[step] for step in sorted(values)] for name, values in self._values.items()}
 
     @property
     def spool_path(self) -> Path:
         return self._spool_dir / f"mlflow-unsynced-{self.run_id}.jsonl"
 
-    def log_metrics(self, metrics: dict[str, float], step: int, send: bool = True) -> None:
-        """Record a step's metrics for the objective and send them to MLflow.
+    def continue_run(self) -> None:
+        """Before a continued run logs: take in the spool a killed process left (whole records; a torn last line
+        is the record it was writing, which the re-run logs again) and learn what the store holds, so nothing is
+        sent twice. Asks the server, so a dead one stops the run here, before training."""
+        if self.spool_path.exists():
+            _, self._unsynced = read_spool(self.spool_path)
+            log.info("continuing run %s with the %d records its spool %s holds", self.run_id, len(self._unsynced),
+                     self.spool_path)
+            self._retry_backlog(force=True)
+        with bounded_http():
+            held = [metric for key in self.client.get_run(self.run_id).data.metrics
+                    for metric in self.client.get_metric_history(self.run_id, key)]
+        held += [Metric(record["key"], record["value"], record["timestamp"], record["step"])
+                 for record in self._unsynced if record["kind"] == "metric"]
+        for metric in held:
+            self._values[metric.key][metric.step] = metric.value
+            self._held.add((metric.key, metric.step))
 
-        ``send=False`` only records them: a resumed run re-running a step that MLflow already holds.
-        """
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Record a step's metrics for the objective and send those the store does not hold yet."""
         for name, value in metrics.items():
-            self.history[name].append(float(value))
-        if send:
-            timestamp = _now_ms()
-            self._send([{"kind": "metric", "key": name, "value": float(value), "step": step, "timestamp": timestamp}
-                        for name, value in metrics.items()])
+            self._values[name][step] = float(value)
+        timestamp = _now_ms()
+        records = [{"kind": "metric", "key": name, "value": float(value), "step": step, "timestamp": timestamp}
+                   for name, value in metrics.items() if (name, step) not in self._held]
+        self._held.update((name, step) for name in metrics)
+        if records:
+            self._send(records)
 
     def log_params(self, params: dict[str, Any]) -> None:
         """Params of the run (a dead server fails this within seconds: params are logged before training)."""
@@ -217,26 +261,6 @@ class Tracker:
                 self.client.log_batch(self.run_id, params=[Param(key, value) for key, value in
                                                            items[start : start + _PARAMS_PER_BATCH]],
                                       synchronous=True)
-
-    def append_tables_at_flush_only(self) -> None:
-        self.table_flush_every = math.inf
-
-    def state_dict(self) -> dict[str, Any]:
-        """What a checkpoint keeps of the tracker: the metric history the objective is read from."""
-        return {"history": {name: list(values) for name, values in self.history.items()}}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.history.clear()
-        self.history.update(state["history"])
-
-    def logged_steps(self, key: str) -> set[int]:
-        """Steps of metric ``key`` that MLflow holds for this run, or that wait in this tracker's backlog.
-
-        Asks the server, so a resumed run calls it before training, where a dead server may stop it.
-        """
-        with bounded_http():
-            steps = {metric.step for metric in self.client.get_metric_history(self.run_id, key)}
-        return steps | {record["step"] for record in self._unsynced if record.get("key") == key and "step" in record}
 
     def log_completions(self, rows: list[dict[str, Any]]) -> None:
         """Queue sample rows (prompt, completion, rewards...) for the run's completions table."""
@@ -302,15 +326,22 @@ class Tracker:
         self._queue(records[sent:])
 
     def _queue(self, records: list[dict]) -> None:
-        """Keep records in memory and append them to the spool file, so a crash loses nothing either."""
+        """Keep records in memory and append them to the spool file, fsynced, so a crash loses nothing either (a
+        kill mid-append leaves a torn last line, which :func:`read_spool` drops)."""
         records = [self._keep_local_copy(record) for record in records]
         new_file = not self.spool_path.exists()
         self._unsynced.extend(records)
         self._spool_dir.mkdir(parents=True, exist_ok=True)
+        text = "".join(json.dumps(record, default=_json_default) + "\n" for record in records)
+        header = json.dumps(_spool_header(self.run_id, mlflow.get_tracking_uri())) + "\n" if new_file else ""
+        half = len(text) // 2
         with self.spool_path.open("a", encoding="utf-8") as spool:
-            if new_file:
-                spool.write(json.dumps(_spool_header(self.run_id, mlflow.get_tracking_uri())) + "\n")
-            spool.writelines(json.dumps(record, default=_json_default) + "\n" for record in records)
+            for part, torn in ((header, False), (text[:half], True), (text[half:], False)):
+                spool.write(part)
+                spool.flush()
+                os.fsync(spool.fileno())
+                if torn:
+                    reach("spool_append")
 
     def _keep_local_copy(self, record: dict) -> dict:
         """Artifact folders are copied next to the spool: the caller's folder may be temporary."""
@@ -345,8 +376,8 @@ class ReplicaTracker(Tracker):
     def log_params(self, params: dict[str, Any]) -> None:
         pass
 
-    def logged_steps(self, key: str) -> set[int]:
-        return set()
+    def continue_run(self) -> None:
+        pass
 
     def finish(self, status: str) -> None:
         pass
@@ -378,11 +409,22 @@ def write_spool(path: Path, run_id: str, tracking_uri: str, records: list[dict])
 
 
 def read_spool(path: Path) -> tuple[dict, list[dict]]:
-    """The spool file's header (run id, tracking URI) and its records."""
-    lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not lines or lines[0].get("kind") != "run":
+    """The spool file's header (run id, tracking URI) and its records. A torn last line (a kill during an append)
+    is dropped with a warning; a bad line before it means the file was damaged otherwise, and is an error."""
+    text = path.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    records = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            if number < len(lines) or text.endswith("\n"):
+                raise ValueError(f"{path}:{number}: not a JSON record; the spool is damaged beyond a torn last line "
+                                 "(edit that line out to sync the rest)") from None
+            log.warning("%s: dropping its torn last line (a process killed while appending it): %.80s", path, line)
+    if not records or records[0].get("kind") != "run":
         raise ValueError(f"{path} is not a spool file written by superhf_lab.tracking (no run header)")
-    return lines[0], lines[1:]
+    return records[0], records[1:]
 
 
 def sync_spool(path: Path, tracking_uri: str | None = None) -> int:
@@ -441,18 +483,21 @@ def check_tracking_store(config: MlflowConfig) -> str:
 
 
 @contextlib.contextmanager
-def tracked_run(resolved: DictConfig, tags: dict[str, str], run_name: str | None, output_dir: str | Path = ".",
+def tracked_run(resolved: DictConfig, tags: dict[str, str], run_name: str | None, spool_dir: str | Path = ".",
                 retry_every_s: float = 30.0, run_id: str | None = None) -> Iterator[Tracker]:
     """An MLflow run holding the flattened config as params and the resolved YAML as an artifact.
 
     Opening the run needs the server (it was probed just before, so failing here fails before training);
     after that, logging and ending the run never raise for a server that went away (see :class:`Tracker`).
+    ``run_id``: continue that run (a killed one's), whose spool is in ``spool_dir``.
     """
-    with bounded_http():  # run_id: continue that run (a resumed checkpoint's)
+    with bounded_http():
         run = mlflow.start_run(run_id=run_id, run_name=run_name, tags=tags)
-    tracker = Tracker(run.info.run_id, output_dir, retry_every_s, experiment_id=run.info.experiment_id)
+    tracker = Tracker(run.info.run_id, spool_dir, retry_every_s, experiment_id=run.info.experiment_id)
     status = "FAILED"
     try:
+        if run_id is not None:
+            tracker.continue_run()
         with bounded_http():
             params = flatten(OmegaConf.to_container(resolved, resolve=True))
             if run_id is not None:  # a resumed run keeps its params; only where its outputs go changed
@@ -471,12 +516,23 @@ def tracked_run(resolved: DictConfig, tags: dict[str, str], run_name: str | None
 
 
 def run_exists(run_id: str) -> tuple[bool, str]:
-    """Whether the tracking store holds ``run_id`` (and, when not, why not)."""
+    """Whether the tracking store holds ``run_id`` (and, when not, why not). Only the store's own answer that there
+    is no such run (or that it was deleted) is a no: any other failure raises, since starting over on a store that
+    merely failed to answer would abandon a run that is there."""
     try:
+        reach("store_query")
         with bounded_http():
-            mlflow.MlflowClient().get_run(run_id)
-    except Exception as error:  # another tracking store, or the run was deleted
-        return False, str(error).splitlines()[0]
+            run = mlflow.MlflowClient().get_run(run_id)
+    except Exception as error:
+        if getattr(error, "error_code", None) == "RESOURCE_DOES_NOT_EXIST":
+            return False, str(error).splitlines()[0]
+        raise ConfigError(
+            f"mlflow.tracking_uri={mlflow.get_tracking_uri()!r} did not answer whether run {run_id} exists "
+            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); its checkpoints are kept. "
+            "Re-run the same command once the store answers"
+        ) from error
+    if run.info.lifecycle_stage == "deleted":
+        return False, "the run was deleted"
     return True, ""
 
 

@@ -3,9 +3,9 @@ SuperHF cuts them, metrics under the project's names, checkpoints the run can re
 evaluation and saving.
 
 TRL trainers are transformers Trainers: they own their loop and save ``checkpoint-N`` folders in
-``output_dir``. Here ``output_dir`` lies in the run's checkpoint folder, and each save also marks that folder
-with the step and MLflow run id, so re-running the same command continues the same MLflow run from TRL's
-checkpoint (``trainer.train(resume_from_checkpoint=True)``).
+``output_dir``. Here ``output_dir`` lies in the run's checkpoint folder, and each save (the last step's included)
+also marks that folder with the step, so re-running the same command continues the same MLflow run from the
+newest TRL checkpoint that was saved completely.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from transformers import PreTrainedModel, TrainerCallback
+from transformers import PreTrainedModel, TrainerCallback, TrainerState
+from transformers.trainer import TRAINER_STATE_NAME as TRAINER_STATE
 
-from superhf_lab.checkpoint import Preempted
 from superhf_lab.completions import (
     COMPLETION_METRIC_NAMES,
     PROGRESS_METRIC_NAMES,
@@ -30,6 +30,7 @@ from superhf_lab.completions import (
 from superhf_lab.config import LoraSettings
 from superhf_lab.errors import require
 from superhf_lab.evaluation import completion_kl, evaluation_metric_names
+from superhf_lab.faults import reach
 from superhf_lab.plugin import RunContext, TrainingSetup, finish_training, training_setup
 from superhf_lab.policies import StartingPolicy
 from superhf_lab.sampling import sample_completions
@@ -100,6 +101,7 @@ class CutAtNextTurn:
     text_cut: str = "next_turn"
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, *args, **kwargs):
+        reach("generation")
         generated = super()._generate_single_turn(prompt_ids, images, multimodal_fields, *args, **kwargs)
         with_logprobs = isinstance(generated, tuple)  # GRPO returns (ids, log-probabilities), RLOO the ids alone
         cut_ids = []
@@ -138,7 +140,7 @@ class PolicyProbe:
 class TrackerBridge(TrainerCallback):
     """Logs each TRL step under the project's metric names: the step's completions (reward, held-out reward,
     METEOR similarity, lengths: those the trainer sampled and scored, or a :class:`PolicyProbe`'s), TRL's own
-    statistics renamed by ``renames``, and progress. A resumed run does not send the steps MLflow holds."""
+    statistics renamed by ``renames``, and progress (a continued run's tracker sends only what MLflow lacks)."""
 
     def __init__(self, context: RunContext, measure, renames: dict[str, str], prompts_per_step: int,
                  completions_per_step: int) -> None:
@@ -147,12 +149,7 @@ class TrackerBridge(TrainerCallback):
         self.renames = renames
         self.prompts_per_step = prompts_per_step
         self.completions_per_step = completions_per_step
-        self.logged_steps: set[int] = set()
         self.started = time.perf_counter()
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        if self.context.resume:
-            self.logged_steps = self.context.tracker.logged_steps("progress/completions_generated")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs or "loss" not in logs and not any(name in logs for name in self.renames):
@@ -164,56 +161,82 @@ class TrackerBridge(TrainerCallback):
         metrics["time/step_s"] = time.perf_counter() - self.started
         metrics["progress/completions_generated"] = (step + 1) * self.completions_per_step
         metrics["progress/prompts_seen"] = (step + 1) * self.prompts_per_step
-        send = step not in self.logged_steps
-        self.context.tracker.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)}, step=step, send=send)
-        if send and completions:
+        self.context.tracker.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)}, step=step)
+        if completions:
             limit = self.context.config.mlflow.completions_logged_per_superbatch
             self.context.tracker.log_completions(completion_rows(step, completions, [], limit))
         self.started = time.perf_counter()
 
 
 class CheckpointMarker(TrainerCallback):
-    """Marks the run's checkpoint folder at each TRL save (step and MLflow run id), so the runner continues this
-    MLflow run when the command is run again; honours SIGTERM (to any of the run's processes) by saving and stopping
-    after the current step. The main process alone writes the mark."""
+    """Marks the run's checkpoint folder at each TRL save with its step, so a continued run starts from a TRL
+    checkpoint known to be whole; saves the last step too, so a run killed during its final evaluation or upload
+    continues from its final weights; honours SIGTERM (to any of the run's processes) by saving and stopping after
+    the current step. The main process alone writes the mark."""
 
     def __init__(self, context: RunContext) -> None:
         self.context = context
+        self.restore_from: str | None = None  # the checkpoint a continued run resumes from
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if self.restore_from is not None:
+            load_checkpoint_weights(model, self.restore_from)
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        reach("finetuning")
 
     def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:
+            control.should_save = True
         if self.context.processes.any(self.context.stop.requested):
             control.should_save = True
             control.should_training_stop = True
 
     def on_save(self, args, state, control, **kwargs):
-        self.mark(state.global_step - 1, finished=False)
-
-    def mark(self, step: int, finished: bool) -> None:
         if self.context.processes.is_main:
-            self.context.checkpoints.mark({"step": step, "run_id": self.context.tracker.run_id,
-                                           "finished": finished})
+            self.context.checkpoints.mark({"step": state.global_step - 1, "run_id": self.context.tracker.run_id})
 
 
 def train_and_finish(context: RunContext, trainer, setup: TrainingSetup, last_step: int,
                      frozen: StartingPolicy | None) -> None:
-    """Train (continuing TRL's newest checkpoint when resuming), stop cleanly on SIGTERM, then evaluate the final
-    policy against its starting policy and save it."""
-    marker = next((c for c in trainer.callback_handler.callbacks if isinstance(c, CheckpointMarker)), None)
-    trainer.train(resume_from_checkpoint=marked_checkpoint(context, trainer) if context.resume else None)
-    if context.stop.requested and trainer.state.global_step < trainer.state.max_steps:
-        raise Preempted(f"stopped by SIGTERM after step {trainer.state.global_step - 1}; checkpoint in "
-                        f"{context.checkpoints.folder}")
-    if marker is not None:
-        marker.mark(last_step, finished=True)
+    """Train (continuing TRL's newest whole checkpoint when the run is continued), stop cleanly on SIGTERM, then
+    evaluate the final policy against its starting policy and save it."""
+    checkpoint = marked_checkpoint(context, trainer) if context.resume else None
+    saved = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE)) if checkpoint else None
+    if saved is not None and saved.global_step >= trainer.args.max_steps:
+        # Training is done: transformers' loop, resumed at its last step, would still take one step more.
+        load_checkpoint_weights(trainer.model, checkpoint)
+        trainer.state = saved
+    else:
+        marker = next((c for c in trainer.callback_handler.callbacks if isinstance(c, CheckpointMarker)), None)
+        if marker is not None:
+            marker.restore_from = checkpoint
+        trainer.train(resume_from_checkpoint=checkpoint)
+    if trainer.state.global_step < trainer.state.max_steps:
+        context.stop_if_requested(f"step {trainer.state.global_step - 1}")
     policy = trainer.accelerator.unwrap_model(trainer.model)
     finish_training(context, setup, policy, starting_policy(trainer, policy, frozen), last_step)
 
 
-def marked_checkpoint(context: RunContext, trainer) -> str:
+def load_checkpoint_weights(model: PreTrainedModel, checkpoint: str) -> None:
+    """The weights of TRL checkpoint ``checkpoint``, exactly. transformers' Trainer restores them with
+    ``load_state_dict(strict=False)``, which silently misses weights saved under another name than the module's
+    (transformers 5 saves GPT-NeoX's ``lm_head`` as ``embed_out``); ``from_pretrained`` reads them as saved."""
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        model.load_adapter(checkpoint, model.active_adapter, is_trainable=True)
+        return
+    saved = type(model).from_pretrained(checkpoint, dtype=next(model.parameters()).dtype)
+    model.load_state_dict(saved.state_dict(), strict=True)
+
+
+def marked_checkpoint(context: RunContext, trainer) -> str | None:
     """The TRL checkpoint the run's folder was last marked with: saved completely (the mark follows the save, and
-    the two newest are kept), unlike the newest folder, which a kill can leave half written."""
-    step = context.checkpoints.latest_meta()["step"]
-    return str(Path(trainer.args.output_dir) / f"checkpoint-{step + 1}")
+    the two newest are kept), unlike the newest folder, which a kill can leave half written. None before the
+    first mark: the continued run starts from the beginning."""
+    meta = context.checkpoints.latest_meta()
+    return None if meta is None else str(Path(trainer.args.output_dir) / f"checkpoint-{meta['step'] + 1}")
 
 
 def starting_policy(trainer, policy: PreTrainedModel, frozen: StartingPolicy | None) -> StartingPolicy:

@@ -1,7 +1,8 @@
 """Make WordNet available to nltk's METEOR without the internet.
 
 Order tried: nltk data already installed; the system's WordNet 3.0 files (Debian/Ubuntu packages
-``wordnet-base`` and ``wordnet-sense-index``) copied into an nltk data folder; ``nltk.download``.
+``wordnet-base`` and ``wordnet-sense-index``) copied into an nltk data folder; ``nltk.download`` (whose error, when
+WordNet is still missing, ends the message of :class:`WordNetUnavailable`).
 Run ``python -m superhf_lab.wordnet`` once (``make install`` does) to set it up.
 """
 
@@ -89,6 +90,7 @@ def ensure_wordnet() -> None:
     data_dir = default_nltk_data_dir()
     if str(data_dir) not in nltk.data.path:
         nltk.data.path.insert(0, str(data_dir))
+    download_error = None
     for source in SYSTEM_WORDNET_DIRS:
         if (source / "data.noun").is_file():
             install_from_system(source, data_dir)
@@ -96,10 +98,12 @@ def ensure_wordnet() -> None:
     else:
         try:
             nltk.download("wordnet", download_dir=str(data_dir), quiet=True, raise_on_error=True)
-        except Exception:  # offline: nltk raises assorted network errors
-            pass
+        except Exception as error:  # offline: nltk raises assorted network errors; kept for the message below
+            download_error = error
     if not wordnet_loads():
-        raise WordNetUnavailable(INSTALL_HELP)
+        why = "" if download_error is None else (
+            f" Downloading it into {data_dir} failed: {type(download_error).__name__}: {download_error}")
+        raise WordNetUnavailable(INSTALL_HELP + why) from download_error
 
 
 if __name__ == "__main__":

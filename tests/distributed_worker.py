@@ -2,8 +2,9 @@
 
     python tests/distributed_worker.py TINY_WORLD OUT [clean|oom_on_rank_1|nan_on_rank_1] [OVERRIDE ...]
 
-The main process saves the trainable weights after the update, the loss metrics and the trainer's counters to OUT,
-so a test can compare a 2-process update with a 1-process one, or check what a fault on one rank did to both.
+The main process saves the trainable weights after the update, the gradients each optimizer step was given, the
+optimizer's settings, the loss metrics and the trainer's counters to OUT, so a test can compare a 2-process update
+with a 1-process one, or check what a fault on one rank did to both.
 """
 
 import sys
@@ -50,6 +51,18 @@ def whole(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
 
 
+def record_steps(trainer: superhf.SuperHFTrainer, trained: list) -> list[dict[str, torch.Tensor]]:
+    """The gradients every optimizer step is given (summed over the ranks, clipped), whole, one dict per step."""
+    steps, step = [], trainer.grad_scaler.step
+
+    def recording(optimizer):
+        steps.append({name: whole(p.grad).clone() for name, p in trained if p.grad is not None})
+        return step(optimizer)
+
+    trainer.grad_scaler.step = recording
+    return steps
+
+
 def main(tiny_world: str, out: str, scenario: str = "clean", *extra_overrides: str) -> None:
     overrides = [f"tiny_world.dir={tiny_world}", "device=cpu", "kl_coef=0.1", "algorithm.minibatch_size_finetuning=4",
                  "algorithm.warmup_superbatches=0", *extra_overrides]
@@ -63,12 +76,13 @@ def main(tiny_world: str, out: str, scenario: str = "clean", *extra_overrides: s
     prompts = stream.take(2)
     kept = [Completion(prompts[i % 2], i % 2, text, num_tokens=0, finished=True) for i, text in enumerate(TEXTS)]
     inject(trainer, scenario, processes.rank)
-    losses = trainer.finetune(kept)
     trained = [(name, p) for name, p in trainer.policy.named_parameters() if p.requires_grad]
+    steps = record_steps(trainer, trained)
+    losses = trainer.finetune(kept)
     weights = {name: whole(p.detach()).clone() for name, p in trained}
-    gradients = {name: whole(p.grad).clone() for name, p in trained if p.grad is not None}
+    adam = {key: trainer.optimizer.param_groups[0][key] for key in ("lr", "betas", "eps", "weight_decay")}
     if processes.is_main:
-        torch.save({"weights": weights, "gradients": gradients, "losses": losses,
+        torch.save({"weights": weights, "steps": steps, "adam": adam, "losses": losses,
                     "nonfinite_losses": trainer.nonfinite_losses,
                     "finetuning_size": trainer.batch_sizes["finetuning"].size,
                     "world_size": processes.world_size}, out)

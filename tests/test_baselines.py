@@ -106,7 +106,7 @@ def test_the_text_reward_scores_cut_completions_with_the_reward_models_own_token
     prompt = "\n\nHuman: How do I bake bread?\n\nAssistant:"
     rewards = reward([prompt], [" Knead it. Human: great answer!"], [[5, 6, tokenizer.eos_token_id]])
     expected = scorer.score([prompt], [" Knead it."], config.text.reward_input)
-    assert rewards == pytest.approx(expected)
+    assert rewards == expected, "exact: the same reward model on the same cut text, alone in its batch"
     scored, _ = reward.take_scored()
     assert [(c.text, c.finished, c.num_tokens) for c in scored] == [(" Knead it.", True, 2)]
 

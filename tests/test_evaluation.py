@@ -6,6 +6,7 @@ import mlflow
 import pytest
 
 from conftest import compose_config, run_cli
+from tolerances import fp64_tolerance
 from superhf_lab.algorithms.best_of_n import best_of_n_kl_bound, best_per_prompt
 from superhf_lab.completions import Completion
 from superhf_lab.config import validate_config
@@ -24,14 +25,17 @@ def test_metrics_are_per_source_and_pooled_overall():
     sources = ["harmful", "harmful", "helpful", "helpful"]
     kl = {"kl": [0.1, 0.3, 0.0, 0.2], "kl_sequence": [1.0, 3.0, 0.0, 2.0]}
     metrics = evaluation_metrics(completions, sources, kl, 128, seed=0)
+    # Rewards, held-out rewards, lengths and sequence KLs here are small integers and halves: their means are exact.
     assert metrics["eval/harmful/reward/mean"] == 2.0 and metrics["eval/helpful/reward/mean"] == -0.5
     assert metrics["eval/all/reward/mean"] == 0.75 and metrics["eval/all/prompts"] == 4
     assert metrics["eval/harmful/diversity/meteor_similarity"] > 0.99, "identical completions: mode collapse"
     assert metrics["eval/helpful/diversity/meteor_similarity"] < 0.2
-    assert metrics["eval/all/diversity/meteor_similarity"] == pytest.approx(
-        (metrics["eval/harmful/diversity/meteor_similarity"] + metrics["eval/helpful/diversity/meteor_similarity"]) / 2
-    ), "overall METEOR pools the pairs drawn within each source, never across sources"
-    assert metrics["eval/harmful/kl"] == pytest.approx(0.2) and metrics["eval/all/kl_sequence"] == 1.5
+    assert metrics["eval/all/diversity/meteor_similarity"] == pytest.approx(  # two float64 means of 2: 4 roundings
+        (metrics["eval/harmful/diversity/meteor_similarity"] + metrics["eval/helpful/diversity/meteor_similarity"]) / 2,
+        rel=fp64_tolerance(4)), "overall METEOR pools the pairs drawn within each source, never across sources"
+    # (0.1 + 0.3) / 2: the literals' and the sum's roundings
+    assert metrics["eval/harmful/kl"] == pytest.approx(0.2, rel=fp64_tolerance(2))
+    assert metrics["eval/all/kl_sequence"] == 1.5
     assert metrics["eval/helpful/heldout_reward/mean"] == 0.5
     assert metrics["eval/helpful/completion/length_tokens_mean"] == 4.0
 
@@ -44,14 +48,18 @@ def test_meteor_pairs_are_seeded_scored_both_ways_and_capped():
     assert scores != meteor_pair_scores(texts, prompts, num_pairs=20, seed=2)
     assert len(meteor_pair_scores(texts[:4], prompts[:4], num_pairs=128, seed=0)) == 6, "fewer pairs: all of them"
     mean, half_width = mean_and_ci95([0.2, 0.4, 0.6])
-    assert mean == pytest.approx(0.4) and half_width == pytest.approx(1.96 * 0.2 / math.sqrt(3))
+    # float64: a 3-term mean; the std's 3 deviations (cancelling to a third of the inputs' size), squares, sum and
+    # sqrt, then x 1.96 / sqrt(3): 16 roundings, at 3 x the result's scale.
+    assert mean == pytest.approx(0.4, rel=fp64_tolerance(3))
+    assert half_width == pytest.approx(1.96 * 0.2 / math.sqrt(3), rel=fp64_tolerance(16, 3))
 
 
 def test_best_of_n_keeps_the_top_reward_per_prompt_and_bounds_its_kl():
     samples = [_completion(0, "a", 0.1), _completion(0, "b", 0.9), _completion(1, "c", -2.0), _completion(1, "d", -3.0)]
     assert [c.text for c in best_per_prompt(samples)] == ["b", "c"]
-    assert best_of_n_kl_bound(1) == 0.0
-    assert best_of_n_kl_bound(16) == pytest.approx(math.log(16) - 15 / 16)
+    assert best_of_n_kl_bound(1) == 0.0  # exact: log 1 - 0 / 1
+    # float64: a log, a division and a difference (2.77 - 0.94), each side
+    assert best_of_n_kl_bound(16) == pytest.approx(math.log(16) - 15 / 16, rel=fp64_tolerance(3, 2))
 
 
 def test_evaluation_prompts_sample_each_source_with_the_eval_seed_alone(tiny_world):
@@ -93,6 +101,7 @@ def test_trained_policies_are_saved_and_evaluated_like_base_and_best_of_n(tiny_w
     evaluated = run(["mode=eval", f"eval.policy={policy_uri}"])
     assert evaluated.data.metrics["eval/all/kl"] > 0, "the saved policy moved away from the starting one"
     base = run(["mode=eval"])
+    # exact: the starting policy's KL is 0 by definition, not computed
     assert base.data.metrics["eval/all/kl"] == 0.0 and base.data.metrics["eval/open/prompts"] == 8
 
     lora = run(["algorithm.num_superbatches=2", "algorithm.superbatch_size=4", "algorithm.lora.enabled=true",
@@ -102,10 +111,12 @@ def test_trained_policies_are_saved_and_evaluated_like_base_and_best_of_n(tiny_w
     assert adapter.data.metrics["eval/all/kl"] > 0, "the adapter is applied to the starting policy"
 
     best = run(["algorithm=best_of_n", "algorithm.n=4"])
-    assert best.data.metrics["eval/all/kl_sequence_bound"] == pytest.approx(best_of_n_kl_bound(4))
+    # the mean over the 24 prompts of the same bound: 24 float64 additions
+    assert best.data.metrics["eval/all/kl_sequence_bound"] == pytest.approx(best_of_n_kl_bound(4),
+                                                                            rel=fp64_tolerance(24))
     assert "eval/all/kl_sequence" not in best.data.metrics and "eval/all/kl" not in best.data.metrics
     assert 0 < best.data.metrics["diversity/meteor_similarity_within_prompt"] < 1
-    assert best.data.metrics["reward/mean"] == best.data.metrics["eval/all/reward/mean"]
+    assert best.data.metrics["reward/mean"] == best.data.metrics["eval/all/reward/mean"], "exact: one number, two names"
     assert best.data.metrics["eval/all/reward/mean"] > base.data.metrics["eval/all/reward/mean"], (
         "picking the best of 4 by the reward model raises the reward model's score")
 

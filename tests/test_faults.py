@@ -99,7 +99,7 @@ def test_a_run_ending_while_the_server_is_down_leaves_a_spool_that_the_sync_comm
 
 
 def _spool_steps(output_root: Path) -> set[int]:
-    """Steps of reward/mean waiting in the run's spool file (empty before the server went away)."""
+    """Steps of reward/mean waiting in the run's spool file, in its run folder (empty before the server went away)."""
     steps = set()
     for spool in output_root.glob("**/mlflow-unsynced-*.jsonl"):
         for line in spool.read_text().splitlines():
@@ -135,9 +135,10 @@ def test_training_goes_on_while_the_tracking_server_is_down_and_syncs_when_it_re
             run.send_signal(signal.SIGSTOP)
             run_id = _only_run_id(client, "faults")
         run.send_signal(signal.SIGCONT)  # the server is gone: training goes on, metrics go to the spool
-        _wait_for(lambda: len(_spool_steps(tmp_path / "outputs")) >= 1, 120, "a spooled superbatch", run)
+        _wait_for(lambda: len(_spool_steps(tmp_path / "checkpoints")) >= 1, 120, "a spooled superbatch", run)
         run.send_signal(signal.SIGSTOP)
-        first_spooled, last_spooled = min(_spool_steps(tmp_path / "outputs")), max(_spool_steps(tmp_path / "outputs"))
+        spooled = _spool_steps(tmp_path / "checkpoints")
+        first_spooled, last_spooled = min(spooled), max(spooled)
         with mlflow_server_process(folder, port=port):
             run.send_signal(signal.SIGCONT)
             assert run.wait(timeout=240) == 0, log_file.read_text()[-3000:]
@@ -145,7 +146,7 @@ def test_training_goes_on_while_the_tracking_server_is_down_and_syncs_when_it_re
             assert 2 <= first_spooled and last_spooled < steps - 1, "the outage fell mid-run"
             assert output.count("stopped answering") == 1, output[-3000:]
             assert "answers again: synced" in output, "the backlog is synced when the server returns"
-            assert list(tmp_path.glob("outputs/**/mlflow-unsynced-*")) == [], "nothing is left unsynced"
+            assert list(tmp_path.glob("checkpoints/**/mlflow-unsynced-*")) == [], "nothing is left unsynced"
             for key in ("reward/mean", "kl", "progress/completions_generated"):
                 assert _steps(client, run_id, key) == list(range(steps)), key
             finished = client.get_run(run_id)

@@ -53,6 +53,8 @@ def nltk_meteor(reference: str, hypothesis: str) -> float:
 
 
 def assert_every_ordered_pair_matches_nltk(texts: list[str]) -> None:
+    """Exact, not approximate: MeteorTexts replays nltk's float64 operations in nltk's order, so any difference, even
+    an ulp, is a different alignment or formula, which a tolerance would hide."""
     scorer = MeteorTexts(texts)
     mismatches = [
         (texts[r], texts[h], scorer.score(r, h), nltk_meteor(texts[r], texts[h]))

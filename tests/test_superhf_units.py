@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from tolerances import adam_tolerance, assert_within, fp32_tolerance
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
 from superhf_lab.algorithms.superhf import SuperHFConfig, SuperHFTrainer, minibatch_loss, select_top_k
@@ -101,26 +102,34 @@ def test_ce_uses_the_logits_that_predict_completion_tokens():
         logits[0, t, sequence[t + 1]] = 30.0  # a perfect next-token predictor
     logits[0, 4, 0] = 30.0  # the last position predicts nothing in the sequence
     ce, kl = completion_ce_and_kl(logits, logits, input_ids, completion_mask)
-    assert ce.item() == pytest.approx(0.0, abs=1e-6)
-    assert kl.item() == pytest.approx(0.0, abs=1e-6)
+    # The exact CE is 19 exp(-60) nats; float32 gets the log-softmax's normaliser (20 exp terms of at most 1) to 20 eps
+    # relative, so its log to 20 eps nats, then averages 3 tokens. A model scored on the wrong positions: > 10 nats.
+    assert ce.item() == pytest.approx(0.0, abs=fp32_tolerance(vocab + 3))
+    assert kl.item() == 0.0, "exact: the same logits on both sides make every log p - log q exactly 0"
     unshifted_ce = F.cross_entropy(logits[0], input_ids[0], reduction="none")[completion_mask[0].bool()].mean()
     assert unshifted_ce.item() > 10, "the reference trainer's unshifted mask would score this as a terrible model"
 
 
 def test_kl_matches_a_direct_computation():
+    """Against the definition in float64 (exact for float32's purposes), term by term."""
     torch.manual_seed(0)
-    logits, reference = torch.randn(2, 6, 11), torch.randn(2, 6, 11)
-    input_ids = torch.randint(0, 11, (2, 6))
+    vocab = 11
+    logits, reference = torch.randn(2, 6, vocab), torch.randn(2, 6, vocab)
+    input_ids = torch.randint(0, vocab, (2, 6))
     completion_mask = torch.tensor([[0, 0, 0, 1, 1, 1], [0, 1, 1, 1, 1, 0]])
     _, kl = completion_ce_and_kl(logits, reference, input_ids, completion_mask)
     for row in range(2):
-        per_token = []
+        per_token, log_ratios = [], []
         for t in range(5):
             if completion_mask[row, t + 1]:
-                p = torch.softmax(logits[row, t], -1)
-                q = torch.softmax(reference[row, t], -1)
-                per_token.append(sum(p[v] * math.log(p[v] / q[v]) for v in range(11)))
-        assert kl[row].item() == pytest.approx(float(sum(per_token) / len(per_token)), rel=1e-5)
+                p = torch.softmax(logits[row, t].double(), -1)
+                q = torch.softmax(reference[row, t].double(), -1)
+                per_token.append(sum(p[v] * math.log(p[v] / q[v]) for v in range(vocab)))
+                log_ratios += [abs(math.log(p[v] / q[v])) for v in range(vocab)]
+        # fp32, per token: log p and log q off by their normalisers' vocab x eps nats (exp terms of at most 1), p by
+        # as much relative, and the vocab terms p (log p - log q) summed, each at most max |log p - log q| in size.
+        tolerance = fp32_tolerance(vocab, 2 + 2 * max(log_ratios)) + fp32_tolerance(len(per_token), float(kl[row]))
+        assert kl[row].item() == pytest.approx(float(sum(per_token) / len(per_token)), abs=tolerance)
     assert (kl >= 0).all()
 
 
@@ -130,6 +139,18 @@ def tiny_causal_lm():
     config = GPTNeoXConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                            intermediate_size=32, max_position_embeddings=64)
     return GPTNeoXForCausalLM(config).eval()
+
+
+def _reduction_length(config: GPTNeoXConfig, positions: int, tokens: int, backward: bool = False) -> int:
+    """Additions along the longest float32 chain to a CE or KL summed over ``tokens``: per layer a layer norm's and
+    a projection's over the hidden size, the attention's over the positions and the MLP's; the log-softmax's
+    normaliser and the KL's own sum over the vocabulary (backward: the output layer's); the sum over the tokens.
+    A gradient (``backward``) also goes back through the layers.
+
+    CE measured in its own units (its terms are log-probabilities of its size), KL in nats (a normaliser of exp
+    terms of at most 1 is off by vocabulary x eps nats, whatever the logits' size)."""
+    layers = config.num_hidden_layers * (2 * config.hidden_size + config.intermediate_size + positions)
+    return layers * (1 + backward) + 2 * config.vocab_size + tokens
 
 
 def _batch(prompts, completions, side="right"):
@@ -160,14 +181,22 @@ def test_reference_loss_equals_the_reference_trainers_formula(tiny_causal_lm):
     terms = loss_terms(outputs.logits, reference_logits, inputs["input_ids"], mask, "reference_to_policy", "unshifted")
     ce, kl_penalty = minibatch_loss(terms, kl_coef, "reference", minibatch_size=3,
                                     minibatch_tokens=int(terms.tokens.sum()))
-    torch.testing.assert_close(ce + kl_penalty, expected, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(ce, outputs.loss, rtol=1e-5, atol=1e-6)
+    # Both from the same logits, reduced in other orders: the vocabulary twice (normaliser, then KL's sum), the
+    # labelled tokens and the 3 examples; the CE part in its own units, the KL part (0.35 x 3 KLs) in nats.
+    length = 2 * tiny_causal_lm.config.vocab_size + int(terms.tokens.sum()) + 3
+    rtol, atol = fp32_tolerance(length), fp32_tolerance(length, kl_coef * 3)
+    torch.testing.assert_close(ce + kl_penalty, expected, rtol=rtol, atol=atol)
+    torch.testing.assert_close(ce, outputs.loss, rtol=rtol, atol=0)
 
     default_ce, default_kl = completion_ce_and_kl(outputs.logits, reference_logits, inputs["input_ids"], mask)
     ce, kl_penalty = minibatch_loss(loss_terms(outputs.logits, reference_logits, inputs["input_ids"], mask,
                                                "policy_to_reference", "shifted"), kl_coef, "mean", 3, 0)
-    torch.testing.assert_close(ce + kl_penalty, default_ce.mean() + kl_coef * default_kl.mean())
-    assert not torch.allclose(ce + kl_penalty, expected), "the two losses differ on the same batch"
+    # The same per-completion values either way (loss_terms is deterministic), then 6 roundings each: a 3-term sum, a
+    # division, the coefficient's product and the final sum.
+    torch.testing.assert_close(ce + kl_penalty, default_ce.mean() + kl_coef * default_kl.mean(),
+                               rtol=fp32_tolerance(6), atol=0)
+    assert not torch.allclose(ce + kl_penalty, expected, rtol=rtol, atol=atol), (
+        "the two losses differ on the same batch, by far more than float error")
 
 
 def test_loss_is_the_same_with_left_and_right_padding(tiny_causal_lm):
@@ -179,8 +208,11 @@ def test_loss_is_the_same_with_left_and_right_padding(tiny_causal_lm):
             logits = tiny_causal_lm(input_ids=input_ids, attention_mask=attention,
                                     position_ids=position_ids_for(attention)).logits
         results[side] = completion_ce_and_kl(logits, logits * 0.5, input_ids, mask)
+    # Padding moves the sums around (the attention's, then everything after it): CE to its fp32 bound relative (3.5
+    # nats here), KL to it in nats (2e-5 nats, 2% of these KLs of 1e-3); a misplaced mask scores other tokens (0.1).
+    tolerance = fp32_tolerance(_reduction_length(tiny_causal_lm.config, input_ids.shape[1], max(map(len, completions))))
     for left, right in zip(results["left"], results["right"]):
-        torch.testing.assert_close(left, right, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(left, right, rtol=tolerance, atol=tolerance)
 
 
 class _ConstantScorer:
@@ -213,8 +245,9 @@ def test_nonfinite_losses_are_skipped_counted_and_limited(tiny_causal_lm):
     before = {name: p.detach().clone() for name, p in policy.named_parameters()}
     losses = trainer.finetune(kept)
     assert trainer.nonfinite_losses == 1 and math.isnan(losses["loss/total"])
-    for name, parameter in policy.named_parameters():
-        torch.testing.assert_close(parameter, before[name], equal_nan=True, msg=f"{name} changed on a NaN loss")
+    for name, parameter in policy.named_parameters():  # exact: a skipped step touches no weight
+        torch.testing.assert_close(parameter, before[name], rtol=0, atol=0, equal_nan=True,
+                                   msg=f"{name} changed on a NaN loss")
     with pytest.raises(FloatingPointError, match="max_nonfinite_losses"):
         trainer.finetune(kept)
 
@@ -230,6 +263,7 @@ def test_a_checkpoint_with_optimizer_state_keyed_by_position_still_resumes(tiny_
     resumed.load_state_dict(saved)
     expected, actual = trainer.state_dict(), resumed.state_dict()
     assert actual["optimizer"]["param_groups"] == expected["optimizer"]["param_groups"]
+    # Exact: loading copies the saved tensors, and reading them back computes nothing.
     for part in ("policy", "scheduler", "batch_sizes"):
         torch.testing.assert_close(actual[part], expected[part], rtol=0, atol=0, msg=part)
     torch.testing.assert_close(actual["optimizer"]["state"], expected["optimizer"]["state"], rtol=0, atol=0)
@@ -252,7 +286,7 @@ def _fails_above(function, limit, size_of):
 @pytest.mark.parametrize("reduction", ["mean", "reference"])
 def test_finetuning_out_of_memory_halves_into_micro_batches_with_the_same_update(tiny_causal_lm, reduction):
     kept = [Completion(f"p{i}", i, "reply " * (i + 1), 3, True) for i in range(6)]
-    updated = {}
+    updated, gradients = {}, {}
     for limit in (None, 2):
         torch.manual_seed(1)
         policy = GPTNeoXForCausalLM(tiny_causal_lm.config)
@@ -263,10 +297,19 @@ def test_finetuning_out_of_memory_halves_into_micro_batches_with_the_same_update
             policy.forward = _fails_above(policy.forward, limit, lambda **inputs: inputs["input_ids"].shape[0])
         trainer.finetune(kept)
         updated[limit] = (dict(policy.named_parameters()), trainer.batch_sizes["finetuning"])
+        gradients[limit] = {name: p.grad.clone() for name, p in policy.named_parameters() if p.grad is not None}
     assert (updated[2][1].size, updated[2][1].halvings) == (2, 2), "8 -> 4 -> 2"
-    for name, parameter in updated[None][0].items():
-        torch.testing.assert_close(updated[2][0][name], parameter, rtol=1e-5, atol=1e-6,
-                                   msg=f"{name}: one optimizer step over the same minibatch either way")
+    # One optimizer step over the same minibatch either way, its sums split over micro-batches: the gradients to
+    # their fp32 bound (forward, vocabulary both ways, back through the layers, the sum over every token) at each
+    # tensor's scale, the weights to what Adam can make of the gradients' differences (tolerances.adam_tolerance).
+    lengths = [len(c.prompt) + len(c.text) + 1 for c in kept]  # the toy tokenizer: a token a character, and EOS
+    length = _reduction_length(tiny_causal_lm.config, max(lengths), sum(lengths), backward=True)
+    for name, gradient in gradients[None].items():
+        torch.testing.assert_close(gradients[2][name], gradient, rtol=0,
+                                   atol=fp32_tolerance(length, gradient.abs().max().item()), msg=name)
+    weights = {name: p.detach() for name, p in updated[None][0].items()}
+    bounds = adam_tolerance([gradients[None]], [gradients[2]], weights, config.learning_rate)
+    assert_within({name: p.detach() for name, p in updated[2][0].items()}, weights, bounds)
 
 
 def test_out_of_memory_beyond_the_halving_limit_names_the_key(tiny_causal_lm):

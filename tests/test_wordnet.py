@@ -5,8 +5,10 @@ from pathlib import Path
 import nltk
 import pytest
 from nltk.corpus.reader.wordnet import WordNetCorpusReader
+from nltk.corpus.util import LazyCorpusLoader
 
-from superhf_lab.wordnet import SYSTEM_WORDNET_DIRS, install_from_system, lexnames_text
+from superhf_lab import wordnet
+from superhf_lab.wordnet import SYSTEM_WORDNET_DIRS, WordNetUnavailable, install_from_system, lexnames_text
 
 SYSTEM_DIR = next((d for d in SYSTEM_WORDNET_DIRS if (d / "data.noun").is_file()), None)
 
@@ -28,3 +30,24 @@ def test_system_wordnet_files_become_a_readable_nltk_corpus(tmp_path: Path, monk
     reader = WordNetCorpusReader(str(target), None)
     assert "dog.n.01" in {synset.name() for synset in reader.synsets("dog")}
     assert not (tmp_path / "corpora" / "wordnet.partial").exists()
+
+
+def test_a_failed_download_reaches_the_user_when_wordnet_is_still_missing(tmp_path: Path, monkeypatch):
+    """No WordNet anywhere nltk looks (an empty data folder, no system files, a corpus loader not loaded yet) and a
+    download that fails: the error says how to install WordNet and why the download did not."""
+    monkeypatch.setenv("NLTK_DATA", str(tmp_path / "nltk_data"))
+    monkeypatch.setattr(nltk.data, "path", [str(tmp_path / "nltk_data")])
+    monkeypatch.setattr(wordnet, "SYSTEM_WORDNET_DIRS", (tmp_path / "no_system_wordnet",))
+    monkeypatch.setattr(nltk.corpus, "wordnet", LazyCorpusLoader("wordnet", WordNetCorpusReader, None))
+    offline = OSError("[Errno -3] Temporary failure in name resolution")
+
+    def download(*args, **kwargs):
+        raise offline
+
+    monkeypatch.setattr(nltk, "download", download)
+    with pytest.raises(WordNetUnavailable) as caught:
+        wordnet.ensure_wordnet()
+    message = str(caught.value)
+    assert message.startswith(wordnet.INSTALL_HELP), "how to install it, as before"
+    assert f"Downloading it into {tmp_path / 'nltk_data'} failed: OSError: {offline}" in message
+    assert caught.value.__cause__ is offline

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
 from superhf_lab.bookkeeping import Bookkeeping
-from superhf_lab.checkpoint import Preempted, capture_rng, restore_rng
+from superhf_lab.checkpoint import capture_rng, restore_rng
 from superhf_lab.completions import (
     COMPLETION_METRIC_NAMES,
     PROGRESS_METRIC_NAMES,
@@ -46,6 +46,7 @@ from superhf_lab.data import PromptStream
 from superhf_lab.distributed import ONE_PROCESS, Processes
 from superhf_lab.errors import require
 from superhf_lab.evaluation import PolicyEvaluator, evaluation_metric_names
+from superhf_lab.faults import reach
 from superhf_lab.memory import HalvingBatchSize, alone
 from superhf_lab.models import autocast
 from superhf_lab.plugin import RunContext, save_policy_artifact, training_setup
@@ -274,6 +275,7 @@ class SuperHFTrainer:
             if self.config.max_grad_norm is not None:
                 self.grad_scaler.unscale_(self.optimizer)
                 torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.config.max_grad_norm)
+            reach("finetuning")
             self.grad_scaler.step(self.optimizer)
             self.grad_scaler.update()
             for name, value in losses.items():
@@ -363,18 +365,13 @@ class SuperHFTrainer:
         """Run every superbatch and log its metrics and sample completions, evaluating on the way when asked. The
         diversity metrics are computed while the next superbatch runs (see :mod:`superhf_lab.bookkeeping`).
 
-        With checkpoints, a resumed run restores the newest checkpoint and re-runs the superbatches after it;
-        the steps MLflow already holds (logged before the kill) are not logged again, so the history has each
-        step once. SIGTERM ends the run after the current superbatch with a checkpoint (:class:`Preempted`); with
-        several processes, SIGTERM to any of them stops all after the same superbatch.
+        A continued run restores the newest whole checkpoint (if any) and re-runs the superbatches after it; the
+        tracker sends nothing MLflow already holds (logged before the kill), so the history has each step once.
+        SIGTERM ends the run after the current superbatch with a checkpoint (``Preempted``), the last one
+        included; with several processes, SIGTERM to any of them stops all after the same superbatch.
         """
         cfg, run, tracker = self.config, context.config, context.tracker
-        first_step, logged_steps = 0, set()
-        if context.resume:
-            first_step = self.resume(context, stream)
-            logged_steps = tracker.logged_steps("progress/completions_generated")
-        if context.checkpoints is not None:
-            tracker.append_tables_at_flush_only()  # appended at checkpoints, so a resume adds no duplicates
+        first_step = self.resume(context, stream) if context.resume else 0
         progress = tqdm(range(first_step, cfg.num_superbatches), desc="SuperHF superbatches", unit="superbatch",
                         initial=first_step, total=cfg.num_superbatches, disable=not self.processes.is_main)
         with Bookkeeping(tracker, background_bookkeeping) as bookkeeping:
@@ -383,50 +380,49 @@ class SuperHFTrainer:
                 metrics["progress/prompts_seen"] = stream.position
                 metrics["progress/completions_generated"] = (
                     (step + 1) * cfg.prompt_accumulation_steps * cfg.superbatch_size)
-                send = step not in logged_steps
-                tracker.log_metrics(metrics, step=step, send=send)
+                tracker.log_metrics(metrics, step=step)
                 if self.processes.is_main:  # the others log nothing
-                    bookkeeping.submit(step, lambda completions=completions: diversity_metrics(completions), send)
-                if send:
-                    tracker.log_completions(
-                        completion_rows(step, completions, kept_indices, run.mlflow.completions_logged_per_superbatch))
+                    bookkeeping.submit(step, lambda completions=completions: diversity_metrics(completions))
+                tracker.log_completions(
+                    completion_rows(step, completions, kept_indices, run.mlflow.completions_logged_per_superbatch))
                 bookkeeping.log_ready()
                 progress.set_postfix(reward=f"{metrics['reward/mean']:.3f}", kl=f"{metrics['kl']:.4f}")
                 last = step == cfg.num_superbatches - 1
                 due = run.eval.every_n_superbatches and (step + 1) % run.eval.every_n_superbatches == 0
                 if evaluator is not None and (due or (last and run.eval.at_end)):
-                    evaluator.evaluate(self.policy, self.starting, tracker, step, send=send)
+                    evaluator.evaluate(self.policy, self.starting, tracker, step)
                 every = run.checkpoint.every_n_superbatches
                 stop = self.processes.any(context.stop.requested)
                 if context.checkpoints and (last or stop or (every and (step + 1) % every == 0)):
                     bookkeeping.log_all()  # the checkpoint's history holds every step up to it
-                    self.save_checkpoint(context, stream, step, finished=last)
-                if stop and not last:
-                    raise Preempted(f"stopped by SIGTERM after superbatch {step}; checkpoint in "
-                                    f"{context.checkpoints.folder}")
+                    self.save_checkpoint(context, stream, step)
+                if stop:
+                    context.stop_if_requested(f"superbatch {step}")
 
-    def save_checkpoint(self, context: RunContext, stream: PromptStream, step: int, finished: bool) -> None:
+    def save_checkpoint(self, context: RunContext, stream: PromptStream, step: int) -> None:
         """The main process writes the state (every process holds the same weights) with each process's RNG."""
         rng = self.processes.gather([capture_rng()])
         trainer_state = self.state_dict()  # on every process: sharded weights are gathered
         if self.processes.is_main:
-            state = {"trainer": trainer_state, "stream_position": stream.position, "rng": rng,
-                     "tracker": context.tracker.state_dict()}
-            context.checkpoints.save(state, {"step": step, "run_id": context.tracker.run_id, "finished": finished,
+            state = {"trainer": trainer_state, "stream_position": stream.position, "rng": rng}
+            context.checkpoints.save(state, {"step": step, "run_id": context.tracker.run_id,
                                              "world_size": self.processes.world_size})
             context.tracker.flush()
         self.processes.barrier()
 
     def resume(self, context: RunContext, stream: PromptStream) -> int:
-        """Restore the newest checkpoint; returns the first superbatch still to run."""
-        state, meta = context.checkpoints.load()
+        """Restore the newest whole checkpoint; returns the first superbatch still to run (0 when there is none: the
+        run was killed before its first checkpoint)."""
+        loaded = context.checkpoints.load()
+        if loaded is None:
+            return 0
+        state, meta = loaded
         saved_by = len(state["rng"])
         require(saved_by == self.processes.world_size, "checkpoint.resume", context.config.checkpoint.resume,
                 f"the checkpoint in {context.checkpoints.folder} was saved by {saved_by} process(es): launch "
                 f"{saved_by} to continue it exactly, or start over with checkpoint.resume=never")
         self.load_state_dict(state["trainer"])
         stream.position = state["stream_position"]
-        context.tracker.load_state_dict(state["tracker"])
         restore_rng(state["rng"][self.processes.rank])
         log.info("resumed from the checkpoint after superbatch %d in %s", meta["step"], context.checkpoints.folder)
         return meta["step"] + 1
@@ -482,6 +478,7 @@ def train_superhf(context: RunContext) -> None:
         evaluator = PolicyEvaluator(run, trainer.tokenizer, trainer.reward_scorer, trainer.heldout_scorer,
                                     context.device, context.processes)
     trainer.train(stream, context, evaluator)
+    context.stop_if_requested("the last superbatch")  # a continued run with no superbatch left may still be asked
     weights = context.processes.full_state_dict(trainer.policy, trainer.config.lora.enabled)
     if context.processes.is_main:
         save_policy_artifact(context.tracker, trainer.policy, trainer.tokenizer, weights)
