@@ -195,6 +195,7 @@ class CheckpointMarker(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         if self.context.processes.is_main:
             self.context.checkpoints.mark({"step": state.global_step - 1, "run_id": self.context.tracker.run_id})
+            self.context.tracker.flush()  # rows up to the mark: a continued run recomputes only later ones
 
 
 def train_and_finish(context: RunContext, trainer, setup: TrainingSetup, last_step: int,

@@ -1,18 +1,14 @@
 """The baselines on the plugin API: GRPO, RLOO, DPO and FeedME log the shared metrics, cut completions as SuperHF
-does, read preference pairs, and resume a killed run through TRL's checkpoints."""
+does and read preference pairs (resuming after a kill: tests/test_kill_anywhere.py)."""
 
 import json
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import mlflow
 import pytest
 import torch
 
-from conftest import ROOT, compose_config, run_cli
+from conftest import compose_config, run_cli
 from superhf_lab.config import DataConfig, DataSourceConfig, RewardModelConfig, validate_config
 from superhf_lab.data import DataFileError, PreferencePair, load_pairs
 from superhf_lab.models import load_tokenizer
@@ -127,27 +123,3 @@ def test_baseline_logs_the_shared_metrics_every_step_then_evaluates_and_saves(al
         assert sorted(m.step for m in client.get_metric_history(run.info.run_id, name)) == expected, name
     assert run.data.metrics["eval/all/kl"] > 0, "the policy moved away from the starting one"
     assert "superhf_lab.policy_uri" in run.data.tags
-
-
-@pytest.mark.slow
-def test_a_killed_grpo_run_resumes_from_trls_checkpoint_into_the_same_mlflow_run(tiny_world, tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    args = ["algorithm=grpo", f"tiny_world.dir={tiny_world.root}", "algorithm.num_steps=6", "eval.at_end=false",
-            "checkpoint.every_n_superbatches=2", f"checkpoint.dir={tmp_path}/checkpoints", f"mlflow.tracking_uri={uri}"]
-    process = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args], cwd=tmp_path,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 600
-    while not list((tmp_path / "checkpoints").glob("*/trainer/checkpoint-4")):
-        assert process.poll() is None and time.monotonic() < deadline, "the run ended before its second checkpoint"
-        time.sleep(0.1)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-
-    resumed = run_cli(args, cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    client = mlflow.MlflowClient(uri)
-    runs = client.search_runs([client.get_experiment_by_name("tiny_world").experiment_id])
-    assert len(runs) == 1 and runs[0].info.status == "FINISHED", "the same MLflow run, continued"
-    for name in ("reward/mean", "loss/total", "progress/completions_generated"):
-        assert sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, name)) == list(range(6)), name
-    assert "continuing MLflow run" in resumed.stdout + resumed.stderr

@@ -24,6 +24,7 @@ from safetensors.torch import load_file
 
 from conftest import run_cli
 from superhf_lab.checkpoint import CheckpointStore
+from superhf_lab.tracking import read_spool
 
 pytestmark = pytest.mark.slow
 
@@ -34,8 +35,12 @@ CONFIGS = {
                 "checkpoint.every_n_superbatches=2"],
     "grpo": ["algorithm=grpo", *TRL_STEPS, "algorithm.prompts_per_step=2", "algorithm.group_size=4"],
     "rloo": ["algorithm=rloo", *TRL_STEPS, "algorithm.prompts_per_step=2", "algorithm.group_size=4"],
-    "dpo": ["algorithm=dpo", *TRL_STEPS, "algorithm.pairs_per_step=8", "algorithm.probe_prompts=4"],
-    "feedme": ["algorithm=feedme", *TRL_STEPS, "algorithm.pairs_per_step=8", "algorithm.probe_prompts=4"],
+    # DPO and FeedME sample (their probe) after a step's update, so a SIGTERM there stops after the next step: two
+    # more steps keep every later point of the SIGTERM chain ahead of the run's end.
+    "dpo": ["algorithm=dpo", "algorithm.num_steps=6", "checkpoint.every_n_superbatches=2", "algorithm.pairs_per_step=8",
+            "algorithm.probe_prompts=4"],
+    "feedme": ["algorithm=feedme", "algorithm.num_steps=6", "checkpoint.every_n_superbatches=2",
+               "algorithm.examples_per_step=8", "algorithm.probe_prompts=4"],
     "best_of_n": ["algorithm=best_of_n", "algorithm.n=4"],
     "evaluate": ["mode=eval"],
 }
@@ -135,6 +140,15 @@ def _only_run(store: str, algorithm: str, exclude: set[str]) -> str:
     return runs.pop()
 
 
+def _ended_as(store: str, run_id: str, checkpoints: Path) -> str:
+    """The status a run ended with: in the store, or in its spool when the store was failing at its end."""
+    for spool in checkpoints.glob(f"*/mlflow-unsynced-{run_id}.jsonl"):
+        ends = [record["status"] for record in read_spool(spool)[1] if record["kind"] == "end_run"]
+        if ends:
+            return ends[-1]
+    return mlflow.MlflowClient(store).get_run(run_id).info.status
+
+
 def recorded(store: str, run_id: str, folder: Path) -> dict:
     """What a run recorded, in a form two runs compare by: status, each metric's (step, value) pairs but for the
     time/* ones, every table's rows, the policy's tensors and files."""
@@ -197,8 +211,7 @@ def test_a_run_stopped_anywhere_and_re_run_records_what_an_unbroken_run_does(cha
             assert "did not answer whether run" in launch.stderr and "its checkpoints are kept" in launch.stderr
         if action == "term":
             assert "Preempted: stopped by SIGTERM" in launch.stderr, launch.stderr[-3000:]
-            run_id = _only_run(store, chain.algorithm, exclude=earlier)
-            assert mlflow.MlflowClient(store).get_run(run_id).info.status == "KILLED"
+            assert _ended_as(store, _only_run(store, chain.algorithm, exclude=earlier), checkpoints) == "KILLED"
     final = _launch(chain.algorithm, tiny_world, store, checkpoints, tmp_path)
     assert final.returncode == 0, final.stderr[-3000:]
     run_id = _only_run(store, chain.algorithm, exclude=earlier)
