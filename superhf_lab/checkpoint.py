@@ -38,6 +38,8 @@ STATE_FILE = "state.pt"
 META_FILE = "meta.json"
 RUN_FILE = "run.json"
 LEASE_FILE = "lease.json"
+# Checkpoints written before the NumPy RNG key was saved as a tensor hold it as an array: data only, so allowed.
+_OLDER_RNG_TYPES = [np.ndarray, np.dtype, np._core.multiarray._reconstruct, type(np.dtype(np.uint32))]
 KEPT_CHECKPOINTS = 2  # the newest and the one before, for when the newest turns out damaged
 LEASE_HEARTBEAT_S = 20.0
 LEASE_STALE_S = 120.0  # another host's lease untouched this long belongs to a process that is gone
@@ -74,7 +76,8 @@ def capture_rng() -> dict[str, Any]:
 def restore_rng(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     name, key, position, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, key.numpy().astype(np.uint32), position, has_gauss, cached))
+    key = key.numpy() if isinstance(key, torch.Tensor) else key  # an array in checkpoints of older versions
+    np.random.set_state((name, key.astype(np.uint32), position, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -177,7 +180,8 @@ class CheckpointStore:
                     if digest != meta.get("sha256"):
                         raise ValueError(f"its {STATE_FILE} has SHA-256 {digest[:12]}..., not the "
                                          f"{str(meta.get('sha256'))[:12]}... it was saved with")
-                    state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
+                    with torch.serialization.safe_globals(_OLDER_RNG_TYPES):
+                        state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
                 else:
                     state = {}
             except Exception as error:  # truncated, corrupted or unsafe: each surfaces as its own type

@@ -81,6 +81,24 @@ def test_saving_keeps_the_newest_two_checkpoints(tmp_path):
     assert sorted(path.name for path in store.folder.glob("step-*")) == ["step-000002", "step-000003"]
 
 
+def test_a_checkpoint_of_an_older_version_with_numpys_rng_as_an_array_still_loads_and_restores(tmp_path):
+    import random
+
+    import numpy as np
+
+    from superhf_lab.checkpoint import restore_rng
+
+    store = CheckpointStore(tmp_path / "run")
+    np.random.seed(3)
+    older = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    store.save({"rng": [older]}, {"step": 0})
+    expected = np.random.random()
+    np.random.seed(4)
+    state, _ = store.load()
+    restore_rng(state["rng"][0])
+    assert np.random.random() == expected
+
+
 class _RunsCode:
     """A pickle that would run code when loaded (what a tampered checkpoint could hold)."""
 
