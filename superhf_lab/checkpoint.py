@@ -39,7 +39,8 @@ META_FILE = "meta.json"
 RUN_FILE = "run.json"
 LEASE_FILE = "lease.json"
 # Checkpoints written before the NumPy RNG key was saved as a tensor hold it as an array: data only, so allowed.
-_OLDER_RNG_TYPES = [np.ndarray, np.dtype, np._core.multiarray._reconstruct, type(np.dtype(np.uint32))]
+_NUMPY_CORE = np._core if hasattr(np, "_core") else np.core  # NumPy 2 renamed it
+_OLDER_RNG_TYPES = [np.ndarray, np.dtype, _NUMPY_CORE.multiarray._reconstruct, type(np.dtype(np.uint32))]
 KEPT_CHECKPOINTS = 2  # the newest and the one before, for when the newest turns out damaged
 LEASE_HEARTBEAT_S = 20.0
 LEASE_STALE_S = 120.0  # another host's lease untouched this long belongs to a process that is gone
