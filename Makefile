@@ -30,14 +30,14 @@ tracking-server: install
 	  --artifacts-destination mlartifacts --host 127.0.0.1 --port $(TRACKING_PORT)
 
 # METEOR needs WordNet: nltk data if present, else the system's WordNet (installed with apt-get when we
-# are root on Debian/Ubuntu), else nltk.download; superhf_lab.wordnet explains what to do if all fail.
+# are root on Debian/Ubuntu), else nltk.download; superhf_lab.metrics.wordnet explains what to do if all fail.
 wordnet:
-	@$(PY) -m superhf_lab.wordnet 2>/dev/null || { \
+	@$(PY) -m superhf_lab.metrics.wordnet 2>/dev/null || { \
 	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 	    apt-get install -y -q wordnet-base wordnet-sense-index >/dev/null 2>&1 || \
 	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q wordnet-base wordnet-sense-index >/dev/null 2>&1; }; \
 	  fi; \
-	  $(PY) -m superhf_lab.wordnet; }
+	  $(PY) -m superhf_lab.metrics.wordnet; }
 
 world: install
 	$(PY) -m superhf_lab.tiny_world

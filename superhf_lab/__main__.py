@@ -1,5 +1,5 @@
 """``python -m superhf_lab [overrides]``: the same as ``superhf-lab`` and ``python run.py``."""
 
-from superhf_lab.cli import main
+from superhf_lab.launch.cli import main
 
 main()

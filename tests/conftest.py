@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from superhf_lab.config import compose_run_config
+from superhf_lab.launch.compose import compose_run_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,15 +10,15 @@ with a 1-process one, or check what a fault on one rank did to both.
 import sys
 
 import torch
+from superhf_lab.tracking.tracker import ReplicaTracker
 from torch.distributed.tensor import DTensor
 from transformers import set_seed
 
 from superhf_lab.algorithms import superhf
-from superhf_lab.completions import Completion
-from superhf_lab.config import compose_run_config, validate_config
-from superhf_lab.distributed import Processes, exit_launched_process
-from superhf_lab.plugin import RunContext
-from superhf_lab.tracking import ReplicaTracker
+from superhf_lab.launch.compose import compose_run_config, validate_config
+from superhf_lab.runtime.distributed import Processes, exit_launched_process
+from superhf_lab.training.completions import Completion
+from superhf_lab.training.context import RunContext
 
 TEXTS = ["I can help with that.", "Sure, here is a short answer.", "No.", "Let me think about it step by step first.",
          "Thanks for asking!", "The answer is four.", "Here is what I know about it, in brief.", "Maybe."]

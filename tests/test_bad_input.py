@@ -9,18 +9,19 @@ import httpx2
 import mlflow
 import pytest
 import torch
+from conftest import compose_config, run_cli
 from huggingface_hub import HfApi
 from huggingface_hub import constants as hf_constants
 from huggingface_hub.errors import RepositoryNotFoundError
 from hydra.errors import MissingConfigException
+from superhf_lab.config.schema import RewardModelConfig
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-from conftest import compose_config, run_cli
-from superhf_lab.config import RewardModelConfig, validate_config
-from superhf_lab.errors import ConfigError
-from superhf_lab.data import DataFileError, load_training_prompts
-from superhf_lab.models import check_context_fits, load_reward_model
-from superhf_lab.runner import prepare
+from superhf_lab.core.errors import ConfigError
+from superhf_lab.launch.compose import validate_config
+from superhf_lab.launch.runner import prepare
+from superhf_lab.training.data import DataFileError, load_training_prompts
+from superhf_lab.training.models import check_context_fits, load_reward_model
 
 
 def _store(tmp_path) -> str:

@@ -7,14 +7,15 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
-
 from conftest import compose_config, run_cli
-from superhf_lab.config import DataConfig, DataSourceConfig, RewardModelConfig, validate_config
-from superhf_lab.data import DataFileError, PreferencePair, load_pairs
-from superhf_lab.models import load_tokenizer
-from superhf_lab.plugin import RunContext
-from superhf_lab.registry import get_algorithm
-from superhf_lab.trl_bridge import CutAtNextTurn
+from superhf_lab.config.schema import DataConfig, DataSourceConfig, RewardModelConfig
+
+from superhf_lab.algorithms.registry import get_algorithm
+from superhf_lab.algorithms.trl_glue import CutAtNextTurn
+from superhf_lab.launch.compose import validate_config
+from superhf_lab.training.context import RunContext
+from superhf_lab.training.data import DataFileError, PreferencePair, load_pairs
+from superhf_lab.training.models import load_tokenizer
 
 BUDGET = 1280  # completions (or preference pairs) of the SuperHF tiny default
 
@@ -65,7 +66,7 @@ def test_preference_pairs_come_from_hh_rlhf_and_webgpt_rows(tmp_path):
 
 
 def test_preferences_need_a_format_with_a_preference():
-    from superhf_lab.errors import ConfigError
+    from superhf_lab.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="preferences.sources.tiny_world.kind='prompts' is invalid: use one of"):
         validate_config(compose_config(["preferences.sources.tiny_world.kind=prompts"]))
@@ -88,10 +89,11 @@ def test_group_policy_completions_are_cut_in_the_loss_mask_as_superhf_cuts_them(
 
 
 def test_the_text_reward_scores_cut_completions_with_the_reward_models_own_tokenizer(tiny_world):
-    from superhf_lab.plugin import TrainingSetup
-    from superhf_lab.rewards import ModelRewardScorer
-    from superhf_lab.tracking import ReplicaTracker
-    from superhf_lab.trl_bridge import TextReward
+    from superhf_lab.tracking.tracker import ReplicaTracker
+
+    from superhf_lab.algorithms.trl_glue import TextReward
+    from superhf_lab.training.context import TrainingSetup
+    from superhf_lab.training.rewards import ModelRewardScorer
 
     config = validate_config(compose_config([f"tiny_world.dir={tiny_world.root}"]))
     scorer = ModelRewardScorer(RewardModelConfig(name_or_path=str(tiny_world.reward_model)), "reward_model",

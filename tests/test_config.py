@@ -3,13 +3,14 @@
 import re
 
 import pytest
-from omegaconf import OmegaConf, open_dict
-
 from conftest import compose_config, run_cli
+from omegaconf import OmegaConf, open_dict
+from superhf_lab.config.schema import ObjectiveConfig
 from tolerances import fp64_tolerance
-from superhf_lab.config import ObjectiveConfig, validate_config
-from superhf_lab.errors import ConfigError
-from superhf_lab.runner import prepare
+
+from superhf_lab.core.errors import ConfigError
+from superhf_lab.launch.compose import validate_config
+from superhf_lab.launch.runner import prepare
 
 
 def test_default_config_validates_into_typed_sections():

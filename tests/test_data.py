@@ -5,11 +5,12 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, compose_config
-from superhf_lab.config import DataConfig, DataSourceConfig, validate_config
-from superhf_lab.errors import ConfigError
-from superhf_lab.data import DataFileError, PromptStream, load_prompts, load_training_prompts
+from superhf_lab.config.schema import DataConfig, DataSourceConfig
+
+from superhf_lab.core.errors import ConfigError
+from superhf_lab.launch.compose import validate_config
+from superhf_lab.training.data import DataFileError, PromptStream, load_prompts, load_training_prompts
 
 SHARED_HARMLESS_TEST = ROOT.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
 

@@ -20,9 +20,9 @@ from safetensors.torch import load_file
 from tolerances import adam_tolerance, assert_within, fp32_tolerance
 from transformers import AutoModelForCausalLM
 
-from superhf_lab.checkpoint import CheckpointStore
-from superhf_lab.distributed import Processes, launch_time
-from superhf_lab.errors import ConfigError
+from superhf_lab.core.errors import ConfigError
+from superhf_lab.runtime.checkpoint import CheckpointStore
+from superhf_lab.runtime.distributed import Processes, launch_time
 
 WORKER = ROOT / "tests" / "distributed_worker.py"
 LR = 1e-3  # the tiny preset's learning rate: Adam's first step moves every weight with a gradient by about this
@@ -140,7 +140,7 @@ def test_a_single_process_engine_refuses_a_multi_process_launch(monkeypatch):
 
 def test_every_rank_of_a_launch_names_the_same_output_folder(tmp_path):
     """Ranks start a moment apart; the folder comes from the launcher's start time, which they share."""
-    code = "import time, sys; time.sleep(float(sys.argv[1])); from superhf_lab.distributed import launch_time; " \
+    code = "import time, sys; time.sleep(float(sys.argv[1])); from superhf_lab.runtime.distributed import launch_time; " \
            "print(launch_time('%Y-%m-%d/%H-%M-%S.%f'))"
     env = {**os.environ, "WORLD_SIZE": "2", "PYTHONPATH": str(ROOT)}
     first = subprocess.run([sys.executable, "-c", code, "0"], env=env, capture_output=True, text=True, check=True)

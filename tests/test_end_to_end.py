@@ -4,9 +4,9 @@ import json
 
 import mlflow
 import pytest
-
 from conftest import run_cli
-from superhf_lab.algorithms.superhf import METRIC_NAMES
+
+from superhf_lab.algorithms.superhf_trainer import METRIC_NAMES
 
 pytestmark = pytest.mark.slow
 
@@ -83,13 +83,14 @@ def test_default_run_raises_the_proxy_reward(tiny_world, tmp_path):
 def test_diversity_metrics_computed_in_the_background_equal_the_inline_ones(tiny_world, tmp_path):
     """The background bookkeeping changes when METEOR and distinct-n are computed, never what is logged."""
     import torch
+    from conftest import compose_config
+    from superhf_lab.tracking.store import check_tracking_store
+    from superhf_lab.tracking.tracker import tracked_run
     from transformers import set_seed
 
-    from conftest import compose_config
-    from superhf_lab.config import validate_config
-    from superhf_lab.plugin import RunContext
-    from superhf_lab.registry import get_algorithm
-    from superhf_lab.tracking import check_tracking_store, tracked_run
+    from superhf_lab.algorithms.registry import get_algorithm
+    from superhf_lab.launch.compose import validate_config
+    from superhf_lab.training.context import RunContext
 
     previous_uri = mlflow.get_tracking_uri()
     histories = {}

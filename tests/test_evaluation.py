@@ -4,15 +4,16 @@ import math
 
 import mlflow
 import pytest
-
 from conftest import compose_config, run_cli
+from superhf_lab.metrics.diversity import meteor_pair_scores
+from superhf_lab.metrics.statistics import mean_and_ci95
 from tolerances import fp64_tolerance
+
 from superhf_lab.algorithms.best_of_n import best_of_n_kl_bound, best_per_prompt
-from superhf_lab.completions import Completion
-from superhf_lab.config import validate_config
-from superhf_lab.errors import ConfigError
-from superhf_lab.evaluation import evaluation_metrics, evaluation_prompts
-from superhf_lab.metrics import mean_and_ci95, meteor_pair_scores
+from superhf_lab.core.errors import ConfigError
+from superhf_lab.launch.compose import validate_config
+from superhf_lab.training.completions import Completion
+from superhf_lab.training.evaluation import evaluation_metrics, evaluation_prompts
 
 
 def _completion(prompt_index: int, text: str, reward: float, heldout: float = math.nan, tokens: int = 3) -> Completion:

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from omegaconf import OmegaConf
-
 from conftest import ROOT, _free_port, mlflow_server_process
-from superhf_lab.tracking import SYNC_COMMAND, read_spool, tracked_run
+from omegaconf import OmegaConf
+from superhf_lab.tracking.spool import SYNC_COMMAND, read_spool
+from superhf_lab.tracking.tracker import tracked_run
 
 pytestmark = pytest.mark.slow
 

@@ -13,11 +13,11 @@ import huggingface_hub
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import compose_config
-from superhf_lab.config import validate_config
-from superhf_lab.data import DataFileError, MalformedRowsError, load_pairs, load_prompts
-from superhf_lab.errors import ConfigError
+
+from superhf_lab.core.errors import ConfigError
+from superhf_lab.launch.compose import validate_config
+from superhf_lab.training.data import DataFileError, MalformedRowsError, load_pairs, load_prompts
 
 WEBGPT = "data.sources.webgpt_comparisons"
 
@@ -111,7 +111,7 @@ def test_a_malformed_hub_row_is_skipped_counted_and_quoted_in_a_warning(tmp_path
     rows = _hh_rows([f"harmless {i}" for i in range(150)])
     rows[7] = {"chosen": "Assistant: a conversation without its human turn", "rejected": "Assistant: the same"}
     config = _data("hh_harmless_base", "harmless_base", _hh_rlhf_repo(tmp_path / "repo", rows))
-    with caplog.at_level(logging.WARNING, logger="superhf_lab.data"):
+    with caplog.at_level(logging.WARNING, logger="superhf_lab.training.data"):
         prompts = load_prompts(config, "train", seed=0)
     assert len(prompts.prompts) == 149 and _prompt("harmless 7") not in prompts.prompts
     assert prompts.skipped == {"harmless_base": 1}

@@ -2,7 +2,7 @@
 unbroken run of the same configuration records.
 
 Each algorithm runs once unbroken, then as a chain of launches of the same command in another checkpoint folder,
-each stopped by ``SUPERHF_LAB_FAULT`` at a named point (:mod:`superhf_lab.faults`: reached deterministically, not by
+each stopped by ``SUPERHF_LAB_FAULT`` at a named point (:mod:`superhf_lab.core.faults`: reached deterministically, not by
 timing), until a launch without a fault ends the run. The chain must leave one MLflow run, FINISHED, whose every
 metric holds each step once with the unbroken run's values, whose completions and evaluation tables match row for
 row, whose ``policy`` artifact is the same, and whose run folder is whole (its newest checkpoint verifies, no
@@ -20,11 +20,11 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from safetensors.torch import load_file
-
 from conftest import run_cli
-from superhf_lab.checkpoint import CheckpointStore
-from superhf_lab.tracking import read_spool
+from safetensors.torch import load_file
+from superhf_lab.tracking.spool import read_spool
+
+from superhf_lab.runtime.checkpoint import CheckpointStore
 
 pytestmark = pytest.mark.slow
 

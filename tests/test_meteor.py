@@ -1,4 +1,4 @@
-"""superhf_lab.meteor gives exactly nltk's METEOR: every ordered pair is compared with nltk called directly,
+"""superhf_lab.metrics.meteor gives exactly nltk's METEOR: every ordered pair is compared with nltk called directly,
 with ``==`` on the floats, on real hh-rlhf replies and on hand-made edge cases."""
 
 import gzip
@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 from nltk.translate.meteor_score import meteor_score
-
-from superhf_lab.meteor import MeteorTexts, benchmark_against_nltk
-from superhf_lab.wordnet import ensure_wordnet
+from superhf_lab.metrics.meteor import MeteorTexts, benchmark_against_nltk
+from superhf_lab.metrics.wordnet import ensure_wordnet
 
 # Shared data sits beside the project; a user's clone does not have it.
 HH_RLHF = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
@@ -155,7 +154,7 @@ def test_meteor_from_two_threads_at_once_equals_meteor_from_one():
     """The training loop's background bookkeeping and an evaluation may score METEOR at the same time."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from superhf_lab.meteor import porter_stem, wordnet_synonyms
+    from superhf_lab.metrics.meteor import porter_stem, wordnet_synonyms
 
     words = ["quick fast rapid swift speedy", "car auto machine motorcar", "happy glad felicitous", "run walk go"]
     texts = [f"{a} and {b}" for a in words for b in words]

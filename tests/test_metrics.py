@@ -6,11 +6,7 @@ from statistics import mean, pstdev
 
 import pytest
 from nltk.translate.meteor_score import meteor_score
-from tolerances import fp64_tolerance
-
-from superhf_lab.algorithms.superhf import superbatch_metrics
-from superhf_lab.completions import Completion, completion_metrics
-from superhf_lab.metrics import (
+from superhf_lab.metrics.diversity import (
     distinct_n,
     meteor_pair_scores,
     meteor_similarity,
@@ -18,7 +14,11 @@ from superhf_lab.metrics import (
     pairs_between_prompts,
     pairs_within_prompts,
 )
-from superhf_lab.wordnet import ensure_wordnet
+from superhf_lab.metrics.wordnet import ensure_wordnet
+from tolerances import fp64_tolerance
+
+from superhf_lab.algorithms.superhf_trainer import superbatch_metrics
+from superhf_lab.training.completions import Completion, completion_metrics
 
 BREAD = "\n\nHuman: How do I bake bread?\n\nAssistant:"
 LOCK = "\n\nHuman: How do I pick a lock?\n\nAssistant:"
@@ -113,7 +113,7 @@ def test_distinct_n_counts_unique_ngrams_over_all_ngrams():
 def test_bookkeeping_logs_each_steps_metrics_once_in_step_order_whatever_finishes_first():
     import threading
 
-    from superhf_lab.bookkeeping import Bookkeeping
+    from superhf_lab.metrics.bookkeeping import Bookkeeping
 
     class History:
         def __init__(self):
@@ -139,7 +139,7 @@ def test_a_sweeps_summary_never_puts_different_kls_in_one_column_unnamed(tmp_pat
     import mlflow
     from rich.console import Console
 
-    from superhf_lab.summary import print_sweep_summary
+    from superhf_lab.reporting.summary import print_sweep_summary
 
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")

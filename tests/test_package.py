@@ -9,7 +9,6 @@ from pathlib import Path
 import mlflow
 import optuna
 import pytest
-
 from conftest import ROOT
 
 pytestmark = pytest.mark.slow

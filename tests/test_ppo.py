@@ -2,15 +2,15 @@
 
 import pytest
 import torch
-
 from conftest import compose_config, run_cli
+from superhf_lab.config.schema import RewardModelConfig, TextConfig
 from tolerances import fp32_tolerance, fp64_tolerance
-from superhf_lab.algorithms.ppo import METRIC_NAMES as PPO_METRICS
-from superhf_lab.algorithms.ppo import AdaptiveKLController, TextRewardModel
-from superhf_lab.algorithms.superhf import METRIC_NAMES as SUPERHF_METRICS
-from superhf_lab.config import RewardModelConfig, TextConfig
-from superhf_lab.models import load_tokenizer
-from superhf_lab.rewards import ModelRewardScorer
+
+from superhf_lab.algorithms.ppo_trainer import METRIC_NAMES as PPO_METRICS
+from superhf_lab.algorithms.ppo_trainer import AdaptiveKLController, TextRewardModel
+from superhf_lab.algorithms.superhf_trainer import METRIC_NAMES as SUPERHF_METRICS
+from superhf_lab.training.models import load_tokenizer
+from superhf_lab.training.rewards import ModelRewardScorer
 
 PROMPTS = ["\n\nHuman: How do I bake bread?\n\nAssistant:",
            "\n\nHuman: What do you think about remote work for young parents?\n\nAssistant:"]

@@ -1,9 +1,9 @@
 """The report's study plots are Optuna's own, and studies can live in a journal file instead of a database."""
 
 import optuna
+from superhf_lab.tracking.studies import optuna_storage
 
-from superhf_lab import report
-from superhf_lab.sweeps import optuna_storage
+from superhf_lab.reporting import report
 
 
 def _study(storage: str, directions: list[str]) -> optuna.Study:

@@ -5,9 +5,9 @@ import re
 
 import mlflow
 import pytest
-
 from conftest import ROOT
-from superhf_lab import results
+
+from superhf_lab.launch import results
 
 SPEC = """
 name: quick

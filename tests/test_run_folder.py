@@ -15,10 +15,12 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
-
 from conftest import run_cli
-from superhf_lab import faults
-from superhf_lab.checkpoint import (
+from superhf_lab.tracking.records import send_records
+from superhf_lab.tracking.spool import read_spool
+
+from superhf_lab.core import faults
+from superhf_lab.runtime.checkpoint import (
     LEASE_FILE,
     LEASE_STALE_S,
     CheckpointSaveError,
@@ -26,7 +28,6 @@ from superhf_lab.checkpoint import (
     RunInProgress,
     _process_start,
 )
-from superhf_lab.tracking import read_spool, send_records
 
 
 @pytest.fixture
@@ -66,7 +67,7 @@ def test_a_damaged_newest_checkpoint_is_skipped_for_the_one_before_with_a_warnin
     newest = store.save(_state(2), {"step": 2})
     state_file = newest / "state.pt"
     state_file.write_bytes(state_file.read_bytes()[:100])  # cut short, as by a disk that filled up or a bad copy
-    with caplog.at_level(logging.WARNING, logger="superhf_lab.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="superhf_lab.runtime.checkpoint"):
         state, meta = store.load()
     assert meta["step"] == 1 and state["step"] == 1
     assert str(newest) in caplog.text and "damaged" in caplog.text
@@ -86,7 +87,7 @@ def test_a_checkpoint_of_an_older_version_with_numpys_rng_as_an_array_still_load
 
     import numpy as np
 
-    from superhf_lab.checkpoint import restore_rng
+    from superhf_lab.runtime.checkpoint import restore_rng
 
     store = CheckpointStore(tmp_path / "run")
     np.random.seed(3)
@@ -118,7 +119,7 @@ def test_a_checkpoint_whose_pickle_would_run_code_is_refused(tmp_path, caplog):
     torch.save({"weights": _RunsCode(marker)}, folder / "state.pt")
     digest = hashlib.sha256((folder / "state.pt").read_bytes()).hexdigest()  # a tamperer sets the hash too
     (folder / "meta.json").write_text(json.dumps({"step": 2, "sha256": digest}))
-    with caplog.at_level(logging.WARNING, logger="superhf_lab.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="superhf_lab.runtime.checkpoint"):
         _, meta = store.load()
     assert not marker.exists(), "loading a checkpoint never runs its pickle's code"
     assert meta["step"] == 1 and str(folder) in caplog.text and "UnpicklingError" in caplog.text
@@ -140,7 +141,7 @@ def test_stale_leases_are_taken_over(tmp_path, caplog):
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()  # a process of this host that has ended (killed mid-run)
     lease.write_text(json.dumps({"host": socket.gethostname(), "pid": gone.pid, "process_start": "1"}))
-    with caplog.at_level(logging.WARNING, logger="superhf_lab.checkpoint"), store.lease():
+    with caplog.at_level(logging.WARNING, logger="superhf_lab.runtime.checkpoint"), store.lease():
         assert json.loads(lease.read_text())["pid"] == os.getpid()
     assert "taking over the stale lease" in caplog.text
 

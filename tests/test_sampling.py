@@ -4,11 +4,11 @@ import json
 
 import pytest
 import torch
+from superhf_lab.config.schema import ModelConfig, SamplingSettings
 from tolerances import fp32_tolerance
 
-from superhf_lab.config import ModelConfig, SamplingSettings
-from superhf_lab.models import load_policy
-from superhf_lab.sampling import sample_completions
+from superhf_lab.training.models import load_policy
+from superhf_lab.training.sampling import sample_completions
 
 CPU = torch.device("cpu")
 
@@ -69,8 +69,9 @@ def test_stopping_at_the_cut_never_changes_the_sampled_completions(tiny_policy, 
 
 
 def test_scoring_in_length_sorted_minibatches_gives_each_text_its_own_score(tiny_world):
-    from superhf_lab.config import RewardModelConfig
-    from superhf_lab.rewards import ModelRewardScorer
+    from superhf_lab.config.schema import RewardModelConfig
+
+    from superhf_lab.training.rewards import ModelRewardScorer
 
     prompts = ["\n\nHuman: How do I bake bread?\n\nAssistant:", "\n\nHuman: Hi\n\nAssistant:"] * 3
     completions = [" Mix flour, water and yeast, knead the dough and let it rise for an hour.", " Hello!", " Yes.",

@@ -6,15 +6,16 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from superhf_lab.config.schema import TextConfig
 from tolerances import adam_tolerance, assert_within, fp32_tolerance
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-from superhf_lab.algorithms.superhf import SuperHFConfig, SuperHFTrainer, minibatch_loss, select_top_k
-from superhf_lab.completions import Completion
-from superhf_lab.config import TextConfig
-from superhf_lab.policies import with_starting_policy
-from superhf_lab.sequences import completion_ce_and_kl, loss_terms, pad_examples, position_ids_for
-from superhf_lab.text import reward_model_input, trim_completion
+from superhf_lab.algorithms.superhf_config import SuperHFConfig
+from superhf_lab.algorithms.superhf_trainer import SuperHFTrainer, minibatch_loss, select_top_k
+from superhf_lab.core.text import reward_model_input, trim_completion
+from superhf_lab.training.completions import Completion
+from superhf_lab.training.policies import with_starting_policy
+from superhf_lab.training.sequences import completion_ce_and_kl, loss_terms, pad_examples, position_ids_for
 
 
 @pytest.mark.parametrize(
@@ -333,8 +334,9 @@ class _BatchLimitedScorer:
 
 
 def test_generation_and_scoring_out_of_memory_halve_and_go_on(tiny_world):
-    from superhf_lab.config import ModelConfig
-    from superhf_lab.models import load_policy
+    from superhf_lab.config.schema import ModelConfig
+
+    from superhf_lab.training.models import load_policy
 
     policy, tokenizer = load_policy(ModelConfig(name_or_path=str(tiny_world.policy)), torch.device("cpu"))
     config = SuperHFConfig(superbatch_size=4, minibatch_size_generating=8, minibatch_size_scoring=32, max_new_tokens=4)

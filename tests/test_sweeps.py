@@ -3,11 +3,11 @@
 import mlflow
 import optuna
 import pytest
-from omegaconf import OmegaConf
-
 from conftest import run_cli
-from superhf_lab import report
-from superhf_lab.sweeps import ROLE_TAG, STUDY_TAG
+from omegaconf import OmegaConf
+from superhf_lab.tracking.provenance import ROLE_TAG, STUDY_TAG
+
+from superhf_lab.reporting import report
 
 pytestmark = pytest.mark.slow
 

@@ -18,8 +18,8 @@ from superhf_lab.tiny_world import (
     gold_reward,
     gold_reward_batch,
     recipe_fingerprint,
+    synthetic,
 )
-from superhf_lab.tiny_world import synthetic
 from superhf_lab.tiny_world.topics import SIGN_OFFS
 
 

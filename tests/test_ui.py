@@ -6,10 +6,10 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import mlflow_server_process, run_cli
-from superhf_lab.summary import sweep_link
-from superhf_lab.sweeps import PARENT_FILE
+
+from superhf_lab.launch.sweeps import PARENT_FILE
+from superhf_lab.reporting.summary import sweep_link
 
 pytestmark = pytest.mark.slow
 

@@ -1,1 +1,4 @@
-"""One module per algorithm; each registers itself with :mod:`superhf_lab.registry` on import."""
+"""One config and one trainer per algorithm, registered by name; the TRL glue the TRL-based ones share.
+
+May import: core, runtime, config, tracking, metrics, training, tiny_world.
+"""

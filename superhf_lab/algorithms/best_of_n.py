@@ -15,9 +15,12 @@ import math
 import random
 from dataclasses import dataclass
 
-from superhf_lab.completions import Completion, score_completions
-from superhf_lab.errors import require
-from superhf_lab.evaluation import (
+from superhf_lab.algorithms.registry import register_algorithm
+from superhf_lab.core.errors import require
+from superhf_lab.metrics.diversity import pairs_within_prompts, symmetric_meteor
+from superhf_lab.training.completions import Completion, score_completions
+from superhf_lab.training.context import RunContext
+from superhf_lab.training.evaluation import (
     BOUND_METRIC_NAMES,
     SHARED_NAMES,
     completion_table,
@@ -27,12 +30,9 @@ from superhf_lab.evaluation import (
     log_evaluation_table,
     shared_view,
 )
-from superhf_lab.metrics import pairs_within_prompts, symmetric_meteor
-from superhf_lab.models import load_policy
-from superhf_lab.plugin import RunContext
-from superhf_lab.registry import register_algorithm
-from superhf_lab.rewards import build_scorers
-from superhf_lab.sampling import sample_completions
+from superhf_lab.training.models import load_policy
+from superhf_lab.training.rewards import build_scorers
+from superhf_lab.training.sampling import sample_completions
 
 METRIC_NAMES = (*SHARED_NAMES, *BOUND_METRIC_NAMES, "diversity/meteor_similarity_within_prompt",
                 *evaluation_metric_names(BOUND_METRIC_NAMES))

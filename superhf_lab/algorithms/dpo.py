@@ -1,7 +1,7 @@
 """DPO (Rafailov et al. 2023, arXiv 2305.18290) on TRL's ``DPOTrainer``: the policy learns from the human preference
 pairs of ``preferences`` directly, with ``kl_coef`` as DPO's beta (the strength of the implicit KL constraint).
 
-DPO samples nothing to train, so a :class:`superhf_lab.trl_bridge.PolicyProbe` samples one completion for each of
+DPO samples nothing to train, so a :class:`superhf_lab.algorithms.trl_glue.PolicyProbe` samples one completion for each of
 ``probe_prompts`` training prompts at every step: reward, held-out reward, METEOR similarity and the exact ``kl``
 are logged per step like every other algorithm's; ``dpo/reward_margin`` and ``dpo/reward_accuracy`` are TRL's
 implicit-reward statistics on the training pairs.
@@ -11,20 +11,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from superhf_lab.completions import PROGRESS_METRIC_NAMES
-from superhf_lab.errors import ConfigError, require
-from superhf_lab.plugin import RunContext, training_pairs, training_setup
-from superhf_lab.registry import register_algorithm
-from superhf_lab.trl_bridge import (
+from superhf_lab.algorithms.pair_training import PairTrainingConfig
+from superhf_lab.algorithms.registry import register_algorithm
+from superhf_lab.algorithms.trl_glue import (
     PROBE_METRIC_NAMES,
     CheckpointMarker,
-    PairTrainingConfig,
     PolicyProbe,
     TrackerBridge,
     per_process,
     train_and_finish,
     trainer_arguments,
 )
+from superhf_lab.core.errors import ConfigError, require
+from superhf_lab.training.completions import PROGRESS_METRIC_NAMES
+from superhf_lab.training.context import RunContext, training_pairs, training_setup
 
 RENAMES = {"loss": "loss/total", "learning_rate": "lr", "rewards/margins": "dpo/reward_margin",
            "rewards/accuracies": "dpo/reward_accuracy"}

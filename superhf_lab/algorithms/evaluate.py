@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from superhf_lab.config import RunConfig
-from superhf_lab.errors import ConfigError
-from superhf_lab.evaluation import SHARED_NAMES, PolicyEvaluator, evaluation_metric_names, shared_view
-from superhf_lab.plugin import RunContext
-from superhf_lab.policies import load_policy_to_evaluate
-from superhf_lab.registry import register_algorithm
-from superhf_lab.rewards import build_scorers
-from superhf_lab.tracking import download_artifacts, is_artifact_uri
+from superhf_lab.algorithms.registry import register_algorithm
+from superhf_lab.config.schema import RunConfig
+from superhf_lab.core.errors import ConfigError
+from superhf_lab.tracking.store import download_artifacts, is_artifact_uri
+from superhf_lab.training.context import RunContext
+from superhf_lab.training.evaluation import SHARED_NAMES, PolicyEvaluator, evaluation_metric_names, shared_view
+from superhf_lab.training.policies import load_policy_to_evaluate
+from superhf_lab.training.rewards import build_scorers
 
 EVALUATED_POLICY_TAG = "superhf_lab.evaluated_policy"
 

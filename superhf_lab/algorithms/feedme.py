@@ -2,7 +2,7 @@
 pairs with TRL's ``SFTTrainer`` (cross-entropy on the response tokens only). There is no KL term, so ``kl_coef``
 has no effect; the exact ``kl`` to the starting policy is still measured.
 
-Like DPO it samples nothing to train: a :class:`superhf_lab.trl_bridge.PolicyProbe` samples one completion for each
+Like DPO it samples nothing to train: a :class:`superhf_lab.algorithms.trl_glue.PolicyProbe` samples one completion for each
 of ``probe_prompts`` training prompts at every step, so reward, held-out reward, METEOR similarity and ``kl`` are
 logged per step like every other algorithm's.
 """
@@ -11,21 +11,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from superhf_lab.completions import PROGRESS_METRIC_NAMES
-from superhf_lab.errors import require
-from superhf_lab.plugin import RunContext, training_pairs, training_setup
-from superhf_lab.policies import StartingPolicy
-from superhf_lab.registry import register_algorithm
-from superhf_lab.trl_bridge import (
+from superhf_lab.algorithms.pair_training import PairTrainingConfig
+from superhf_lab.algorithms.registry import register_algorithm
+from superhf_lab.algorithms.trl_glue import (
     PROBE_METRIC_NAMES,
     CheckpointMarker,
-    PairTrainingConfig,
     PolicyProbe,
     TrackerBridge,
     per_process,
     train_and_finish,
     trainer_arguments,
 )
+from superhf_lab.core.errors import require
+from superhf_lab.training.completions import PROGRESS_METRIC_NAMES
+from superhf_lab.training.context import RunContext, training_pairs, training_setup
+from superhf_lab.training.policies import StartingPolicy
 
 RENAMES = {"loss": "loss/total", "learning_rate": "lr", "mean_token_accuracy": "feedme/token_accuracy"}
 METRIC_NAMES = (*PROBE_METRIC_NAMES, *RENAMES.values(), "time/step_s", *PROGRESS_METRIC_NAMES)

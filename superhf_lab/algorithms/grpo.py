@@ -4,7 +4,7 @@ the loss).
 
 The reward is the project's reward model on decoded text (its own tokenizer, ``text.reward_input``), and every
 completion is cut at the next turn exactly as SuperHF cuts it, before scoring and in the loss mask
-(:class:`superhf_lab.trl_bridge.CutAtNextTurn`). ``kl_token_estimate`` is TRL's k3 estimate of the per-token KL to
+(:class:`superhf_lab.algorithms.trl_glue.CutAtNextTurn`). ``kl_token_estimate`` is TRL's k3 estimate of the per-token KL to
 the reference, averaged over completion tokens (the evaluation logs the exact ``eval/*/kl``).
 """
 
@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from superhf_lab.plugin import RunContext
-from superhf_lab.registry import register_algorithm
-from superhf_lab.trl_bridge import GROUP_POLICY_METRIC_NAMES, CutAtNextTurn, GroupPolicyConfig, train_group_policy
+from superhf_lab.algorithms.group_policy import GROUP_POLICY_METRIC_NAMES, GroupPolicyConfig, train_group_policy
+from superhf_lab.algorithms.registry import register_algorithm
+from superhf_lab.algorithms.trl_glue import CutAtNextTurn
+from superhf_lab.training.context import RunContext
 
 
 @dataclass

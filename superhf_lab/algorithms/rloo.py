@@ -2,7 +2,7 @@
 minus the mean reward of the other completions of its prompt (leave one out), with ``kl_coef`` as TRL's ``beta``
 (the sequence's k1 KL to the reference subtracted from its reward).
 
-Rewards and cutting are as for GRPO (:mod:`superhf_lab.trl_bridge`); ``kl_token_estimate`` is TRL's k1 estimate of
+Rewards and cutting are as for GRPO (:mod:`superhf_lab.algorithms.trl_glue`); ``kl_token_estimate`` is TRL's k1 estimate of
 the per-token KL, averaged over completion tokens (the evaluation logs the exact ``eval/*/kl``).
 """
 
@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from superhf_lab.plugin import RunContext
-from superhf_lab.registry import register_algorithm
-from superhf_lab.trl_bridge import GROUP_POLICY_METRIC_NAMES, CutAtNextTurn, GroupPolicyConfig, train_group_policy
+from superhf_lab.algorithms.group_policy import GROUP_POLICY_METRIC_NAMES, GroupPolicyConfig, train_group_policy
+from superhf_lab.algorithms.registry import register_algorithm
+from superhf_lab.algorithms.trl_glue import CutAtNextTurn
+from superhf_lab.training.context import RunContext
 
 
 @dataclass

@@ -25,7 +25,7 @@ from transformers import (
 from trl import RewardConfig, RewardTrainer, SFTConfig, SFTTrainer
 
 if TYPE_CHECKING:
-    from superhf_lab.tiny_world.build import TinyWorldRecipe
+    from superhf_lab.tiny_world.recipe import TinyWorldRecipe
 
 POLICY_END_OF_TEXT = "<|endoftext|>"  # Pythia's bos = eos = unk token
 POLICY_PADDING = "<|padding|>"  # Pythia's vocabulary has this too; distinct from EOS so EOS is never masked out

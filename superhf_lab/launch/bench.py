@@ -1,0 +1,202 @@
+"""``make bench``: where a superbatch's time goes on the tiny world, as ratios measured in one run; prints one JSON line.
+
+- ``superbatch``: each phase's share of a superbatch's wall time (generation, scoring, fine-tuning, and the metric
+  bookkeeping on the training loop's path), with METEOR and distinct-n computed inline and then in the
+  background as training runs them, and throughput;
+- ``generation``: generated tokens per kept token, with generation stopping at the cut (now) and without (before);
+- ``meteor``: the superbatch's METEOR similarity pairs, :class:`superhf_lab.metrics.meteor.MeteorTexts` against nltk;
+- ``algorithms`` (``--algorithms``): seconds per 1,000 completions (preference pairs for DPO and FeedME) of each
+  algorithm on the tiny world at the same 32 per step, and the ratio to SuperHF;
+- ``processes`` (``--processes``): SuperHF's completions per second on 1 process and on 2 (torchrun, CPU, gloo),
+  with DDP and with FSDP2.
+
+Throughput, not a test: compare numbers across commits on the same machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+import mlflow
+import torch
+from transformers import set_seed
+
+from superhf_lab.algorithms.registry import get_algorithm
+from superhf_lab.config.schema import MlflowConfig
+from superhf_lab.launch.compose import compose_run_config, validate_config
+from superhf_lab.metrics.bookkeeping import Bookkeeping
+from superhf_lab.metrics.meteor import benchmark_against_nltk
+from superhf_lab.tiny_world import ensure_tiny_world
+from superhf_lab.tracking.store import check_tracking_store
+from superhf_lab.tracking.tracker import tracked_run
+from superhf_lab.training.completions import diversity_metrics
+from superhf_lab.training.context import RunContext
+from superhf_lab.training.models import resolve_device
+from superhf_lab.training.sampling import sample_completions
+from superhf_lab.training.sequences import completion_token_ids
+
+PHASES = ("generation_s", "scoring_s", "finetuning_s")
+# Per algorithm: the overrides for 7 steps of 32 completions (or pairs) each; the first WARM_UP_STEPS warm up
+# (kernels, caches, and WordNet loading in the background while step 1 runs).
+ALGORITHM_RUNS = {
+    "superhf": ["algorithm.num_superbatches=7", "algorithm.warmup_superbatches=0"],
+    "ppo": ["algorithm.num_updates=7"],
+    "grpo": ["algorithm.num_steps=7"],
+    "rloo": ["algorithm.num_steps=7"],
+    "dpo": ["algorithm.num_steps=7"],
+    "feedme": ["algorithm.num_steps=7"],
+}
+WARM_UP_STEPS = 2
+
+
+def superbatch_phases(trainer, stream, tracker, superbatches: int) -> dict:
+    """Time ``superbatches`` superbatches as the training loop runs them (after a warm-up), first with the diversity
+    metrics computed inline, then in the background: each phase's share of the wall time, per mode."""
+    result = {"superbatches": superbatches}
+    step = 0
+    for mode, background in (("inline", False), ("background", True)):
+        totals = dict.fromkeys((*PHASES, "bookkeeping_s", "wall_s"), 0.0)
+        completions_count = generated = kept_tokens = finetuning_tokens = 0
+        with Bookkeeping(tracker, background) as bookkeeping:
+            for superbatch in range(superbatches + (mode == "inline")):
+                started = time.perf_counter()
+                metrics, completions, kept = trainer.step(stream.take(trainer.config.prompt_accumulation_steps))
+                stepped = time.perf_counter()
+                tracker.log_metrics(metrics, step=step)
+                bookkeeping.submit(step, lambda completions=completions: diversity_metrics(completions))
+                bookkeeping.log_ready()
+                finished, step = time.perf_counter(), step + 1
+                if mode == "inline" and superbatch == 0:
+                    continue  # warm-up: allocator, kernels, tokenizer and WordNet caches
+                for phase in PHASES:
+                    totals[phase] += metrics[f"time/{phase}"]
+                totals["bookkeeping_s"] += finished - stepped + metrics["time/step_s"] - sum(
+                    metrics[f"time/{phase}"] for phase in PHASES)
+                totals["wall_s"] += finished - started
+                completions_count += len(completions)
+                generated += sum(c.generated_tokens for c in completions)
+                kept_tokens += sum(c.num_tokens for c in completions)
+                finetuning_tokens += sum(sum(map(len, completion_token_ids(
+                    trainer.tokenizer, trainer.config.conversation_prompt, completions[i]))) for i in kept)
+        wall = totals["wall_s"]
+        result[mode] = {
+            "seconds_per_superbatch": round(wall / superbatches, 4),
+            **{f"share_{name.removesuffix('_s')}": round(seconds / wall, 4) for name, seconds in totals.items()
+               if name != "wall_s"},
+            "completions_per_s": round(completions_count / totals["generation_s"], 2),
+            "generated_tokens_per_s": round(generated / totals["generation_s"], 1),
+            "finetuning_tokens_per_s": round(finetuning_tokens / totals["finetuning_s"], 1),
+            "generated_tokens_per_kept_token": round(generated / max(kept_tokens, 1), 4),
+        }
+    return result
+
+
+def generation_saving(trainer, prompts: list[str], rounds: int = 2) -> dict:
+    """Generated tokens per kept token, and seconds (the best of ``rounds``, alternating), with generation stopping
+    at the cut and without, on the same prompts and seeds."""
+    cfg, result = trainer.config, {}
+    for _ in range(rounds):
+        for name, stop in (("stop_at_cut", True), ("without_stop", False)):
+            torch.manual_seed(0)
+            started = time.perf_counter()
+            completions = sample_completions(trainer.policy, trainer.tokenizer, prompts, cfg.superbatch_size,
+                                             cfg.sampling, cfg.minibatch_size_generating, trainer.device,
+                                             trainer.precision, trainer.text.cut, stop_at_cut=stop)
+            seconds = round(time.perf_counter() - started, 3)
+            result[f"{name}_s"] = min(seconds, result.get(f"{name}_s", seconds))
+            kept = sum(c.num_tokens for c in completions)
+            result[f"{name}_generated_tokens_per_kept_token"] = round(
+                sum(c.generated_tokens for c in completions) / max(kept, 1), 4)
+    return result
+
+
+def seconds_per_1000(folder: str, label: str, algorithm: str, overrides: list[str],
+                     launcher: tuple[str, ...] = (sys.executable,), env: dict[str, str] | None = None) -> float:
+    """Seconds per 1,000 completions (pairs) of one run over the steps after its warm-up, from its logged history."""
+    uri = f"sqlite:///{folder}/bench.db"
+    finished = subprocess.run(
+        [*launcher, "-m", "superhf_lab", f"algorithm={algorithm}", *ALGORITHM_RUNS[algorithm], *overrides,
+         "eval.at_end=false", f"mlflow.tracking_uri={uri}", f"mlflow.run_name={label}",
+         "mlflow.experiment_name=bench", f"hydra.run.dir={folder}/{label}", f"checkpoint.dir={folder}/ckpt-{label}"],
+        capture_output=True, text=True, env=env, check=False)
+    if finished.returncode != 0:
+        raise SystemExit(f"bench run {label} failed:\n{finished.stderr[-2000:]}")
+    client = mlflow.MlflowClient(uri)
+    run = client.search_runs([client.get_experiment_by_name("bench").experiment_id],
+                             filter_string=f"attributes.run_name = '{label}'")[0]
+    steps = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "time/step_s")}
+    progress = "progress/prompts_seen" if algorithm in ("dpo", "feedme") else "progress/completions_generated"
+    done = {m.step: m.value for m in client.get_metric_history(run.info.run_id, progress)}
+    timed = [step for step in sorted(steps) if step >= WARM_UP_STEPS]
+    per_step = (done[timed[-1]] - done[WARM_UP_STEPS - 1]) / len(timed)
+    return sum(steps[step] for step in timed) / (per_step * len(timed)) * 1000
+
+
+def algorithm_costs(names: list[str], overrides: list[str]) -> dict:
+    """Seconds per 1,000 completions (pairs) of each algorithm over the steps after its warm-up, and ratios."""
+    with tempfile.TemporaryDirectory() as folder:
+        seconds = {name: seconds_per_1000(folder, name, name, overrides) for name in names}
+    base = seconds.get("superhf")
+    return {name: {"seconds_per_1000": round(value, 2), "vs_superhf": round(value / base, 3) if base else None}
+            for name, value in seconds.items()}
+
+
+def process_scaling(overrides: list[str]) -> dict:
+    """SuperHF's completions per second in one process and in two (DDP, then FSDP2, on CPU with gloo: the documented
+    torchrun commands), at the same global superbatch. torchrun gives each process one thread unless OMP_NUM_THREADS
+    is set."""
+    two = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true"}
+    with tempfile.TemporaryDirectory() as folder:
+        one_s = seconds_per_1000(folder, "one_process", "superhf", [*overrides, "device=cpu"])
+        two_s = seconds_per_1000(folder, "two_processes", "superhf", [*overrides, "device=cpu", "distributed=ddp"],
+                                 two, env)
+        fsdp_s = seconds_per_1000(folder, "two_processes_fsdp", "superhf",
+                                  [*overrides, "device=cpu", "distributed=fsdp"], two, env)
+    return {"one_process_completions_per_s": round(1000 / one_s, 1),
+            "two_processes_completions_per_s": round(1000 / two_s, 1), "speedup": round(one_s / two_s, 3),
+            "two_processes_fsdp_completions_per_s": round(1000 / fsdp_s, 1),
+            "torch_threads_per_process": {"one": torch.get_num_threads(), "two": int(env.get("OMP_NUM_THREADS", 1))}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--superbatches", type=int, default=5, help="timed superbatches, after one warm-up")
+    parser.add_argument("--algorithms", default="superhf,ppo,grpo,rloo,dpo,feedme",
+                        help="algorithms to compare in seconds per 1,000 completions ('' skips the comparison)")
+    parser.add_argument("--processes", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time SuperHF on 2 processes (torchrun, CPU) against 1")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for run.py")
+    args = parser.parse_args()
+
+    cfg = compose_run_config(args.overrides)
+    cfg.output_dir = "outputs/bench"
+    config = validate_config(cfg)
+    ensure_tiny_world(config.tiny_world.dir)
+    set_seed(config.seed)
+    device = resolve_device(config.device, config.precision)
+    with tempfile.TemporaryDirectory() as folder:  # a throwaway MLflow store: the loop logs as in a run
+        check_tracking_store(MlflowConfig(tracking_uri=f"sqlite:///{folder}/bench.db", experiment_name="bench"))
+        with tracked_run(cfg, {}, "bench", folder) as tracker:
+            trainer, stream = get_algorithm("superhf").build(RunContext(config, tracker, device))
+            phases = superbatch_phases(trainer, stream, tracker, args.superbatches)
+            generation = generation_saving(trainer, stream.take(config.algorithm.prompt_accumulation_steps))
+            texts = [c.text for c in trainer.generate(stream.take(config.algorithm.prompt_accumulation_steps))]
+    meteor = benchmark_against_nltk(texts)
+    names = [name for name in args.algorithms.split(",") if name]
+    print(json.dumps({
+        "benchmark": "superhf_lab", "superbatch": phases, "generation": generation,
+        "meteor": {"pairs": meteor["pairs"], "nltk_s": round(meteor["nltk_s"], 4),
+                   "fast_s": round(meteor["meteor_texts_s"], 4), "speedup": round(meteor["speedup"], 1),
+                   "identical": meteor["identical"]},
+        "algorithms": algorithm_costs(names, args.overrides) if names else {},
+        "processes": process_scaling(args.overrides) if args.processes else {},
+        "device": str(device), "torch_threads": torch.get_num_threads(), "machine": platform.machine(),
+    }))

@@ -1,0 +1,111 @@
+"""Make WordNet available to nltk's METEOR without the internet.
+
+Order tried: nltk data already installed; the system's WordNet 3.0 files (Debian/Ubuntu packages
+``wordnet-base`` and ``wordnet-sense-index``) copied into an nltk data folder; ``nltk.download`` (whose error, when
+WordNet is still missing, ends the message of :class:`WordNetUnavailable`).
+Run ``python -m superhf_lab.metrics.wordnet`` once (``make install`` does) to set it up.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+SYSTEM_WORDNET_DIRS = (Path("/usr/share/wordnet"), Path("/usr/local/share/wordnet"))
+INSTALL_HELP = (
+    "WordNet (needed by METEOR) is not installed. Either run "
+    "`sudo apt-get install wordnet-base wordnet-sense-index && python -m superhf_lab.metrics.wordnet`, "
+    "or with internet `python -c \"import nltk; nltk.download('wordnet')\"`."
+)
+
+# The standard WordNet 3.0 list of lexicographer files; Debian's packages do not ship it.
+_LEXNAMES = [
+    "adj.all", "adj.pert", "adv.all", "noun.Tops", "noun.act", "noun.animal", "noun.artifact",
+    "noun.attribute", "noun.body", "noun.cognition", "noun.communication", "noun.event",
+    "noun.feeling", "noun.food", "noun.group", "noun.location", "noun.motive", "noun.object",
+    "noun.person", "noun.phenomenon", "noun.plant", "noun.possession", "noun.process",
+    "noun.quantity", "noun.relation", "noun.shape", "noun.state", "noun.substance", "noun.time",
+    "verb.body", "verb.change", "verb.cognition", "verb.communication", "verb.competition",
+    "verb.consumption", "verb.contact", "verb.creation", "verb.emotion", "verb.motion",
+    "verb.perception", "verb.possession", "verb.social", "verb.stative", "verb.weather", "adj.ppl",
+]
+_SYNTACTIC_CATEGORY = {"adj": 3, "adv": 4, "noun": 1, "verb": 2}
+_REQUIRED_FILES = [f"{kind}.{pos}" for kind in ("index", "data") for pos in ("adj", "adv", "noun", "verb")]
+_OPTIONAL_FILES = ["adj.exc", "adv.exc", "noun.exc", "verb.exc", "index.sense", "cntlist.rev"]
+
+
+class WordNetUnavailable(RuntimeError):
+    """WordNet could not be found, installed from system files, or downloaded."""
+
+
+def lexnames_text() -> str:
+    """The ``lexnames`` file: number, lexicographer file name, syntactic category number."""
+    return "".join(
+        f"{number:02d}\t{name}\t{_SYNTACTIC_CATEGORY[name.split('.')[0]]}\n" for number, name in enumerate(_LEXNAMES)
+    )
+
+
+def wordnet_loads() -> bool:
+    """True when nltk can read WordNet from one of its data folders."""
+    from nltk.corpus import wordnet
+
+    try:
+        wordnet.ensure_loaded()
+        return bool(wordnet.synsets("dog"))
+    except LookupError:
+        return False
+
+
+def default_nltk_data_dir() -> Path:
+    """$NLTK_DATA if set, else the active environment's ``nltk_data`` (on nltk's default path)."""
+    return Path(os.environ.get("NLTK_DATA", "").split(os.pathsep)[0] or Path(sys.prefix) / "nltk_data")
+
+
+def install_from_system(source: Path, nltk_data_dir: Path) -> Path:
+    """Copy system WordNet files into ``<nltk_data_dir>/corpora/wordnet`` (atomically) and add lexnames."""
+    missing = [name for name in _REQUIRED_FILES if not (source / name).is_file()]
+    if missing:
+        raise WordNetUnavailable(f"{source} lacks WordNet files {missing}. {INSTALL_HELP}")
+    target = nltk_data_dir / "corpora" / "wordnet"
+    staging = target.with_name("wordnet.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for name in _REQUIRED_FILES + _OPTIONAL_FILES:
+        if (source / name).is_file():
+            shutil.copyfile(source / name, staging / name)
+    (staging / "lexnames").write_text(lexnames_text())
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    return target
+
+
+def ensure_wordnet() -> None:
+    """Make ``nltk.corpus.wordnet`` loadable, or raise :class:`WordNetUnavailable` saying how."""
+    if wordnet_loads():
+        return
+    import nltk
+
+    data_dir = default_nltk_data_dir()
+    if str(data_dir) not in nltk.data.path:
+        nltk.data.path.insert(0, str(data_dir))
+    download_error = None
+    for source in SYSTEM_WORDNET_DIRS:
+        if (source / "data.noun").is_file():
+            install_from_system(source, data_dir)
+            break
+    else:
+        try:
+            nltk.download("wordnet", download_dir=str(data_dir), quiet=True, raise_on_error=True)
+        except Exception as error:  # offline: nltk raises assorted network errors; kept for the message below
+            download_error = error
+    if not wordnet_loads():
+        why = "" if download_error is None else (
+            f" Downloading it into {data_dir} failed: {type(download_error).__name__}: {download_error}")
+        raise WordNetUnavailable(INSTALL_HELP + why) from download_error
+
+
+if __name__ == "__main__":
+    ensure_wordnet()
+    print("WordNet is ready for METEOR.")

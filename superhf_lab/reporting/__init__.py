@@ -1,0 +1,4 @@
+"""Reading finished runs back: the end-of-run and sweep summaries, the report's tables and plots.
+
+May import: core, runtime, config, tracking, metrics.
+"""
