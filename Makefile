@@ -1,5 +1,5 @@
 # make run    install (if needed), build the tiny world (if needed), run SuperHF on it
-# make test   install (if needed), run the test suite
+# make test   install (if needed), check format, lint and import layers (make lint), run the test suite
 # make bench  time one superbatch's phases on the tiny world (one JSON line)
 # make results  the README's results table: each row x seed on the tiny world (about 35 minutes on 2 cores)
 # make tracking-server  an MLflow tracking server for parallel and cluster sweeps (port 5000)
@@ -11,7 +11,7 @@ INSTALLED := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 TRACKING_PORT ?= 5000
 
-.PHONY: install tracking-server wordnet browser world run test bench results ui clean
+.PHONY: install tracking-server wordnet browser world run lint test bench results ui clean
 
 install: $(INSTALLED)
 
@@ -45,7 +45,14 @@ world: install
 run: install
 	$(PY) run.py $(ARGS)
 
-test: install browser
+# Fails fast, before the suite: a file ruff would reformat, a lint finding (lines over 120 characters too), or an
+# import that runs up the layers or closes a circle (tools/check_layers.py names the two modules).
+lint: install
+	$(VENV)/bin/ruff format --check . || { echo "ruff format would change the files above: run $(VENV)/bin/ruff format ."; exit 1; }
+	$(VENV)/bin/ruff check --quiet .
+	$(PY) tools/check_layers.py
+
+test: install browser lint
 	$(PY) -m pytest -q $(ARGS)
 
 # The UI test drives a real Chromium: Debian's chromium and chromium-driver, installed with apt-get when we are

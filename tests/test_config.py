@@ -3,13 +3,17 @@
 import re
 
 import pytest
-from conftest import compose_config, run_cli
+from conftest import ROOT, compose_config, run_cli
 from omegaconf import OmegaConf, open_dict
-from superhf_lab.config.schema import ObjectiveConfig
 from tolerances import fp64_tolerance
 
+from superhf_lab.algorithms.registry import available_algorithms, get_algorithm
+from superhf_lab.config.defaults import RUN_DEFAULTS, run_defaults
+from superhf_lab.config.keys import config_keys
+from superhf_lab.config.schema import ObjectiveConfig, RunConfig
 from superhf_lab.core.errors import ConfigError
 from superhf_lab.launch.compose import validate_config
+from superhf_lab.launch.keys import generated_block, keys_markdown
 from superhf_lab.launch.runner import prepare
 
 
@@ -37,7 +41,8 @@ def test_the_tiny_experiment_serves_either_algorithm_with_the_same_budget():
 def test_paper_ppo_experiment_carries_table_3():
     config = validate_config(compose_config(["experiment=paper_ppo_table3"]))
     algo = config.algorithm
-    assert (algo.batch_size, algo.num_ppo_epochs, algo.cliprange, algo.cliprange_value, algo.vf_coef) == (32, 4, 0.2, 0.2, 0.1)
+    assert (algo.batch_size, algo.num_ppo_epochs, algo.cliprange, algo.cliprange_value, algo.vf_coef) == (
+        32, 4, 0.2, 0.2, 0.1)
     assert (algo.gamma, algo.lam, config.kl_coef) == (1.0, 0.95, 0.2)
     assert (algo.adaptive_kl.enabled, algo.adaptive_kl.target, algo.adaptive_kl.horizon) == (True, 6.0, 10000.0)
 
@@ -55,7 +60,8 @@ def test_paper_table2_carries_the_reports_hyperparameters():
 # openfeedback/superhf experiments/superhf/shf_iterative_v1/configs/default.yaml, key: value (and where it lands here).
 REFERENCE_DEFAULT_YAML = {
     "seed": ("seed", 66), "learning_rate": ("algorithm.learning_rate", 2e-5),
-    "scheduler_name": ("algorithm.lr_schedule", "cosine"), "scheduler_warmup_steps": ("algorithm.warmup_superbatches", 32),
+    "scheduler_name": ("algorithm.lr_schedule", "cosine"),
+    "scheduler_warmup_steps": ("algorithm.warmup_superbatches", 32),
     "kl_coefficient": ("kl_coef", 0.35), "max_prompt_char_length": ("data.max_prompt_chars", 1024),
     "temperature": ("algorithm.temperature", 1.0), "top_p": ("algorithm.top_p", 0.95),
     "prompt_accumulation_steps": ("algorithm.prompt_accumulation_steps", 2),
@@ -92,7 +98,8 @@ def test_arxiv_experiment_is_the_reference_default_yaml_key_by_key():
         "reference_to_policy", "reference", "unshifted", "log")
     assert config.text.cut == "reference"
     assert config.text.reward_input == algo.conversation_prompt + "{prompt} {completion}"
-    assert (config.eval.prompts_per_source, config.eval.sampling.temperature, config.eval.cut) == (200, 0.7, "reference")
+    assert (config.eval.prompts_per_source, config.eval.sampling.temperature, config.eval.cut) == (
+        200, 0.7, "reference")
 
 
 def test_paper_eval_preset_is_the_references_test_scoring():
@@ -136,7 +143,8 @@ def test_fail_fast_checks_run_before_any_model_is_loaded(tmp_path):
     with pytest.raises(ConfigError, match="objective.metrics='reward/median' is invalid: superhf logs"):
         prepare(cfg)
     cfg = compose_config(["objective.metrics=[heldout_reward/mean]", "heldout_reward_model=null", store])
-    with pytest.raises(ConfigError, match="objective.metrics='heldout_reward/mean' is invalid: heldout_reward_model is null"):
+    with pytest.raises(ConfigError,
+                       match="objective.metrics='heldout_reward/mean' is invalid: heldout_reward_model is null"):
         prepare(cfg)
     cfg = compose_config(["device=cuda:3"])
     with pytest.raises(ConfigError, match="device='cuda:3'|no CUDA"):
@@ -187,3 +195,29 @@ def test_cli_reports_a_config_error_with_exit_code_2(tmp_path):
     assert result.returncode == 2
     assert "algorithm.top_k=99 is invalid" in result.stderr
     assert not (tmp_path / ".cache").exists(), "nothing is built or loaded for an invalid config"
+
+
+def test_the_readme_key_tables_are_the_generators_output():
+    """A changed default or meaning fails here until `python -m superhf_lab.launch.keys --write README.md` is run."""
+    readme = (ROOT / "README.md").read_text()
+    assert generated_block(readme) == keys_markdown(), "run: python -m superhf_lab.launch.keys --write README.md"
+
+
+@pytest.mark.parametrize("config_class", [RunConfig, *(get_algorithm(name).config_class
+                                                        for name in available_algorithms())], ids=lambda c: c.__name__)
+def test_every_key_has_its_meaning_next_to_its_default(config_class):
+    """Every field, nested ones included, carries metadata={"help": ...} (inherited fields from their own class)."""
+    keys = config_keys(config_class, "algorithm." if config_class is not RunConfig else "")
+    assert keys and [key.name for key in keys if not key.help.strip()] == []
+
+
+def test_composition_repeats_no_default_and_keeps_top_level_keys_overridable():
+    """config.yaml's run_defaults come from RunConfig, so the top-level keys need no `+` to override."""
+    cfg = compose_config(["kl_coef=0.2", "seed=3", "mlflow.retry_every_s=5", "precision=bf16"])
+    assert (cfg.kl_coef, cfg.seed, cfg.mlflow.retry_every_s, cfg.precision) == (0.2, 3, 5, "bf16")
+    defaults = run_defaults()
+    assert set(defaults) <= set(compose_config([])) and defaults["mlflow"] == OmegaConf.to_container(
+        OmegaConf.structured(RunConfig).mlflow)
+    config_yaml = OmegaConf.load(ROOT / "conf" / "config.yaml")
+    assert set(config_yaml) == {"defaults", "output_dir", "hydra"}, "conf/config.yaml holds no default of the schema"
+    assert config_yaml.defaults[0] == RUN_DEFAULTS

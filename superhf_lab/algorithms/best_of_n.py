@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from superhf_lab.algorithms.registry import register_algorithm
 from superhf_lab.core.errors import require
@@ -40,9 +40,10 @@ METRIC_NAMES = (*SHARED_NAMES, *BOUND_METRIC_NAMES, "diversity/meteor_similarity
 
 @dataclass
 class BestOfNConfig:
-    name: str = "best_of_n"
-    n: int = 16  # completions sampled per prompt
-    minibatch_size_scoring: int = 32
+    name: str = field(default="best_of_n", metadata={"help": "the algorithm plugin (algorithm=best_of_n)"})
+    n: int = field(default=16, metadata={
+        "help": "completions sampled per prompt (with eval.sampling), the best-scored one kept"})
+    minibatch_size_scoring: int = field(default=32, metadata={"help": "completions per reward-model forward"})
 
     def check(self) -> None:
         require(self.n >= 1, "algorithm.n", self.n, "sample at least 1 completion per prompt")

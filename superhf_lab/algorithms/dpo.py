@@ -1,15 +1,15 @@
 """DPO (Rafailov et al. 2023, arXiv 2305.18290) on TRL's ``DPOTrainer``: the policy learns from the human preference
 pairs of ``preferences`` directly, with ``kl_coef`` as DPO's beta (the strength of the implicit KL constraint).
 
-DPO samples nothing to train, so a :class:`superhf_lab.algorithms.trl_glue.PolicyProbe` samples one completion for each of
-``probe_prompts`` training prompts at every step: reward, held-out reward, METEOR similarity and the exact ``kl``
-are logged per step like every other algorithm's; ``dpo/reward_margin`` and ``dpo/reward_accuracy`` are TRL's
+DPO samples nothing to train, so a :class:`superhf_lab.algorithms.trl_glue.PolicyProbe` samples one completion for
+each of ``probe_prompts`` training prompts at every step: reward, held-out reward, METEOR similarity and the exact
+``kl`` are logged per step like every other algorithm's; ``dpo/reward_margin`` and ``dpo/reward_accuracy`` are TRL's
 implicit-reward statistics on the training pairs.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from superhf_lab.algorithms.pair_training import PairTrainingConfig
 from superhf_lab.algorithms.registry import register_algorithm
@@ -33,9 +33,10 @@ METRIC_NAMES = (*PROBE_METRIC_NAMES, *RENAMES.values(), "time/step_s", *PROGRESS
 
 @dataclass
 class DPOAlgorithmConfig(PairTrainingConfig):
-    name: str = "dpo"
-    pairs_per_step: int = 32  # pairs seen = num_steps x pairs_per_step
-    loss_type: str = "sigmoid"  # TRL's DPO loss (sigmoid: the paper's)
+    name: str = field(default="dpo", metadata={"help": "the algorithm plugin (algorithm=dpo)"})
+    pairs_per_step: int = field(default=32, metadata={
+        "help": "preference pairs per optimizer step, over all processes; pairs seen = num_steps x pairs_per_step"})
+    loss_type: str = field(default="sigmoid", metadata={"help": "TRL's DPO loss (sigmoid: the paper's)"})
 
     def check(self) -> None:
         super().check()

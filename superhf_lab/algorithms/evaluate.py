@@ -8,7 +8,7 @@ best-of-N, so an evaluated policy overlays with training charts and objectives r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from superhf_lab.algorithms.registry import register_algorithm
 from superhf_lab.config.schema import RunConfig
@@ -26,7 +26,7 @@ EVALUATED_POLICY_TAG = "superhf_lab.evaluated_policy"
 class EvaluateConfig:
     """Nothing to set here: what is evaluated and how are ``eval.*`` (the same for every algorithm)."""
 
-    name: str = "evaluate"
+    name: str = field(default="evaluate", metadata={"help": "the algorithm plugin (algorithm=evaluate)"})
 
     def check(self) -> None:
         pass

@@ -2,14 +2,14 @@
 pairs with TRL's ``SFTTrainer`` (cross-entropy on the response tokens only). There is no KL term, so ``kl_coef``
 has no effect; the exact ``kl`` to the starting policy is still measured.
 
-Like DPO it samples nothing to train: a :class:`superhf_lab.algorithms.trl_glue.PolicyProbe` samples one completion for each
-of ``probe_prompts`` training prompts at every step, so reward, held-out reward, METEOR similarity and ``kl`` are
-logged per step like every other algorithm's.
+Like DPO it samples nothing to train: a :class:`superhf_lab.algorithms.trl_glue.PolicyProbe` samples one completion
+for each of ``probe_prompts`` training prompts at every step, so reward, held-out reward, METEOR similarity and ``kl``
+are logged per step like every other algorithm's.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from superhf_lab.algorithms.pair_training import PairTrainingConfig
 from superhf_lab.algorithms.registry import register_algorithm
@@ -33,9 +33,10 @@ METRIC_NAMES = (*PROBE_METRIC_NAMES, *RENAMES.values(), "time/step_s", *PROGRESS
 
 @dataclass
 class FeedMEConfig(PairTrainingConfig):
-    name: str = "feedme"
-    examples_per_step: int = 32  # chosen responses seen = num_steps x examples_per_step
-    learning_rate: float = 2e-5
+    name: str = field(default="feedme", metadata={"help": "the algorithm plugin (algorithm=feedme)"})
+    examples_per_step: int = field(default=32, metadata={
+        "help": "chosen responses per optimizer step, over all processes; seen = num_steps x examples_per_step"})
+    learning_rate: float = field(default=2e-5, metadata={"help": "peak learning rate"})
 
     def check(self) -> None:
         super().check()

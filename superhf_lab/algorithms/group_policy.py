@@ -34,18 +34,22 @@ GROUP_POLICY_METRIC_NAMES = (*COMPLETION_METRIC_NAMES, *GROUP_POLICY_RENAMES.val
 class GroupPolicyConfig:
     """Settings shared by the group-sampling policy-gradient methods (GRPO, RLOO)."""
 
-    num_steps: int = 40  # optimizer steps; completions generated = num_steps x prompts_per_step x group_size
-    prompts_per_step: int = 4
-    group_size: int = 8  # completions sampled per prompt (TRL's num_generations)
-    max_new_tokens: int = 64
-    temperature: float = 1.0
-    top_p: float = 1.0
-    learning_rate: float = 1e-6
-    lr_schedule: str = "linear"
-    num_iterations: int = 1  # optimisation passes over each generated batch
-    epsilon: float = 0.2  # clipping range
-    minibatch_size_scoring: int = 32
-    lora: LoraSettings = field(default_factory=LoraSettings)
+    num_steps: int = field(default=40, metadata={
+        "help": "optimizer steps; completions generated = num_steps x prompts_per_step x group_size"})
+    prompts_per_step: int = field(default=4, metadata={"help": "prompts per optimizer step, over all processes"})
+    group_size: int = field(default=8, metadata={"help": "completions sampled per prompt (TRL's num_generations)"})
+    max_new_tokens: int = field(default=64, metadata={"help": "most tokens generated per completion"})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature, > 0"})
+    top_p: float = field(default=1.0, metadata={
+        "help": "nucleus sampling's probability mass; 1.0: the full distribution"})
+    learning_rate: float = field(default=1e-6, metadata={"help": "peak learning rate"})
+    lr_schedule: str = field(default="linear", metadata={
+        "help": "learning-rate schedule over the run (transformers' lr_scheduler_type)"})
+    num_iterations: int = field(default=1, metadata={"help": "optimisation passes over each generated batch"})
+    epsilon: float = field(default=0.2, metadata={"help": "clipping range of the probability ratio"})
+    minibatch_size_scoring: int = field(default=32, metadata={"help": "completions per reward-model forward"})
+    lora: LoraSettings = field(default_factory=LoraSettings, metadata={
+        "help": "LoRA adapters on the policy (TRL applies them)"})
 
     def check(self) -> None:
         for key in ("num_steps", "prompts_per_step", "max_new_tokens", "num_iterations", "minibatch_size_scoring"):

@@ -8,7 +8,8 @@ Three things are added on top of TRL so PPO and SuperHF are comparable metric fo
   into the reward model, which is wrong whenever the tokenizers differ (Pythia policy, DeBERTa RM).
 - :class:`AdaptiveKLController`, a callback, since TRL 1.12 dropped adaptive KL control: after every
   update it moves ``kl_coef`` towards a target KL (Ziegler et al. 2019), as the paper's Table 3 used.
-- :class:`MetricsBridge`, a callback that logs every update under SuperHF's metric names.
+- :class:`~superhf_lab.algorithms.trl_glue.TrackerBridge`, the callback every TRL plugin shares, logs every
+  update under SuperHF's metric names (``PPO_RENAMES``, and :func:`ppo_derived_metrics` for what TRL's log lacks).
 
 The top-level ``kl_coef`` is PPO's (initial) KL penalty coefficient. ``kl_sequence_estimate`` is the quantity
 PPO penalises: TRL's sampled estimate, summed over a completion's tokens and averaged over the batch. With
@@ -31,6 +32,7 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from superhf_lab.algorithms.ppo_config import PPOAlgorithmConfig
 from superhf_lab.algorithms.registry import register_algorithm
+from superhf_lab.algorithms.trl_glue import TrackerBridge
 from superhf_lab.config.schema import TextConfig
 from superhf_lab.core.errors import require
 from superhf_lab.core.text import decode_completion
@@ -38,8 +40,6 @@ from superhf_lab.training.completions import (
     COMPLETION_METRIC_NAMES,
     PROGRESS_METRIC_NAMES,
     Completion,
-    completion_metrics,
-    completion_rows,
     score_completions,
 )
 from superhf_lab.training.context import RunContext, finish_training, training_setup
@@ -54,6 +54,13 @@ METRIC_NAMES = (
     "ppo/clipfrac", "ppo/entropy", "ppo/approx_kl", "time/scoring_s", "time/step_s", *PROGRESS_METRIC_NAMES,
     *evaluation_metric_names(),
 )
+
+# TRL's per-update statistics under SuperHF's names.
+PPO_RENAMES = {
+    "objective/kl": "kl_sequence_estimate", "loss/policy_avg": "loss/policy", "loss/value_avg": "loss/value",
+    "lr": "lr", "policy/clipfrac_avg": "ppo/clipfrac", "objective/entropy": "ppo/entropy",
+    "policy/approxkl_avg": "ppo/approx_kl",
+}
 
 
 class _DecodeAndScore(nn.Module):
@@ -98,7 +105,8 @@ class TextRewardModel(nn.Module):
     def split_row(self, ids: list[int], mask: list[bool]) -> Completion:
         prompt_ids = [t for t, real in zip(ids[: self.context_length], mask[: self.context_length]) if real]
         response_ids = [t for t, real in zip(ids[self.context_length :], mask[self.context_length :]) if real]
-        prompt = self.prompt_by_ids.get(tuple(prompt_ids)) or self.tokenizer.decode(prompt_ids, skip_special_tokens=True)
+        prompt = (self.prompt_by_ids.get(tuple(prompt_ids))
+                  or self.tokenizer.decode(prompt_ids, skip_special_tokens=True))
         text, generated, finished = decode_completion(self.tokenizer, response_ids, self.text.cut)
         return Completion(prompt, len(self.scored), text, completion_length(self.tokenizer, text), finished,
                           generated_tokens=generated)
@@ -108,7 +116,8 @@ class TextRewardModel(nn.Module):
         if self.context_length is None:
             raise RuntimeError("TextRewardModel.context_length is unset: wrap the dataloader in ContextLengthTracker")
         started = time.perf_counter()
-        completions = [self.split_row(ids, mask) for ids, mask in zip(input_ids.tolist(), attention_mask.bool().tolist())]
+        rows = zip(input_ids.tolist(), attention_mask.bool().tolist())
+        completions = [self.split_row(ids, mask) for ids, mask in rows]
         score_completions(completions, self.text.reward_input, self.scorer, self.heldout_scorer)
         self.scored.extend(completions)
         self.scoring_seconds += time.perf_counter() - started
@@ -153,42 +162,21 @@ class AdaptiveKLController(TrainerCallback):
             args.kl_coef = self.update(args.kl_coef, logs["objective/kl"])
 
 
-class MetricsBridge(TrainerCallback):
-    """Turns TRL's per-update log into SuperHF-named metrics, plus reward and diversity of the rollout."""
+def ppo_derived_metrics(args, logs: dict[str, float]) -> dict[str, float]:
+    """What PPO logs beyond TRL's renamed statistics: the total loss and the KL coefficient that penalised this
+    update's rollout (read before :class:`AdaptiveKLController` moves it)."""
+    return {"kl_coef": args.kl_coef, "loss/total": logs["loss/policy_avg"] + args.vf_coef * logs["loss/value_avg"]}
 
-    def __init__(self, context: RunContext, reward_model: TextRewardModel, batch_size: int) -> None:
-        self.context = context
-        self.reward_model = reward_model
-        self.batch_size = batch_size
-        self.step = 0
-        self.step_started = time.perf_counter()
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if not logs or "objective/kl" not in logs:
-            return
-        completions, scoring_seconds = self.reward_model.take_scored()
-        completions = self.context.processes.gather(completions)  # each rank scored its share of the rollout
-        metrics = {
-            **completion_metrics(completions),
-            "kl_sequence_estimate": logs["objective/kl"],
-            "kl_coef": args.kl_coef,  # the coefficient that penalised this update's rollout
-            "loss/policy": logs["loss/policy_avg"],
-            "loss/value": logs["loss/value_avg"],
-            "loss/total": logs["loss/policy_avg"] + args.vf_coef * logs["loss/value_avg"],
-            "lr": logs["lr"],
-            "ppo/clipfrac": logs["policy/clipfrac_avg"],
-            "ppo/entropy": logs["objective/entropy"],
-            "ppo/approx_kl": logs["policy/approxkl_avg"],
-            "time/scoring_s": scoring_seconds,
-            "time/step_s": time.perf_counter() - self.step_started,
-            "progress/prompts_seen": (self.step + 1) * self.batch_size,
-            "progress/completions_generated": (self.step + 1) * self.batch_size,
-        }
-        self.context.tracker.log_metrics(metrics, step=self.step)
-        limit = self.context.config.mlflow.completions_logged_per_superbatch
-        self.context.tracker.log_completions(completion_rows(self.step, completions, [], limit))
-        self.step += 1
-        self.step_started = time.perf_counter()
+def rollout_measure(context: RunContext, reward_model: TextRewardModel):
+    """The :class:`TrackerBridge` measure of PPO's rollouts: the completions every process scored since the last
+    update, gathered, and the seconds this process spent scoring them."""
+
+    def measure() -> tuple[list[Completion], dict[str, float]]:
+        completions, scoring_seconds = reward_model.take_scored()
+        return context.processes.gather(completions), {"time/scoring_s": scoring_seconds}
+
+    return measure
 
 
 def per_process_batch_size(cfg: PPOAlgorithmConfig, world_size: int) -> int:
@@ -234,7 +222,10 @@ def build_ppo_trainer(context: RunContext):
     )
     peft_config = cfg.lora.to_peft() if cfg.lora.enabled else None
     dataset = Dataset.from_dict({"input_ids": [tokenizer(prompt).input_ids for prompt in prompts]})
-    callbacks: list[TrainerCallback] = [MetricsBridge(context, reward_model, cfg.batch_size)]
+    # One completion per prompt; non-finite values are logged, as SuperHF logs them.
+    bridge = TrackerBridge(context, rollout_measure(context, reward_model), PPO_RENAMES, cfg.batch_size,
+                           cfg.batch_size, derive=ppo_derived_metrics, finite_only=False)
+    callbacks: list[TrainerCallback] = [bridge]
     if cfg.adaptive_kl.enabled:  # after the bridge, so each update logs the coefficient it was penalised with
         callbacks.append(AdaptiveKLController(cfg.adaptive_kl.target, cfg.adaptive_kl.horizon, cfg.batch_size))
     trainer = PPOTrainer(

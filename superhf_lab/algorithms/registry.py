@@ -72,7 +72,8 @@ def _discover() -> None:
 
 def store_algorithm_configs() -> None:
     """Each plugin's config defaults as the ``algorithm=<name>`` option, so a default is written once, in its
-    dataclass. Stored as a plain dict: :func:`superhf_lab.launch.compose.validate_config` types and checks it."""
+    dataclass. Stored as a plain dict: :func:`superhf_lab.launch.compose.validate_config` types and checks it.
+    :func:`superhf_lab.launch.compose.prepare_composition` calls it, with the run schema's defaults."""
     from hydra.core.config_store import ConfigStore
     from omegaconf import OmegaConf
 

@@ -2,13 +2,13 @@
 minus the mean reward of the other completions of its prompt (leave one out), with ``kl_coef`` as TRL's ``beta``
 (the sequence's k1 KL to the reference subtracted from its reward).
 
-Rewards and cutting are as for GRPO (:mod:`superhf_lab.algorithms.trl_glue`); ``kl_token_estimate`` is TRL's k1 estimate of
-the per-token KL, averaged over completion tokens (the evaluation logs the exact ``eval/*/kl``).
+Rewards and cutting are as for GRPO (:mod:`superhf_lab.algorithms.trl_glue`); ``kl_token_estimate`` is TRL's k1
+estimate of the per-token KL, averaged over completion tokens (the evaluation logs the exact ``eval/*/kl``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from superhf_lab.algorithms.group_policy import GROUP_POLICY_METRIC_NAMES, GroupPolicyConfig, train_group_policy
 from superhf_lab.algorithms.registry import register_algorithm
@@ -18,7 +18,7 @@ from superhf_lab.training.context import RunContext
 
 @dataclass
 class RLOOAlgorithmConfig(GroupPolicyConfig):
-    name: str = "rloo"
+    name: str = field(default="rloo", metadata={"help": "the algorithm plugin (algorithm=rloo)"})
 
 
 @register_algorithm("rloo", RLOOAlgorithmConfig, GROUP_POLICY_METRIC_NAMES, checkpoints=True, transformers_trainer=True)

@@ -105,8 +105,8 @@ def minibatch_loss(terms: LossTerms, kl_coef: float, reduction: str, minibatch_s
 
 class SuperHFTrainer:
     """SuperHF's trainer: owns the policy, optimizer and schedule, the superbatch loop (:meth:`train`), its
-    checkpoints and resume. One superbatch is :meth:`generate`, :meth:`score`, :func:`select_top_k` and
-    :meth:`finetune`."""
+    checkpoints and resume. One superbatch (:meth:`run_superbatch`, which the benchmark times) is :meth:`step`
+    (:meth:`generate`, :meth:`score`, :func:`select_top_k` and :meth:`finetune`) and its logging."""
 
     def __init__(
         self,
@@ -161,13 +161,13 @@ class SuperHFTrainer:
             for phase in ("generating", "scoring", "finetuning")
         }
 
-    def generate(self, prompts: list[str]) -> list[Completion]:
+    def generate(self, prompts: list[str], stop_at_cut: bool = True) -> list[Completion]:
         """``superbatch_size`` sampled completions per prompt (this process's share of them), cut where the model
-        starts a new turn."""
+        starts a new turn; generation stops there too unless ``stop_at_cut`` is off (the benchmark's "before")."""
         cfg = self.config
         return self.batch_sizes["generating"].run(lambda size: sample_completions(
             self.policy, self.tokenizer, prompts, cfg.superbatch_size, cfg.sampling, size, self.device, self.precision,
-            self.text.cut, processes=self.processes,
+            self.text.cut, stop_at_cut=stop_at_cut, processes=self.processes,
         ), self.agree_on_oom)
 
     def score(self, completions: list[Completion]) -> None:
@@ -262,8 +262,8 @@ class SuperHFTrainer:
             )
 
     def step(self, prompts: list[str]) -> tuple[dict[str, float], list[Completion], list[int]]:
-        """One superbatch; returns its metrics (but the diversity metrics, which :meth:`train` computes off the
-        critical path), all completions and the indices of the kept ones."""
+        """One superbatch; returns its metrics (but the progress and diversity metrics, which
+        :meth:`run_superbatch` adds), all completions and the indices of the kept ones."""
         started = time.perf_counter()
         completions = self.generate(prompts)
         generated = time.perf_counter()
@@ -289,6 +289,23 @@ class SuperHFTrainer:
         metrics["time/step_s"] = time.perf_counter() - started
         return metrics, completions, kept_indices
 
+    def run_superbatch(self, step: int, stream: PromptStream, context: RunContext,
+                       bookkeeping: Bookkeeping) -> tuple[dict[str, float], list[Completion], list[int]]:
+        """Superbatch ``step`` as training runs it: :meth:`step` on the stream's next prompts, then, on the loop's
+        path, its metrics and sample completions logged and its diversity metrics handed to ``bookkeeping`` (off
+        the critical path). Returns what :meth:`step` does, the progress metrics added."""
+        cfg, tracker = self.config, context.tracker
+        metrics, completions, kept_indices = self.step(stream.take(cfg.prompt_accumulation_steps))
+        metrics["progress/prompts_seen"] = stream.position
+        metrics["progress/completions_generated"] = (step + 1) * cfg.prompt_accumulation_steps * cfg.superbatch_size
+        tracker.log_metrics(metrics, step=step)
+        if self.processes.is_main:  # the others log nothing
+            bookkeeping.submit(step, lambda completions=completions: diversity_metrics(completions))
+        tracker.log_completions(
+            completion_rows(step, completions, kept_indices, context.config.mlflow.completions_logged_per_superbatch))
+        bookkeeping.log_ready()
+        return metrics, completions, kept_indices
+
     def train(self, stream: PromptStream, context: RunContext, evaluator: PolicyEvaluator | None,
               background_bookkeeping: bool = True) -> None:
         """Run every superbatch and log its metrics and sample completions, evaluating on the way when asked. The
@@ -305,16 +322,7 @@ class SuperHFTrainer:
                         initial=first_step, total=cfg.num_superbatches, disable=not self.processes.is_main)
         with Bookkeeping(tracker, background_bookkeeping) as bookkeeping:
             for step in progress:
-                metrics, completions, kept_indices = self.step(stream.take(cfg.prompt_accumulation_steps))
-                metrics["progress/prompts_seen"] = stream.position
-                metrics["progress/completions_generated"] = (
-                    (step + 1) * cfg.prompt_accumulation_steps * cfg.superbatch_size)
-                tracker.log_metrics(metrics, step=step)
-                if self.processes.is_main:  # the others log nothing
-                    bookkeeping.submit(step, lambda completions=completions: diversity_metrics(completions))
-                tracker.log_completions(
-                    completion_rows(step, completions, kept_indices, run.mlflow.completions_logged_per_superbatch))
-                bookkeeping.log_ready()
+                metrics, _, _ = self.run_superbatch(step, stream, context, bookkeeping)
                 progress.set_postfix(reward=f"{metrics['reward/mean']:.3f}", kl=f"{metrics['kl']:.4f}")
                 last = step == cfg.num_superbatches - 1
                 due = run.eval.every_n_superbatches and (step + 1) % run.eval.every_n_superbatches == 0

@@ -137,15 +137,19 @@ class PolicyProbe:
 class TrackerBridge(TrainerCallback):
     """Logs each TRL step under the project's metric names: the step's completions (reward, held-out reward,
     METEOR similarity, lengths: those the trainer sampled and scored, or a :class:`PolicyProbe`'s), TRL's own
-    statistics renamed by ``renames``, and progress (a continued run's tracker sends only what MLflow lacks)."""
+    statistics renamed by ``renames``, what ``derive`` computes from TRL's log and the trainer's arguments (PPO's
+    total loss and KL coefficient), and progress (a continued run's tracker sends only what MLflow lacks).
+    Non-finite values are left out unless ``finite_only`` is off."""
 
     def __init__(self, context: RunContext, measure, renames: dict[str, str], prompts_per_step: int,
-                 completions_per_step: int) -> None:
+                 completions_per_step: int, derive=None, finite_only: bool = True) -> None:
         self.context = context
         self.measure = measure  # () -> (the step's completions, metrics measured on them)
         self.renames = renames
+        self.derive = derive  # (trainer arguments, TRL's log) -> metrics, or None
         self.prompts_per_step = prompts_per_step
         self.completions_per_step = completions_per_step
+        self.finite_only = finite_only
         self.started = time.perf_counter()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -155,10 +159,14 @@ class TrackerBridge(TrainerCallback):
         completions, measured = self.measure()
         metrics = {**completion_metrics(completions), **measured} if completions else {}
         metrics.update({ours: float(logs[theirs]) for theirs, ours in self.renames.items() if theirs in logs})
+        if self.derive is not None:
+            metrics.update(self.derive(args, logs))
         metrics["time/step_s"] = time.perf_counter() - self.started
         metrics["progress/completions_generated"] = (step + 1) * self.completions_per_step
         metrics["progress/prompts_seen"] = (step + 1) * self.prompts_per_step
-        self.context.tracker.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)}, step=step)
+        if self.finite_only:
+            metrics = {name: value for name, value in metrics.items() if math.isfinite(value)}
+        self.context.tracker.log_metrics(metrics, step=step)
         if completions:
             limit = self.context.config.mlflow.completions_logged_per_superbatch
             self.context.tracker.log_completions(completion_rows(step, completions, [], limit))
@@ -248,7 +256,9 @@ def starting_policy(trainer, policy: PreTrainedModel, frozen: StartingPolicy | N
 
 
 # What a PolicyProbe's completions give: one per prompt, so no within-prompt METEOR; and the exact kl.
-PROBE_METRIC_NAMES = (*(name for name in COMPLETION_METRIC_NAMES if name != "diversity/meteor_similarity_within_prompt"),
-                      "kl", *evaluation_metric_names())
+PROBE_METRIC_NAMES = (
+    *(name for name in COMPLETION_METRIC_NAMES if name != "diversity/meteor_similarity_within_prompt"),
+    "kl", *evaluation_metric_names(),
+)
 
 

@@ -24,9 +24,12 @@ RESUME_MODES = ("auto", "never")
 class ModelConfig:
     """The policy: a hub name or a local folder written by ``save_pretrained``."""
 
-    name_or_path: str = "???"
-    revision: Optional[str] = None
-    trust_remote_code: bool = False
+    name_or_path: str = field(default="???", metadata={
+        "help": "hub name (org/name) or local folder written by save_pretrained; required"})
+    revision: Optional[str] = field(default=None, metadata={
+        "help": "hub branch, tag or commit; null: the default branch"})
+    trust_remote_code: bool = field(default=False, metadata={
+        "help": "run the model repository's own Python code (transformers' trust_remote_code)"})
 
     def check(self, prefix: str) -> None:
         require(bool(self.name_or_path.strip()), f"{prefix}.name_or_path", self.name_or_path,
@@ -41,10 +44,14 @@ class RewardModelConfig:
     tokenizer; ``kind: gold`` is the tiny world's programmatic gold reward (no weights).
     """
 
-    kind: str = "hf"
-    name_or_path: Optional[str] = None
-    revision: Optional[str] = None
-    max_length: int = 512
+    kind: str = field(default="hf", metadata={
+        "help": "hf: a sequence classifier with a single-score head, on its own tokenizer; "
+                "gold: the tiny world's programmatic gold reward (no weights)"})
+    name_or_path: Optional[str] = field(default=None, metadata={
+        "help": "hub name or local folder of the hf reward model; unused by gold"})
+    revision: Optional[str] = field(default=None, metadata={
+        "help": "hub branch, tag or commit; null: the default branch"})
+    max_length: int = field(default=512, metadata={"help": "tokens of reward-model input; longer inputs are truncated"})
 
     def check(self, prefix: str) -> None:
         require(self.kind in ("hf", "gold"), f"{prefix}.kind", self.kind, "use 'hf' or 'gold'")
@@ -54,8 +61,9 @@ class RewardModelConfig:
         require(self.max_length > 0, f"{prefix}.max_length", self.max_length, "use a positive token count")
 
 
+# The row formats, and how each becomes a prompt (or a preference pair): superhf_lab/training/data.py.
 SOURCE_KINDS = ("hh_rlhf", "hh_red_team", "webgpt", "self_instruct", "prompts")
-PAIR_KINDS = ("hh_rlhf", "webgpt")  # the row formats that carry a human preference: superhf_lab/training/data.py  # how a row becomes a prompt: superhf_lab/training/data.py
+PAIR_KINDS = ("hh_rlhf", "webgpt")  # the row formats that carry a human preference
 
 
 @dataclass
@@ -70,17 +78,30 @@ class DataSourceConfig:
     ``where`` keeps the rows whose fields equal the given values (``{family: harmful}``), after the split.
     """
 
-    kind: str = "???"
-    hub_name: Optional[str] = None
-    hub_data_dir: Optional[str] = None
-    hub_revision: Optional[str] = None
-    path: Optional[str] = None
-    test_path: Optional[str] = None
-    has_test_split: bool = False
-    test_size: int = 2300
-    weight: Optional[float] = None
-    count: Optional[int] = None
-    where: dict[str, str] = field(default_factory=dict)  # keep only rows whose fields have these values
+    kind: str = field(default="???", metadata={
+        "help": "row format: hh_rlhf (chosen/rejected conversations), hh_red_team (a transcript), webgpt "
+                "(question.full_text), self_instruct (a prompt up to 'Output:') or prompts (a ready prompt); required"})
+    hub_name: Optional[str] = field(default=None, metadata={
+        "help": "Hugging Face Hub dataset, read when path is null"})
+    hub_data_dir: Optional[str] = field(default=None, metadata={
+        "help": "the hub dataset's data_dir (a subfolder such as harmless-base)"})
+    hub_revision: Optional[str] = field(default=None, metadata={
+        "help": "hub branch, tag or commit (e.g. refs/convert/parquet); null: the default branch"})
+    path: Optional[str] = field(default=None, metadata={
+        "help": "local .jsonl or .jsonl.gz train file in the hub's row format; wins over the hub"})
+    test_path: Optional[str] = field(default=None, metadata={
+        "help": "local test file (with has_test_split and path)"})
+    has_test_split: bool = field(default=False, metadata={
+        "help": "the source has its own test split (the hub's test, locally test_path); "
+                "false: its last test_size rows are the test set"})
+    test_size: int = field(default=2300, metadata={
+        "help": "rows held out from the end as the test set when has_test_split is false"})
+    weight: Optional[float] = field(default=None, metadata={
+        "help": "share of the training mix, relative to the other sources' weights; 0 leaves the source out"})
+    count: Optional[int] = field(default=None, metadata={
+        "help": "prompts taken from the source (the first N); null: all of them; 0 leaves it out"})
+    where: dict[str, str] = field(default_factory=dict, metadata={
+        "help": "keep only rows whose fields have these values (e.g. {family: harmful}), after the split"})
 
     def check(self, prefix: str) -> None:
         require(self.kind in SOURCE_KINDS, f"{prefix}.kind", self.kind, f"use one of {SOURCE_KINDS}")
@@ -110,12 +131,16 @@ class DataConfig:
     ``max_malformed_fraction`` of the rows read malformed stops the run instead.
     """
 
-    name: str = "custom"
-    sources: dict[str, DataSourceConfig] = field(default_factory=dict)
-    total_prompts: Optional[int] = None
-    max_prompt_chars: int = 1024
-    shuffle: bool = True
-    max_malformed_fraction: float = 0.01  # share of a source's rows that may be malformed (skipped) before it stops
+    name: str = field(default="custom", metadata={"help": "the mix's name"})
+    sources: dict[str, DataSourceConfig] = field(default_factory=dict, metadata={
+        "help": "the prompt sources by name, each as the <name>.* keys below"})
+    total_prompts: Optional[int] = field(default=None, metadata={
+        "help": "prompts in a weighted mix; null: the largest mix the weights allow"})
+    max_prompt_chars: int = field(default=1024, metadata={
+        "help": "prompts longer than this many characters are dropped, as in the paper"})
+    shuffle: bool = field(default=True, metadata={"help": "shuffle the mix with the run's seed"})
+    max_malformed_fraction: float = field(default=0.01, metadata={
+        "help": "share of a source's rows that may be malformed (skipped and counted) before the run stops"})
 
     def check(self, prefix: str) -> None:
         require(bool(self.sources), f"{prefix}.sources", {}, "name at least one prompt source (see conf/data/)")
@@ -145,7 +170,8 @@ class DataConfig:
 class TinyWorldConfig:
     """Cache folder of the embedded tiny world, built on demand when a path points into it."""
 
-    dir: str = ".cache/tiny_world"
+    dir: str = field(default=".cache/tiny_world", metadata={
+        "help": "cache folder, built on first use and rebuilt when its recipe or generator code changes"})
 
 
 @dataclass
@@ -156,11 +182,16 @@ class MlflowConfig:
     wait in a local spool file (see superhf_lab/tracking/tracker.py).
     """
 
-    tracking_uri: Optional[str] = None
-    experiment_name: str = "superhf_lab"
-    run_name: Optional[str] = None
-    completions_logged_per_superbatch: int = 4
-    retry_every_s: float = 30.0
+    tracking_uri: Optional[str] = field(default=None, metadata={
+        "help": "MLflow server or store; null: MLFLOW_TRACKING_URI if set, else sqlite:///mlflow.db here"})
+    experiment_name: str = field(default="superhf_lab", metadata={"help": "the MLflow experiment the run is logged in"})
+    run_name: Optional[str] = field(default=None, metadata={
+        "help": "the MLflow run's name; null: the algorithm's (e.g. superhf kl_coef=0.35 seed=0), in a sweep the "
+                "swept values"})
+    completions_logged_per_superbatch: int = field(default=4, metadata={
+        "help": "sampled completions per step logged to the completions table"})
+    retry_every_s: float = field(default=30.0, metadata={
+        "help": "seconds between retries of a server that stopped answering; metrics wait in a local spool file"})
 
     def check(self, prefix: str) -> None:
         require(bool(self.experiment_name.strip()), f"{prefix}.experiment_name", self.experiment_name,
@@ -179,15 +210,18 @@ class ObjectiveConfig:
     objective, for example reward penalised by METEOR similarity (mode collapse).
     """
 
-    metrics: list[str] = field(default_factory=lambda: ["reward/mean"])
-    penalties: dict[str, float] = field(default_factory=dict)
-    last_n: int = 1
+    metrics: list[str] = field(default_factory=lambda: ["reward/mean"], metadata={
+        "help": "metrics whose tail means run.py returns; several: a multi-objective study, one Optuna direction each"})
+    penalties: dict[str, float] = field(default_factory=dict, metadata={
+        "help": "metric: weight, weight x mean(metric) subtracted from the first objective (e.g. METEOR similarity)"})
+    last_n: int = field(default=1, metadata={"help": "last steps of the run each metric is averaged over"})
 
     def check(self, prefix: str) -> None:
         require(bool(self.metrics), f"{prefix}.metrics", self.metrics, "name at least one metric, e.g. [reward/mean]")
         require(self.last_n >= 1, f"{prefix}.last_n", self.last_n, "average over at least 1 step")
 
-    def check_logged(self, logged: tuple[str, ...], algorithm: str, has_heldout: bool, prefix: str = "objective") -> None:
+    def check_logged(self, logged: tuple[str, ...], algorithm: str, has_heldout: bool,
+                     prefix: str = "objective") -> None:
         """Every named metric must be one the algorithm logs (held-out ones need a held-out reward model)."""
         named = [(f"{prefix}.metrics", name) for name in self.metrics]
         named += [(f"{prefix}.penalties", name) for name in self.penalties]
@@ -226,8 +260,11 @@ class TextConfig:
     stripped ``{completion}`` filled in (the reference prepends its conversation prompt).
     """
 
-    cut: str = "next_turn"
-    reward_input: str = "{prompt} {completion}"
+    cut: str = field(default="next_turn", metadata={
+        "help": "where a completion ends: next_turn (where the policy starts a new turn, also an inline 'Human:') "
+                "or reference (the reference trainer's pattern)"})
+    reward_input: str = field(default="{prompt} {completion}", metadata={
+        "help": "the text every reward model scores, {prompt} and the stripped {completion} filled in"})
 
     def check(self, prefix: str) -> None:
         check_cut(self.cut, f"{prefix}.cut")
@@ -238,11 +275,13 @@ class TextConfig:
 class LoraSettings:
     """LoRA adapters (peft) on the policy; the KL reference is then the model with adapters disabled."""
 
-    enabled: bool = False
-    r: int = 4
-    alpha: int = 32
-    dropout: float = 0.05
-    target_modules: Optional[list[str]] = None  # None: peft's default for the architecture
+    enabled: bool = field(default=False, metadata={
+        "help": "train LoRA adapters (peft) instead of the whole policy; the KL reference is the policy without them"})
+    r: int = field(default=4, metadata={"help": "the adapters' rank"})
+    alpha: int = field(default=32, metadata={"help": "the adapters' scaling (peft's lora_alpha)"})
+    dropout: float = field(default=0.05, metadata={"help": "dropout on the adapters' input, in [0, 1)"})
+    target_modules: Optional[list[str]] = field(default=None, metadata={
+        "help": "modules that get adapters (e.g. [q_proj, v_proj]); null: peft's default for the architecture"})
 
     def check(self, prefix: str) -> None:
         if self.enabled:
@@ -260,13 +299,17 @@ class LoraSettings:
 class SamplingSettings:
     """How completions are sampled: ``generate`` keyword arguments plus the policy-only conversation prompt."""
 
-    max_new_tokens: int = 64
-    temperature: float = 1.0
-    top_p: float = 0.9
-    generation_top_k: int = 0  # transformers' top-k sampling filter; 0 disables it
-    repetition_penalty: float = 1.0
-    no_repeat_ngram_size: int = 0
-    conversation_prompt: str = ""  # prepended to every prompt the policy sees, never shown to a reward model
+    max_new_tokens: int = field(default=64, metadata={"help": "most tokens generated per completion"})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature, > 0"})
+    top_p: float = field(default=0.9, metadata={
+        "help": "nucleus sampling: the smallest set of tokens with this probability mass, in (0, 1]"})
+    generation_top_k: int = field(default=0, metadata={
+        "help": "transformers' top-k sampling filter; 0 disables it"})
+    repetition_penalty: float = field(default=1.0, metadata={"help": "generate's repetition penalty; 1.0 is none"})
+    no_repeat_ngram_size: int = field(default=0, metadata={
+        "help": "n-grams of this size occur at most once in a completion; 0 disables it"})
+    conversation_prompt: str = field(default="", metadata={
+        "help": "prepended to every prompt the policy sees, never shown to a reward model"})
 
     def check(self, prefix: str) -> None:
         require(self.max_new_tokens > 0, f"{prefix}.max_new_tokens", self.max_new_tokens, "use a positive integer")
@@ -288,16 +331,25 @@ class EvalConfig:
     policy (``at_end``) and, for SuperHF, every ``every_n_superbatches`` superbatches.
     """
 
-    policy: Optional[str] = None
-    prompts_per_source: Optional[int] = 64  # a seeded sample of each source's test prompts; null: all of them
-    meteor_pairs_per_source: int = 128
-    seed: int = 0  # the test-prompt sample and METEOR pairs: the same for every run, whatever its seed
-    at_end: bool = True
-    every_n_superbatches: int = 0  # 0: off
-    batch_size: int = 32
-    cut: str = "next_turn"  # as text.cut, for the evaluation's completions
-    reward_input: str = "{prompt} {completion}"  # as text.reward_input, for the evaluation's scoring
-    sampling: SamplingSettings = field(default_factory=SamplingSettings)
+    policy: Optional[str] = field(default=None, metadata={
+        "help": "mode=eval: hub name, local folder or MLflow artifact URI (runs:/<run_id>/policy); "
+                "null: the starting policy model"})
+    prompts_per_source: Optional[int] = field(default=64, metadata={
+        "help": "a seeded sample of each source's test prompts; null: all of them"})
+    meteor_pairs_per_source: int = field(default=128, metadata={
+        "help": "pairs of completions to different prompts whose METEOR similarity is measured, per source"})
+    seed: int = field(default=0, metadata={
+        "help": "seed of the test-prompt sample and METEOR pairs: the same for every run, whatever its seed"})
+    at_end: bool = field(default=True, metadata={"help": "training runs evaluate their final policy"})
+    every_n_superbatches: int = field(default=0, metadata={
+        "help": "SuperHF also evaluates every N superbatches; 0: off"})
+    batch_size: int = field(default=32, metadata={
+        "help": "prompts per sampling batch and completions per scoring batch"})
+    cut: str = field(default="next_turn", metadata={"help": "as text.cut, for the evaluation's completions"})
+    reward_input: str = field(default="{prompt} {completion}", metadata={
+        "help": "as text.reward_input, for the evaluation's scoring"})
+    sampling: SamplingSettings = field(default_factory=SamplingSettings, metadata={
+        "help": "how the one completion per prompt is sampled (best_of_n samples its N with these too)"})
 
     def check(self, prefix: str) -> None:
         check_cut(self.cut, f"{prefix}.cut")
@@ -320,9 +372,12 @@ class CheckpointConfig:
     command); ``never`` starts over (its checkpoints replace the old ones).
     """
 
-    dir: str = "checkpoints"
-    every_n_superbatches: int = 10  # also at the end and on SIGTERM; 0: only then
-    resume: str = "auto"
+    dir: str = field(default="checkpoints", metadata={
+        "help": "a run's checkpoints go to <dir>/<hash of its config>/, where re-running the same command finds them"})
+    every_n_superbatches: int = field(default=10, metadata={
+        "help": "superbatches (steps) between checkpoints, also at the end and on SIGTERM; 0: only then"})
+    resume: str = field(default="auto", metadata={
+        "help": "auto: continue the newest unfinished checkpoint of the same config; never: start over"})
 
     def check(self, prefix: str) -> None:
         require(self.every_n_superbatches >= 0, f"{prefix}.every_n_superbatches", self.every_n_superbatches,
@@ -335,7 +390,8 @@ class DistributedConfig:
     """Which engine the launched processes use; how many there are is the launcher's choice (torchrun,
     ``accelerate launch``, SLURM tasks). ``auto``: one process runs alone, several use what accelerate set up."""
 
-    engine: str = "auto"
+    engine: str = field(default="auto", metadata={
+        "help": "auto (one process alone, several what accelerate set up), single, ddp, fsdp or deepspeed"})
 
     def check(self, prefix: str) -> None:
         require(self.engine in ENGINES, f"{prefix}.engine", self.engine, f"use one of {ENGINES}")
@@ -345,25 +401,39 @@ class DistributedConfig:
 class RunConfig:
     """The whole run. ``algorithm`` is typed by the plugin that ``algorithm.name`` selects."""
 
-    model: ModelConfig = field(default_factory=ModelConfig)
-    reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
-    heldout_reward_model: Optional[RewardModelConfig] = None
-    algorithm: Any = None
-    data: DataConfig = field(default_factory=DataConfig)
-    preferences: DataConfig = field(default_factory=DataConfig)  # pairs for DPO and FeedME
-    tiny_world: TinyWorldConfig = field(default_factory=TinyWorldConfig)
-    text: TextConfig = field(default_factory=TextConfig)
-    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
-    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    distributed: DistributedConfig = field(default_factory=DistributedConfig)
-    mode: str = "train"  # eval: run the evaluate plugin instead of the algorithm (whose settings stay as configured)
-    kl_coef: float = 0.35
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "fp32"
-    output_dir: str = "outputs"
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "the policy (config group model)"})
+    reward_model: RewardModelConfig = field(default_factory=RewardModelConfig, metadata={
+        "help": "the reward model the algorithms optimise (config group reward_model)"})
+    heldout_reward_model: Optional[RewardModelConfig] = field(default=None, metadata={
+        "help": "a reward model only measured, logged as heldout_reward/*, in reward_model's keys; null: none"})
+    algorithm: Any = field(default=None, metadata={
+        "help": "the algorithm=<name> option's settings, typed by its plugin's dataclass (see its table)"})
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "the prompt mix (config group data)"})
+    preferences: DataConfig = field(default_factory=DataConfig, metadata={
+        "help": "preference pairs for DPO and FeedME, in data's keys (kinds hh_rlhf and webgpt)"})
+    tiny_world: TinyWorldConfig = field(default_factory=TinyWorldConfig, metadata={"help": "the embedded tiny world"})
+    text: TextConfig = field(default_factory=TextConfig, metadata={
+        "help": "how sampled text becomes a completion and what reward models read, for every algorithm"})
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig, metadata={"help": "tracking"})
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig, metadata={
+        "help": "what run.py returns to a sweeper: each metric's mean over the run's last last_n steps"})
+    eval: EvalConfig = field(default_factory=EvalConfig, metadata={
+        "help": "held-out evaluation on the test prompts (config group eval)"})
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig, metadata={
+        "help": "checkpoints for continuing a killed run exactly"})
+    distributed: DistributedConfig = field(default_factory=DistributedConfig, metadata={
+        "help": "the engine of a multi-process launch (config group distributed)"})
+    mode: str = field(default="train", metadata={
+        "help": "train, or eval: evaluate eval.policy with the evaluate plugin, no training (the algorithm's "
+                "settings stay as configured)"})
+    kl_coef: float = field(default=0.35, metadata={
+        "help": "weight of the KL(policy || starting policy) term, for every algorithm; 0 turns the penalty off, "
+                "the KL is still logged"})
+    seed: int = field(default=0, metadata={"help": "the run's seed (each process samples with seed + its rank)"})
+    device: str = field(default="auto", metadata={"help": "auto (CUDA when present), cpu, cuda or cuda:N"})
+    precision: str = field(default="fp32", metadata={"help": "fp32, bf16 or fp16 (fp16 needs CUDA)"})
+    output_dir: str = field(default="outputs", metadata={
+        "help": "the run's folder; config.yaml sets it to Hydra's output folder"})
 
     def check(self) -> None:
         for section in (self.model, self.reward_model, self.data, self.preferences, self.text, self.mlflow,

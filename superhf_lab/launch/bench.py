@@ -1,4 +1,4 @@
-"""``make bench``: where a superbatch's time goes on the tiny world, as ratios measured in one run; prints one JSON line.
+"""``make bench``: where a superbatch's time goes on the tiny world, as ratios measured in one run, as one JSON line.
 
 - ``superbatch``: each phase's share of a superbatch's wall time (generation, scoring, fine-tuning, and the metric
   bookkeeping on the training loop's path), with METEOR and distinct-n computed inline and then in the
@@ -36,10 +36,8 @@ from superhf_lab.metrics.meteor import benchmark_against_nltk
 from superhf_lab.tiny_world import ensure_tiny_world
 from superhf_lab.tracking.store import check_tracking_store
 from superhf_lab.tracking.tracker import tracked_run
-from superhf_lab.training.completions import diversity_metrics
 from superhf_lab.training.context import RunContext
 from superhf_lab.training.models import resolve_device
-from superhf_lab.training.sampling import sample_completions
 from superhf_lab.training.sequences import completion_token_ids
 
 PHASES = ("generation_s", "scoring_s", "finetuning_s")
@@ -56,29 +54,25 @@ ALGORITHM_RUNS = {
 WARM_UP_STEPS = 2
 
 
-def superbatch_phases(trainer, stream, tracker, superbatches: int) -> dict:
-    """Time ``superbatches`` superbatches as the training loop runs them (after a warm-up), first with the diversity
-    metrics computed inline, then in the background: each phase's share of the wall time, per mode."""
+def superbatch_phases(trainer, stream, context: RunContext, superbatches: int) -> dict:
+    """Time ``superbatches`` superbatches as the training loop runs them (``trainer.run_superbatch``, after a
+    warm-up), first with the diversity metrics computed inline, then in the background: each phase's share of the
+    wall time, per mode."""
     result = {"superbatches": superbatches}
     step = 0
     for mode, background in (("inline", False), ("background", True)):
         totals = dict.fromkeys((*PHASES, "bookkeeping_s", "wall_s"), 0.0)
         completions_count = generated = kept_tokens = finetuning_tokens = 0
-        with Bookkeeping(tracker, background) as bookkeeping:
+        with Bookkeeping(context.tracker, background) as bookkeeping:
             for superbatch in range(superbatches + (mode == "inline")):
                 started = time.perf_counter()
-                metrics, completions, kept = trainer.step(stream.take(trainer.config.prompt_accumulation_steps))
-                stepped = time.perf_counter()
-                tracker.log_metrics(metrics, step=step)
-                bookkeeping.submit(step, lambda completions=completions: diversity_metrics(completions))
-                bookkeeping.log_ready()
+                metrics, completions, kept = trainer.run_superbatch(step, stream, context, bookkeeping)
                 finished, step = time.perf_counter(), step + 1
                 if mode == "inline" and superbatch == 0:
                     continue  # warm-up: allocator, kernels, tokenizer and WordNet caches
                 for phase in PHASES:
                     totals[phase] += metrics[f"time/{phase}"]
-                totals["bookkeeping_s"] += finished - stepped + metrics["time/step_s"] - sum(
-                    metrics[f"time/{phase}"] for phase in PHASES)
+                totals["bookkeeping_s"] += finished - started - sum(metrics[f"time/{phase}"] for phase in PHASES)
                 totals["wall_s"] += finished - started
                 completions_count += len(completions)
                 generated += sum(c.generated_tokens for c in completions)
@@ -101,14 +95,12 @@ def superbatch_phases(trainer, stream, tracker, superbatches: int) -> dict:
 def generation_saving(trainer, prompts: list[str], rounds: int = 2) -> dict:
     """Generated tokens per kept token, and seconds (the best of ``rounds``, alternating), with generation stopping
     at the cut and without, on the same prompts and seeds."""
-    cfg, result = trainer.config, {}
+    result = {}
     for _ in range(rounds):
         for name, stop in (("stop_at_cut", True), ("without_stop", False)):
             torch.manual_seed(0)
             started = time.perf_counter()
-            completions = sample_completions(trainer.policy, trainer.tokenizer, prompts, cfg.superbatch_size,
-                                             cfg.sampling, cfg.minibatch_size_generating, trainer.device,
-                                             trainer.precision, trainer.text.cut, stop_at_cut=stop)
+            completions = trainer.generate(prompts, stop_at_cut=stop)
             seconds = round(time.perf_counter() - started, 3)
             result[f"{name}_s"] = min(seconds, result.get(f"{name}_s", seconds))
             kept = sum(c.num_tokens for c in completions)
@@ -185,8 +177,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:  # a throwaway MLflow store: the loop logs as in a run
         check_tracking_store(MlflowConfig(tracking_uri=f"sqlite:///{folder}/bench.db", experiment_name="bench"))
         with tracked_run(cfg, {}, "bench", folder) as tracker:
-            trainer, stream = get_algorithm("superhf").build(RunContext(config, tracker, device))
-            phases = superbatch_phases(trainer, stream, tracker, args.superbatches)
+            context = RunContext(config, tracker, device)
+            trainer, stream = get_algorithm("superhf").build(context)
+            phases = superbatch_phases(trainer, stream, context, args.superbatches)
             generation = generation_saving(trainer, stream.take(config.algorithm.prompt_accumulation_steps))
             texts = [c.text for c in trainer.generate(stream.take(config.algorithm.prompt_accumulation_steps))]
     meteor = benchmark_against_nltk(texts)

@@ -6,17 +6,16 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from superhf_lab.algorithms.registry import store_algorithm_configs
 from superhf_lab.config.resources import CONF_DIR
 from superhf_lab.core.errors import ConfigError
+from superhf_lab.launch.compose import prepare_composition
 from superhf_lab.launch.runner import run_experiment
 from superhf_lab.launch.sweeps import current_sweep_job
 from superhf_lab.runtime.checkpoint import CheckpointSaveError, Preempted
-from superhf_lab.runtime.distributed import exit_launched_process, launched_world_size, register_launch_time_resolver
+from superhf_lab.runtime.distributed import exit_launched_process, launched_world_size
 from superhf_lab.training.data import DataFileError
 
-store_algorithm_configs()  # each plugin's defaults become its algorithm=<name> option before Hydra composes
-register_launch_time_resolver()
+prepare_composition()  # the dataclasses' defaults become Hydra configs before Hydra composes
 
 
 def main() -> None:

@@ -12,15 +12,24 @@ from superhf_lab.config.schema import RunConfig
 from superhf_lab.core.errors import ConfigError
 
 
+def prepare_composition() -> None:
+    """Everything Hydra needs before it composes conf/config.yaml, for the command line and for
+    :func:`compose_run_config` alike: the schema's defaults (``run_defaults``), each algorithm plugin's
+    (``algorithm=<name>``), both from their dataclasses, and the ``launch_time`` resolver."""
+    from superhf_lab.algorithms.registry import store_algorithm_configs
+    from superhf_lab.config.defaults import store_run_defaults
+    from superhf_lab.runtime.distributed import register_launch_time_resolver
+
+    store_run_defaults()
+    store_algorithm_configs()
+    register_launch_time_resolver()
+
+
 def compose_run_config(overrides: list[str], return_hydra_config: bool = False) -> DictConfig:
     """The config ``run.py`` composes for these overrides, outside a Hydra run (tools and tests)."""
     from hydra import compose, initialize_config_dir
 
-    from superhf_lab.algorithms.registry import store_algorithm_configs
-    from superhf_lab.runtime.distributed import register_launch_time_resolver
-
-    store_algorithm_configs()
-    register_launch_time_resolver()
+    prepare_composition()
     with initialize_config_dir(config_dir=str(CONF_DIR)):
         return compose("config", overrides=overrides, return_hydra_config=return_hydra_config)
 

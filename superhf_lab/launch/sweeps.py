@@ -20,7 +20,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from superhf_lab.reporting.summary import HEADLINE_METRICS, print_sweep_summary
-from superhf_lab.runtime.distributed import launched_rank
+from superhf_lab.runtime.distributed import launched_as_main
 from superhf_lab.tracking.provenance import ROLE_TAG, STUDY_TAG, SWEEP_TAG
 
 
@@ -124,7 +124,7 @@ class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from superhf_lab.config.schema import MlflowConfig
 
-        if launched_rank() != 0:
+        if not launched_as_main():
             return
         from superhf_lab.tracking.store import check_tracking_store, find_or_create_run, share_view
 
@@ -146,7 +146,7 @@ class SweepCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from superhf_lab.tracking.store import set_terminated_or_warn
 
-        if launched_rank() != 0:
+        if not launched_as_main():
             return
         sweep_dir = str(Path(config.hydra.sweep.dir).resolve())
         parent = read_parent(sweep_dir)

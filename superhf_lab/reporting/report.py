@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,26 +30,25 @@ from optuna.visualization import matplotlib as visualization  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from superhf_lab.metrics.statistics import mean_and_t_interval
+from superhf_lab.config.fingerprint import computes  # noqa: E402
+from superhf_lab.metrics.names import eval_metric  # noqa: E402
+from superhf_lab.metrics.statistics import mean_and_t_interval  # noqa: E402
 from superhf_lab.tracking.provenance import ROLE_TAG, STUDY_TAG
-from superhf_lab.tracking.studies import optuna_storage  # noqa: E402
+from superhf_lab.tracking.store import metric_history  # noqa: E402
+from superhf_lab.tracking.studies import configured_storage, optuna_storage  # noqa: E402
 
 CURVES = ("reward/mean", "heldout_reward/mean")
 PLOTS = ("reward_over_training.png", "kl_ablation.png", "reward_vs_kl.png")
 STUDY_PLOTS = ("optuna_history.png", "optuna_param_importances.png")  # one objective; _<k> per objective of several
 PARETO_PLOT = "optuna_pareto_front.png"
-DEFAULT_STORAGE = "sqlite:///optuna.db"  # conf/hydra/sweeper/optuna_study.yaml's default
-# Params that say where a run's outputs go, or which seed it drew, not what it computes.
-NOT_CONFIGURATION = ("seed", "output_dir", "mlflow.run_name", "mlflow.tracking_uri", "mlflow.retry_every_s")
-EVAL = "eval/all/"
 # Test-time metrics of the table and figures; KL columns are exact, except best-of-N's labelled bound.
 TEST_METRICS = {
-    "proxy reward": EVAL + "reward/mean",
-    "held-out reward": EVAL + "heldout_reward/mean",
-    "METEOR similarity": EVAL + "diversity/meteor_similarity",
-    "KL per token": EVAL + "kl",
-    "KL per sequence": EVAL + "kl_sequence",
-    "KL per sequence, upper bound": EVAL + "kl_sequence_bound",
+    "proxy reward": eval_metric("reward/mean"),
+    "held-out reward": eval_metric("heldout_reward/mean"),
+    "METEOR similarity": eval_metric("diversity/meteor_similarity"),
+    "KL per token": eval_metric("kl"),
+    "KL per sequence": eval_metric("kl_sequence"),
+    "KL per sequence, upper bound": eval_metric("kl_sequence_bound"),
 }
 
 
@@ -73,8 +71,7 @@ class RunSummary:
     @property
     def configuration(self) -> frozenset[tuple[str, str]]:
         """The params that decide what the run computes, its seed excluded."""
-        return frozenset((key, value) for key, value in self.params.items()
-                         if key not in NOT_CONFIGURATION and not key.startswith("checkpoint."))
+        return frozenset((key, value) for key, value in self.params.items() if computes(key) and key != "seed")
 
 
 @dataclass
@@ -113,10 +110,6 @@ def seed_groups(summaries: list[RunSummary]) -> list[SeedGroup]:
     return [SeedGroup(runs) for runs in groups.values()]
 
 
-def _history(client: mlflow.MlflowClient, run_id: str, metric: str) -> list[float]:
-    return [m.value for m in sorted(client.get_metric_history(run_id, metric), key=lambda m: m.step)]
-
-
 def select_runs(
     client: mlflow.MlflowClient, experiment: str, sweep: str | None, study: str | None = None
 ) -> tuple[list, str | None]:
@@ -145,8 +138,8 @@ def summarise(client: mlflow.MlflowClient, runs: list) -> list[RunSummary]:
             run_id=run.info.run_id, name=run.info.run_name, algorithm=run.data.tags.get("algorithm", "evaluation"),
             kl_coef=float(run.data.params.get("kl_coef", "nan")), params=dict(run.data.params),
             metrics=dict(run.data.metrics),
-            samples=_history(client, run.info.run_id, "progress/completions_generated"),
-            curves={metric: _history(client, run.info.run_id, metric) for metric in CURVES},
+            samples=metric_history(run.info.run_id, "progress/completions_generated", client),
+            curves={metric: metric_history(run.info.run_id, metric, client) for metric in CURVES},
         )
         for run in runs
     ]
@@ -348,7 +341,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     parser.add_argument("--out", type=Path, help="folder for the PNGs (default reports/<experiment>)")
     parser.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
     parser.add_argument("--study", help="an Optuna study name: adds its history, importances and Pareto front")
-    parser.add_argument("--storage", default=os.environ.get("OPTUNA_STORAGE", DEFAULT_STORAGE),
+    parser.add_argument("--storage", default=configured_storage(),
                         help="the study's storage URL (default: OPTUNA_STORAGE, else sqlite:///optuna.db)")
     args = parser.parse_args(argv)
     if args.tracking_uri:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from rich.console import Console
 from rich.table import Table
 
+from superhf_lab.metrics.names import eval_metric
 from superhf_lab.tracking.store import child_runs, metric_history
 
 # What a summary and a sweep's UI view show first, by name (PPO's and GRPO's KL estimates have their own names).
@@ -60,8 +61,8 @@ def print_run_summary(run_id: str, experiment_id: str, tracking_uri: str, output
         if history.get(name):
             table.add_row(name, _first_to_last(history[name]))
     for name in EVAL_HEADLINES:
-        if history.get(f"eval/all/{name}"):
-            table.add_row(f"eval/all/{name} (test prompts)", _number(history[f"eval/all/{name}"][-1]))
+        if history.get(eval_metric(name)):
+            table.add_row(f"{eval_metric(name)} (test prompts)", _number(history[eval_metric(name)][-1]))
     console.print(table)
     command = ui_base(tracking_uri)[1]
     console.print(f"output folder: {output_dir}\nopen it: {command}\n  then {run_link(tracking_uri, experiment_id, run_id)}")
@@ -79,9 +80,9 @@ def _training_kl(metrics: dict[str, float], history: Callable[[str], list[float]
 
 def _test_kl(metrics: dict[str, float]) -> str:
     """Exact KL per token on the test prompts; best-of-N has only an upper bound on its sequence KL, said so."""
-    if "eval/all/kl_sequence_bound" in metrics:
-        return f"≤ {metrics['eval/all/kl_sequence_bound']:.2f} per sequence (bound)"
-    return _number(metrics.get("eval/all/kl"))
+    if eval_metric("kl_sequence_bound") in metrics:
+        return f"≤ {metrics[eval_metric('kl_sequence_bound')]:.2f} per sequence (bound)"
+    return _number(metrics.get(eval_metric("kl")))
 
 
 def print_sweep_summary(parent: dict[str, str], sweep_dir: str, console: Console | None = None,
@@ -101,7 +102,7 @@ def print_sweep_summary(parent: dict[str, str], sweep_dir: str, console: Console
                         for name in ("reward/mean", "heldout_reward/mean")),
                       _training_kl(metrics, functools.partial(history, run_id)),
                       _first_to_last(history(run_id, "diversity/meteor_similarity")),
-                      *(_number(metrics.get(f"eval/all/{name}")) for name in ("reward/mean", "heldout_reward/mean")),
+                      *(_number(metrics.get(eval_metric(name))) for name in ("reward/mean", "heldout_reward/mean")),
                       _test_kl(metrics))
     console.print(table)
     command = ui_base(parent["tracking_uri"])[1]

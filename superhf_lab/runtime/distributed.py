@@ -30,6 +30,7 @@ from superhf_lab.core.errors import ConfigError, require
 Item = TypeVar("Item")
 ENGINES = ("auto", "single", "ddp", "fsdp", "deepspeed")
 WORLD_SIZE_ENV = "WORLD_SIZE"
+MAIN_RANK = 0  # the process that alone talks to MLflow and writes checkpoints
 
 
 def launched_world_size() -> int:
@@ -37,9 +38,9 @@ def launched_world_size() -> int:
     return int(os.environ.get(WORLD_SIZE_ENV, "1"))
 
 
-def launched_rank() -> int:
-    """This process's rank in the launch (``RANK``), before any process group exists."""
-    return int(os.environ.get("RANK", "0"))
+def launched_as_main() -> bool:
+    """Whether this process is the launch's main one (``RANK``), before any process group exists."""
+    return int(os.environ.get("RANK", str(MAIN_RANK))) == MAIN_RANK
 
 
 def export_submitit_environment() -> None:
@@ -77,7 +78,7 @@ def register_launch_time_resolver() -> None:
 
 
 class Processes:
-    """This run's processes. ``rank`` 0 is the main one: it alone talks to MLflow and writes checkpoints."""
+    """This run's processes; the one of rank ``MAIN_RANK`` is the main one."""
 
     def __init__(self, accelerator: Any = None) -> None:
         self.accelerator = accelerator
@@ -136,7 +137,7 @@ class Processes:
 
     @property
     def is_main(self) -> bool:
-        return self.rank == 0
+        return self.rank == MAIN_RANK
 
     @property
     def kind(self) -> str:

@@ -164,10 +164,11 @@ def child_runs(parent_id: str) -> list:
                                   order_by=["attributes.start_time ASC"])
 
 
-def metric_history(run_id: str, key: str) -> list[float]:
+def metric_history(run_id: str, key: str, client: mlflow.MlflowClient | None = None) -> list[float]:
     """A metric's values in step order."""
+    client = client or mlflow.MlflowClient()
     with bounded_http():
-        return [m.value for m in sorted(mlflow.MlflowClient().get_metric_history(run_id, key), key=lambda m: m.step)]
+        return [m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
 
 
 def set_terminated_or_warn(run_id: str, status: str) -> None:

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from omegaconf import OmegaConf
+
+from superhf_lab.config.resources import resource_dir
+
 JOURNAL = "journal:"
+STUDY_SETTINGS = ("hydra", "sweeper", "optuna_study.yaml")  # the sweeper settings every study of sweeps/ uses
+
+
+def configured_storage() -> str:
+    """The storage the studies' sweeper settings name (OPTUNA_STORAGE, else their sqlite file), read from there."""
+    return OmegaConf.load(resource_dir("conf").joinpath(*STUDY_SETTINGS)).storage
 
 
 def optuna_storage(storage: str | None) -> Any:

@@ -31,6 +31,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from superhf_lab.config.schema import RunConfig
 from superhf_lab.core.faults import reach
 from superhf_lab.metrics.diversity import meteor_pair_scores
+from superhf_lab.metrics.names import OVERALL, eval_metric
 from superhf_lab.metrics.statistics import mean_and_ci95
 from superhf_lab.runtime.distributed import ONE_PROCESS, Processes
 from superhf_lab.tracking.tracker import Tracker
@@ -42,7 +43,6 @@ from superhf_lab.training.rewards import RewardScorer
 from superhf_lab.training.sampling import sample_completions
 from superhf_lab.training.sequences import completion_batch, completion_ce_and_kl
 
-OVERALL = "all"
 EVAL_METRIC_NAMES = (
     "reward/mean", "heldout_reward/mean", "diversity/meteor_similarity", "diversity/meteor_similarity_ci95",
     "kl", "kl_sequence", "completion/length_tokens_mean", "prompts",
@@ -51,10 +51,6 @@ BOUND_METRIC_NAMES = ("kl_sequence_bound",)  # in place of kl and kl_sequence, f
 # The overall evaluation numbers that algorithms without training steps (best-of-N, evaluate) also log under
 # the training names at step 0, to overlay with training charts.
 SHARED_NAMES = ("reward/mean", "heldout_reward/mean", "diversity/meteor_similarity", "completion/length_tokens_mean")
-
-
-def eval_metric(name: str, scope: str = OVERALL) -> str:
-    return f"eval/{scope}/{name}"
 
 
 def evaluation_metric_names(kl_names: tuple[str, ...] = ("kl", "kl_sequence")) -> tuple[str, ...]:
