@@ -1,4 +1,4 @@
-"""``python -m superhf_lab.bench``: time one superbatch's phases on the tiny world (one JSON line) (:mod:`superhf_lab.launch.bench`)."""
+"""``python -m superhf_lab.bench``: a superbatch's phases timed on the tiny world (:mod:`superhf_lab.launch.bench`)."""
 
 from superhf_lab.launch.bench import main
 

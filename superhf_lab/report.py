@@ -1,4 +1,4 @@
-"""``python -m superhf_lab.report``: tables and plots of finished runs and Optuna studies (:mod:`superhf_lab.reporting.report`)."""
+"""``python -m superhf_lab.report``: tables and plots of runs and studies (:mod:`superhf_lab.reporting.report`)."""
 
 from superhf_lab.reporting.report import main
 

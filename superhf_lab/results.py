@@ -1,4 +1,4 @@
-"""``python -m superhf_lab.results``: the README's results table: each row x seed on the tiny world (:mod:`superhf_lab.launch.results`)."""
+"""``python -m superhf_lab.results``: the README's results table (:mod:`superhf_lab.launch.results`)."""
 
 from superhf_lab.launch.results import main
 

@@ -30,7 +30,11 @@ def run_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeo
     """``python run.py ARGS`` in ``cwd``; returns the completed process (never raises on failure)."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run(
-        [sys.executable, str(ROOT / "run.py"), *args], cwd=cwd, env=full_env, capture_output=True, text=True,
+        [sys.executable, str(ROOT / "run.py"), *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
         timeout=timeout,
     )
 
@@ -41,8 +45,6 @@ def tiny_world():
     from superhf_lab.tiny_world import ensure_tiny_world
 
     return ensure_tiny_world(ROOT / ".cache" / "tiny_world")
-
-
 
 
 def _free_port() -> int:
@@ -59,10 +61,25 @@ def mlflow_server_process(folder: Path, port: int | None = None, backend_store_u
     folder.mkdir(parents=True, exist_ok=True)
     log = (folder / "server.log").open("w")
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_store_uri or f"sqlite:///{folder}/mlflow.db",
-         "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "2"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            backend_store_uri or f"sqlite:///{folder}/mlflow.db",
+            "--artifacts-destination",
+            str(folder / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     uri = f"http://127.0.0.1:{port}"
     try:

@@ -10,18 +10,26 @@ with a 1-process one, or check what a fault on one rank did to both.
 import sys
 
 import torch
-from superhf_lab.tracking.tracker import ReplicaTracker
 from torch.distributed.tensor import DTensor
 from transformers import set_seed
 
 from superhf_lab.algorithms import superhf
 from superhf_lab.launch.compose import compose_run_config, validate_config
 from superhf_lab.runtime.distributed import Processes, exit_launched_process
+from superhf_lab.tracking.tracker import ReplicaTracker
 from superhf_lab.training.completions import Completion
 from superhf_lab.training.context import RunContext
 
-TEXTS = ["I can help with that.", "Sure, here is a short answer.", "No.", "Let me think about it step by step first.",
-         "Thanks for asking!", "The answer is four.", "Here is what I know about it, in brief.", "Maybe."]
+TEXTS = [
+    "I can help with that.",
+    "Sure, here is a short answer.",
+    "No.",
+    "Let me think about it step by step first.",
+    "Thanks for asking!",
+    "The answer is four.",
+    "Here is what I know about it, in brief.",
+    "Maybe.",
+]
 
 
 def inject(trainer: superhf.SuperHFTrainer, scenario: str, rank: int) -> None:
@@ -64,8 +72,14 @@ def record_steps(trainer: superhf.SuperHFTrainer, trained: list) -> list[dict[st
 
 
 def main(tiny_world: str, out: str, scenario: str = "clean", *extra_overrides: str) -> None:
-    overrides = [f"tiny_world.dir={tiny_world}", "device=cpu", "kl_coef=0.1", "algorithm.minibatch_size_finetuning=4",
-                 "algorithm.warmup_superbatches=0", *extra_overrides]
+    overrides = [
+        f"tiny_world.dir={tiny_world}",
+        "device=cpu",
+        "kl_coef=0.1",
+        "algorithm.minibatch_size_finetuning=4",
+        "algorithm.warmup_superbatches=0",
+        *extra_overrides,
+    ]
     cfg = compose_run_config(overrides)
     cfg.output_dir = "outputs/worker"
     config = validate_config(cfg)
@@ -82,10 +96,18 @@ def main(tiny_world: str, out: str, scenario: str = "clean", *extra_overrides: s
     weights = {name: whole(p.detach()).clone() for name, p in trained}
     adam = {key: trainer.optimizer.param_groups[0][key] for key in ("lr", "betas", "eps", "weight_decay")}
     if processes.is_main:
-        torch.save({"weights": weights, "steps": steps, "adam": adam, "losses": losses,
-                    "nonfinite_losses": trainer.nonfinite_losses,
-                    "finetuning_size": trainer.batch_sizes["finetuning"].size,
-                    "world_size": processes.world_size}, out)
+        torch.save(
+            {
+                "weights": weights,
+                "steps": steps,
+                "adam": adam,
+                "losses": losses,
+                "nonfinite_losses": trainer.nonfinite_losses,
+                "finetuning_size": trainer.batch_sizes["finetuning"].size,
+                "world_size": processes.world_size,
+            },
+            out,
+        )
     processes.leave()
 
 

@@ -8,10 +8,10 @@ import mlflow
 import pytest
 import torch
 from conftest import compose_config, run_cli
-from superhf_lab.config.schema import DataConfig, DataSourceConfig, RewardModelConfig
 
 from superhf_lab.algorithms.registry import get_algorithm
 from superhf_lab.algorithms.trl_glue import CutAtNextTurn
+from superhf_lab.config.schema import DataConfig, DataSourceConfig, RewardModelConfig
 from superhf_lab.launch.compose import validate_config
 from superhf_lab.training.context import RunContext
 from superhf_lab.training.data import DataFileError, PreferencePair, load_pairs
@@ -42,27 +42,45 @@ def _write(path: Path, rows: list[dict]) -> Path:
 
 def test_preference_pairs_come_from_hh_rlhf_and_webgpt_rows(tmp_path):
     prefix = "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: How do I bake bread?\n\nAssistant:"
-    hh = _write(tmp_path / "hh.jsonl", [
-        {"chosen": prefix + " Knead the dough.", "rejected": prefix + " No idea."},
-        {"chosen": prefix + " Same.", "rejected": prefix + " Same."},  # no preference: skipped
-        {"chosen": "\n\nHuman: A\n\nAssistant: B", "rejected": "\n\nHuman: C\n\nAssistant: D"},  # diverge: skipped
-    ])
-    webgpt = _write(tmp_path / "webgpt.jsonl", [
-        {"question": {"full_text": "Why is the sky blue?"}, "answer_0": "Dust.", "answer_1": "Rayleigh scattering.",
-         "score_0": -1.0, "score_1": 1.0},
-        {"question": {"full_text": "Tie?"}, "answer_0": "a", "answer_1": "b", "score_0": 0.0, "score_1": 0.0},
-    ])
-    config = DataConfig(shuffle=False, sources={"hh": DataSourceConfig(kind="hh_rlhf", path=str(hh), test_size=0),
-                                                 "webgpt": DataSourceConfig(kind="webgpt", path=str(webgpt), test_size=0)})
+    hh = _write(
+        tmp_path / "hh.jsonl",
+        [
+            {"chosen": prefix + " Knead the dough.", "rejected": prefix + " No idea."},
+            {"chosen": prefix + " Same.", "rejected": prefix + " Same."},  # no preference: skipped
+            {"chosen": "\n\nHuman: A\n\nAssistant: B", "rejected": "\n\nHuman: C\n\nAssistant: D"},  # diverge: skipped
+        ],
+    )
+    webgpt = _write(
+        tmp_path / "webgpt.jsonl",
+        [
+            {
+                "question": {"full_text": "Why is the sky blue?"},
+                "answer_0": "Dust.",
+                "answer_1": "Rayleigh scattering.",
+                "score_0": -1.0,
+                "score_1": 1.0,
+            },
+            {"question": {"full_text": "Tie?"}, "answer_0": "a", "answer_1": "b", "score_0": 0.0, "score_1": 0.0},
+        ],
+    )
+    config = DataConfig(
+        shuffle=False,
+        sources={
+            "hh": DataSourceConfig(kind="hh_rlhf", path=str(hh), test_size=0),
+            "webgpt": DataSourceConfig(kind="webgpt", path=str(webgpt), test_size=0),
+        },
+    )
     pairs = load_pairs(config, "train", seed=0)
-    assert pairs.pairs == [PreferencePair(prefix, " Knead the dough.", " No idea."),
-                           PreferencePair("\n\nHuman: Why is the sky blue?\n\nAssistant:", " Rayleigh scattering.",
-                                          " Dust.")]
+    assert pairs.pairs == [
+        PreferencePair(prefix, " Knead the dough.", " No idea."),
+        PreferencePair("\n\nHuman: Why is the sky blue?\n\nAssistant:", " Rayleigh scattering.", " Dust."),
+    ]
     assert pairs.counts == {"hh": 1, "webgpt": 1}
     broken = _write(tmp_path / "broken.jsonl", [{"chosen": prefix + " x"}])
     with pytest.raises(DataFileError, match="broken.jsonl:1: expected a JSON object with 'chosen' and 'rejected'"):
-        load_pairs(DataConfig(sources={"b": DataSourceConfig(kind="hh_rlhf", path=str(broken), test_size=0)}),
-                   "train", seed=0)
+        load_pairs(
+            DataConfig(sources={"b": DataSourceConfig(kind="hh_rlhf", path=str(broken), test_size=0)}), "train", seed=0
+        )
 
 
 def test_preferences_need_a_format_with_a_preference():
@@ -89,15 +107,15 @@ def test_group_policy_completions_are_cut_in_the_loss_mask_as_superhf_cuts_them(
 
 
 def test_the_text_reward_scores_cut_completions_with_the_reward_models_own_tokenizer(tiny_world):
-    from superhf_lab.tracking.tracker import ReplicaTracker
-
     from superhf_lab.algorithms.trl_glue import TextReward
+    from superhf_lab.tracking.tracker import ReplicaTracker
     from superhf_lab.training.context import TrainingSetup
     from superhf_lab.training.rewards import ModelRewardScorer
 
     config = validate_config(compose_config([f"tiny_world.dir={tiny_world.root}"]))
-    scorer = ModelRewardScorer(RewardModelConfig(name_or_path=str(tiny_world.reward_model)), "reward_model",
-                               torch.device("cpu"), "fp32", 8)
+    scorer = ModelRewardScorer(
+        RewardModelConfig(name_or_path=str(tiny_world.reward_model)), "reward_model", torch.device("cpu"), "fp32", 8
+    )
     tokenizer = load_tokenizer(str(tiny_world.policy), None, "model.name_or_path")
     setup = TrainingSetup(None, None, tokenizer, None, scorer, None)
     reward = TextReward(setup, RunContext(config, ReplicaTracker(), torch.device("cpu")))
@@ -113,9 +131,17 @@ def test_the_text_reward_scores_cut_completions_with_the_reward_models_own_token
 @pytest.mark.parametrize("algorithm", ["grpo", "rloo", "dpo", "feedme"])
 def test_baseline_logs_the_shared_metrics_every_step_then_evaluates_and_saves(algorithm, tiny_world, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    result = run_cli([f"algorithm={algorithm}", f"tiny_world.dir={tiny_world.root}", "algorithm.num_steps=2",
-                      f"mlflow.tracking_uri={uri}", "eval.prompts_per_source=4", "eval.meteor_pairs_per_source=8"],
-                     cwd=tmp_path)
+    result = run_cli(
+        [
+            f"algorithm={algorithm}",
+            f"tiny_world.dir={tiny_world.root}",
+            "algorithm.num_steps=2",
+            f"mlflow.tracking_uri={uri}",
+            "eval.prompts_per_source=4",
+            "eval.meteor_pairs_per_source=8",
+        ],
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     client = mlflow.MlflowClient(uri)
     run = client.search_runs([client.get_experiment_by_name("tiny_world").experiment_id])[0]

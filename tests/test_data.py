@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, compose_config
-from superhf_lab.config.schema import DataConfig, DataSourceConfig
 
+from superhf_lab.config.schema import DataConfig, DataSourceConfig
 from superhf_lab.core.errors import ConfigError
 from superhf_lab.launch.compose import validate_config
 from superhf_lab.training.data import DataFileError, PromptStream, load_prompts, load_training_prompts
@@ -43,20 +43,25 @@ def _prompt_file(path, count, prefix="p"):
 
 
 def _single(path, max_prompt_chars=1024, **source):
-    return DataConfig(sources={"prompts": DataSourceConfig(kind="prompts", path=str(path), has_test_split=True, **source)},
-                      max_prompt_chars=max_prompt_chars)
+    return DataConfig(
+        sources={"prompts": DataSourceConfig(kind="prompts", path=str(path), has_test_split=True, **source)},
+        max_prompt_chars=max_prompt_chars,
+    )
 
 
 def test_prompts_over_the_length_limit_are_dropped(tmp_path):
-    path = _write(tmp_path / "p.jsonl", [json.dumps({"prompt": "\n\nHuman: hi\n\nAssistant:"}),
-                                         json.dumps({"prompt": "x" * 50})])
+    path = _write(
+        tmp_path / "p.jsonl", [json.dumps({"prompt": "\n\nHuman: hi\n\nAssistant:"}), json.dumps({"prompt": "x" * 50})]
+    )
     assert load_training_prompts(_single(path, max_prompt_chars=40), seed=0).prompts == ["\n\nHuman: hi\n\nAssistant:"]
     with pytest.raises(ConfigError, match="data.max_prompt_chars=5 is invalid: it drops all 2 train prompts"):
         load_training_prompts(_single(path, max_prompt_chars=5), seed=0)
 
 
 def test_corrupt_line_is_reported_with_file_and_line_number(tmp_path):
-    path = _write(tmp_path / "p.jsonl", [json.dumps({"prompt": "ok"}), '{"prompt": "cut off', json.dumps({"prompt": "ok"})])
+    path = _write(
+        tmp_path / "p.jsonl", [json.dumps({"prompt": "ok"}), '{"prompt": "cut off', json.dumps({"prompt": "ok"})]
+    )
     with pytest.raises(DataFileError, match=r"p\.jsonl:2: expected a JSON object"):
         load_training_prompts(_single(path), seed=0)
 
@@ -98,9 +103,14 @@ def test_a_row_in_the_wrong_format_names_its_line_and_the_expected_field(tmp_pat
 def test_missing_file_names_the_key_and_the_fix(tmp_path):
     with pytest.raises(ConfigError, match=r"data.sources.prompts.path='.*absent.jsonl' is invalid: no such file; give"):
         load_training_prompts(_single(tmp_path / "absent.jsonl"), seed=0)
-    config = DataConfig(sources={"hh": DataSourceConfig(kind="hh_rlhf", hub_name="Anthropic/hh-rlhf",
-                                                        path=str(tmp_path / "absent.jsonl.gz"))})
-    with pytest.raises(ConfigError, match="or set data.sources.hh.path=null to read Anthropic/hh-rlhf from the Hugging"):
+    config = DataConfig(
+        sources={
+            "hh": DataSourceConfig(kind="hh_rlhf", hub_name="Anthropic/hh-rlhf", path=str(tmp_path / "absent.jsonl.gz"))
+        }
+    )
+    with pytest.raises(
+        ConfigError, match="or set data.sources.hh.path=null to read Anthropic/hh-rlhf from the Hugging"
+    ):
         load_training_prompts(config, seed=0)
 
 
@@ -113,16 +123,23 @@ def test_each_kind_takes_the_first_human_turn_in_hh_rlhf_format(tmp_path):
     webgpt = _write(tmp_path / "comparisons.jsonl", [json.dumps(webgpt_row)])
     instruct_row = {"prompt": "Write a haiku about rain.\n\nOutput:", "completion": " Soft rain on the roof"}
     instruct = _write(tmp_path / "self_instruct.jsonl", [json.dumps(instruct_row)])
-    config = DataConfig(shuffle=False, sources={
-        "harmless": DataSourceConfig(kind="hh_rlhf", path=str(harmless), has_test_split=True),
-        "red_team": DataSourceConfig(kind="hh_red_team", path=str(red_team), test_size=1),
-        "webgpt": DataSourceConfig(kind="webgpt", path=str(webgpt), test_size=0),
-        "instruct": DataSourceConfig(kind="self_instruct", path=str(instruct), test_size=0),
-    })
+    config = DataConfig(
+        shuffle=False,
+        sources={
+            "harmless": DataSourceConfig(kind="hh_rlhf", path=str(harmless), has_test_split=True),
+            "red_team": DataSourceConfig(kind="hh_red_team", path=str(red_team), test_size=1),
+            "webgpt": DataSourceConfig(kind="webgpt", path=str(webgpt), test_size=0),
+            "instruct": DataSourceConfig(kind="self_instruct", path=str(instruct), test_size=0),
+        },
+    )
     prompt_set = load_training_prompts(config, seed=0)
-    assert prompt_set.prompts == [_prompt("How do I pick a lock?"), _prompt("Tell me a secret 0"),
-                                  _prompt("Tell me a secret 1"), _prompt("Why is the sky blue?"),
-                                  _prompt("Write a haiku about rain.")]
+    assert prompt_set.prompts == [
+        _prompt("How do I pick a lock?"),
+        _prompt("Tell me a secret 0"),
+        _prompt("Tell me a secret 1"),
+        _prompt("Why is the sky blue?"),
+        _prompt("Write a haiku about rain."),
+    ]
     assert prompt_set.sources == ["harmless", "red_team", "red_team", "webgpt", "instruct"]
     assert prompt_set.counts == {"harmless": 1, "red_team": 2, "webgpt": 1, "instruct": 1}
 
@@ -140,7 +157,9 @@ def test_without_its_own_test_split_a_source_holds_out_its_last_rows(tmp_path):
 def test_a_source_with_its_own_test_split_reads_its_test_file(tmp_path):
     source = DataSourceConfig(kind="prompts", path=str(_prompt_file(tmp_path / "train.jsonl", 5)), has_test_split=True)
     config = DataConfig(sources={"p": source})
-    with pytest.raises(ConfigError, match="data.sources.p.test_path=None is invalid: this source has its own test split"):
+    with pytest.raises(
+        ConfigError, match="data.sources.p.test_path=None is invalid: this source has its own test split"
+    ):
         load_prompts(config, "test", seed=0)
     source.test_path = str(_prompt_file(tmp_path / "test.jsonl", 2, prefix="t"))
     assert sorted(load_prompts(config, "test", seed=0).prompts) == [_prompt("t0"), _prompt("t1")]
@@ -165,11 +184,17 @@ def test_a_count_larger_than_the_source_names_the_count(tmp_path):
 
 def _two_source_config(tmp_path, **shares):
     sizes = {"a": 30, "b": 10}
-    return DataConfig(sources={
-        name: DataSourceConfig(kind="prompts", path=str(_prompt_file(tmp_path / f"{name}.jsonl", size, name)),
-                               has_test_split=True, **shares[name])
-        for name, size in sizes.items()
-    })
+    return DataConfig(
+        sources={
+            name: DataSourceConfig(
+                kind="prompts",
+                path=str(_prompt_file(tmp_path / f"{name}.jsonl", size, name)),
+                has_test_split=True,
+                **shares[name],
+            )
+            for name, size in sizes.items()
+        }
+    )
 
 
 def test_a_mix_is_shuffled_with_the_seed_and_reports_each_source_count(tmp_path):
@@ -197,46 +222,76 @@ def test_weights_split_the_total_or_give_the_largest_mix_the_scarcest_source_all
 
 
 def test_paper_mix_keeps_table_1_proportions_on_local_copies(tmp_path):
-    harmless = [_write_gz(tmp_path / f"harmless-{split}.jsonl.gz", _hh_rows([f"harmless {split} {i}" for i in range(400)]))
-                for split in ("train", "test")]
-    helpful = [_write_gz(tmp_path / f"helpful-{split}.jsonl.gz", _hh_rows([f"helpful {split} {i}" for i in range(400)]))
-               for split in ("train", "test")]
+    harmless = [
+        _write_gz(tmp_path / f"harmless-{split}.jsonl.gz", _hh_rows([f"harmless {split} {i}" for i in range(400)]))
+        for split in ("train", "test")
+    ]
+    helpful = [
+        _write_gz(tmp_path / f"helpful-{split}.jsonl.gz", _hh_rows([f"helpful {split} {i}" for i in range(400)]))
+        for split in ("train", "test")
+    ]
     red_team = tmp_path / "red_team_attempts.jsonl.gz"
     with gzip.open(red_team, "wt") as handle:
         json.dump([{"transcript": _conversation(f"red team {i}")} for i in range(400)], handle)
-    webgpt = _write(tmp_path / "comparisons.jsonl",
-                    [json.dumps({"question": {"full_text": f"webgpt {i}"}}) for i in range(400)])
-    config = validate_config(compose_config([
-        "data=paper_mix", "data.total_prompts=1000",
-        f"data.sources.harmless_base.path={harmless[0]}", f"data.sources.harmless_base.test_path={harmless[1]}",
-        f"data.sources.helpful_base.path={helpful[0]}", f"data.sources.helpful_base.test_path={helpful[1]}",
-        f"data.sources.red_team_attempts.path={red_team}", "data.sources.red_team_attempts.test_size=50",
-        f"data.sources.webgpt_comparisons.path={webgpt}", "data.sources.webgpt_comparisons.test_size=50",
-    ])).data
+    webgpt = _write(
+        tmp_path / "comparisons.jsonl", [json.dumps({"question": {"full_text": f"webgpt {i}"}}) for i in range(400)]
+    )
+    config = validate_config(
+        compose_config(
+            [
+                "data=paper_mix",
+                "data.total_prompts=1000",
+                f"data.sources.harmless_base.path={harmless[0]}",
+                f"data.sources.harmless_base.test_path={harmless[1]}",
+                f"data.sources.helpful_base.path={helpful[0]}",
+                f"data.sources.helpful_base.test_path={helpful[1]}",
+                f"data.sources.red_team_attempts.path={red_team}",
+                "data.sources.red_team_attempts.test_size=50",
+                f"data.sources.webgpt_comparisons.path={webgpt}",
+                "data.sources.webgpt_comparisons.test_size=50",
+            ]
+        )
+    ).data
     train = load_training_prompts(config, seed=0)
     # Table 1: 29.4% / 30.2% / 26.9% / 13.5% of 1,000
-    assert train.counts == {"harmless_base": 294, "helpful_base": 302, "red_team_attempts": 269, "webgpt_comparisons": 135}
+    assert train.counts == {
+        "harmless_base": 294,
+        "helpful_base": 302,
+        "red_team_attempts": 269,
+        "webgpt_comparisons": 135,
+    }
     assert load_prompts(config, "test", seed=0).counts == {
-        "harmless_base": 400, "helpful_base": 400, "red_team_attempts": 50, "webgpt_comparisons": 50}
+        "harmless_base": 400,
+        "helpful_base": 400,
+        "red_team_attempts": 50,
+        "webgpt_comparisons": 50,
+    }
     assert all(prompt.startswith("\n\nHuman: ") and prompt.endswith("\n\nAssistant:") for prompt in train.prompts)
 
 
 def test_the_hub_code_path_reads_the_same_row_format(tmp_path):
-    """datasets.load_dataset also takes a local folder laid out as the hub repository, so the hub branch runs offline."""
+    """datasets.load_dataset also takes a local folder laid out as the hub repository: the hub branch runs offline."""
     (tmp_path / "harmless-base").mkdir()
     (tmp_path / "red-team-attempts").mkdir()
     _write_gz(tmp_path / "harmless-base" / "train.jsonl.gz", _hh_rows([f"harmless {i}" for i in range(6)]))
     _write_gz(tmp_path / "harmless-base" / "test.jsonl.gz", _hh_rows(["harmless test"]))
     with gzip.open(tmp_path / "red-team-attempts" / "red_team_attempts.jsonl.gz", "wt") as handle:
         json.dump([{"transcript": _conversation(f"red team {i}")} for i in range(5)], handle)
-    config = DataConfig(shuffle=False, sources={
-        "harmless": DataSourceConfig(kind="hh_rlhf", hub_name=str(tmp_path), hub_data_dir="harmless-base",
-                                     has_test_split=True, count=4),
-        "red_team": DataSourceConfig(kind="hh_red_team", hub_name=str(tmp_path), hub_data_dir="red-team-attempts",
-                                     test_size=2),
-    })
+    config = DataConfig(
+        shuffle=False,
+        sources={
+            "harmless": DataSourceConfig(
+                kind="hh_rlhf", hub_name=str(tmp_path), hub_data_dir="harmless-base", has_test_split=True, count=4
+            ),
+            "red_team": DataSourceConfig(
+                kind="hh_red_team", hub_name=str(tmp_path), hub_data_dir="red-team-attempts", test_size=2
+            ),
+        },
+    )
     assert load_prompts(config, "train", seed=0).prompts == [
-        *(_prompt(f"harmless {i}") for i in range(4)), *(_prompt(f"red team {i}") for i in range(3))]
+        *(_prompt(f"harmless {i}") for i in range(4)),
+        *(_prompt(f"red team {i}") for i in range(3)),
+    ]
     test = load_prompts(config, "test", seed=0).prompts
     assert test == [_prompt("harmless test"), _prompt("red team 3"), _prompt("red team 4")]
 
@@ -249,16 +304,22 @@ def test_an_unreachable_hub_points_to_local_files(monkeypatch):
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
     config = validate_config(compose_config(["data=hh_harmless_base"])).data
-    with pytest.raises(ConfigError, match="data.sources.harmless_base.hub_name='Anthropic/hh-rlhf' is unreachable .*"
-                                          "set data.sources.harmless_base.path to a local copy"):
+    with pytest.raises(
+        ConfigError,
+        match="data.sources.harmless_base.hub_name='Anthropic/hh-rlhf' is unreachable .*"
+        "set data.sources.harmless_base.path to a local copy",
+    ):
         load_training_prompts(config, seed=0)
 
 
 def test_real_hh_rlhf_harmless_base_test_file():
     if not SHARED_HARMLESS_TEST.is_file():
         pytest.skip(f"{SHARED_HARMLESS_TEST} is absent (it lives beside the project, not in it)")
-    overrides = ["data=hh_harmless_base", f"data.sources.harmless_base.path={SHARED_HARMLESS_TEST}",
-                 f"data.sources.harmless_base.test_path={SHARED_HARMLESS_TEST}"]
+    overrides = [
+        "data=hh_harmless_base",
+        f"data.sources.harmless_base.path={SHARED_HARMLESS_TEST}",
+        f"data.sources.harmless_base.test_path={SHARED_HARMLESS_TEST}",
+    ]
     prompts = load_prompts(validate_config(compose_config(overrides)).data, "test", seed=0).prompts
     assert len(prompts) == 2312  # every one of the 2,312 rows: the longest first turn has 640 characters
     assert all(prompt.startswith("\n\nHuman:") and prompt.endswith("\n\nAssistant:") for prompt in prompts)
@@ -276,8 +337,10 @@ def test_toy_data_reads_the_tiny_worlds_train_and_test_prompts():
     train, test = (load_prompts(config, split, seed=0) for split in ("train", "test"))
     assert sum(train.counts.values()) == 2000 and sum(test.counts.values()) == 300
     assert set(train.counts) == {"helpful", "harmful", "open"} and min(test.counts.values()) > 30
-    family = {json.loads(line)["prompt"]: json.loads(line)["family"]
-              for line in (world / "prompts" / "test.jsonl").read_text().splitlines()}
+    family = {
+        json.loads(line)["prompt"]: json.loads(line)["family"]
+        for line in (world / "prompts" / "test.jsonl").read_text().splitlines()
+    }
     assert all(family[prompt] == source for prompt, source in zip(test.prompts, test.sources)), "split by family"
 
 
@@ -285,19 +348,27 @@ def test_toy_data_reads_the_tiny_worlds_train_and_test_prompts():
     ("overrides", "message"),
     [
         (["data.sources.helpful.count=-1"], "data.sources.helpful.count=-1 is invalid"),
-        (["data.sources.helpful.count=5", "+data.sources.helpful.weight=1"],
-         "data.sources.helpful.count=5 is invalid: give either data.sources.helpful.weight or"),
+        (
+            ["data.sources.helpful.count=5", "+data.sources.helpful.weight=1"],
+            "data.sources.helpful.count=5 is invalid: give either data.sources.helpful.weight or",
+        ),
         (["data.sources.helpful.kind=csv"], "data.sources.helpful.kind='csv' is invalid: use one of"),
         (["data.sources.helpful.path=null"], "data.sources.helpful.path=None is invalid: give a local"),
         (["data.sources.helpful.has_test_split=false"], "data.sources.helpful.test_path=.* is invalid: set"),
-        ([f"data.sources.{name}.count=0" for name in ("helpful", "harmful", "open")],
-         "data.sources=\\['harmful', 'helpful', 'open'\\] is invalid: give at least one source"),
+        (
+            [f"data.sources.{name}.count=0" for name in ("helpful", "harmful", "open")],
+            "data.sources=\\['harmful', 'helpful', 'open'\\] is invalid: give at least one source",
+        ),
         (["+data.total_prompts=10"], "data.total_prompts=10 is invalid: it sizes a weighted mix"),
         (["data.max_prompt_chars=0"], "data.max_prompt_chars=0 is invalid"),
-        (["data=paper_mix", "data.sources.webgpt_comparisons.weight=null"],
-         "data.sources.webgpt_comparisons.weight=None is invalid: give every source a weight"),
-        (["data=paper_mix", "data.sources.red_team_attempts.weight=-1"],
-         "data.sources.red_team_attempts.weight=-1.0 is invalid"),
+        (
+            ["data=paper_mix", "data.sources.webgpt_comparisons.weight=null"],
+            "data.sources.webgpt_comparisons.weight=None is invalid: give every source a weight",
+        ),
+        (
+            ["data=paper_mix", "data.sources.red_team_attempts.weight=-1"],
+            "data.sources.red_team_attempts.weight=-1.0 is invalid",
+        ),
         (["data=paper_mix", "data.total_prompts=0"], "data.total_prompts=0 is invalid"),
     ],
 )
@@ -306,8 +377,19 @@ def test_impossible_data_settings_name_the_key(overrides, message):
         validate_config(compose_config(overrides))
 
 
-@pytest.mark.parametrize("name", ["toy", "paper_mix", "reference_mix", "hh_harmless_base", "hh_helpful_base",
-                                  "hh_red_team_attempts", "webgpt_comparisons", "self_instruct"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "toy",
+        "paper_mix",
+        "reference_mix",
+        "hh_harmless_base",
+        "hh_helpful_base",
+        "hh_red_team_attempts",
+        "webgpt_comparisons",
+        "self_instruct",
+    ],
+)
 def test_every_data_config_validates(name):
     assert validate_config(compose_config([f"data={name}"])).data.name == name
 

@@ -35,13 +35,22 @@ def _environment() -> dict[str, str]:
 
 def _torchrun(script: Path, args: list[str], processes: int = 2) -> list[str]:
     """The documented CPU command: ACCELERATE_USE_CPU=true torchrun --nproc_per_node N <script> ..."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
-            str(script), *args]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(processes),
+        str(script),
+        *args,
+    ]
 
 
 def _run(command: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    done = subprocess.run(command, cwd=cwd, env=_environment(), capture_output=True, text=True, timeout=timeout,
-                          check=False)
+    done = subprocess.run(
+        command, cwd=cwd, env=_environment(), capture_output=True, text=True, timeout=timeout, check=False
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     return done
 
@@ -95,8 +104,9 @@ def assert_same_update(actual: dict, expected: dict, reduction_length: int) -> N
             torch.testing.assert_close(gradients[name], gradient, rtol=0, atol=tolerance, msg=f"step {step}: {name}")
     adam = expected["adam"]
     assert actual["adam"] == adam and adam["lr"] == LR
-    bounds = adam_tolerance(expected["steps"], actual["steps"], expected["weights"], adam["lr"], adam["betas"],
-                            adam["eps"])
+    bounds = adam_tolerance(
+        expected["steps"], actual["steps"], expected["weights"], adam["lr"], adam["betas"], adam["eps"]
+    )
     assert_within(actual["weights"], expected["weights"], bounds)
 
 
@@ -110,7 +120,9 @@ def _steps(client: mlflow.MlflowClient, run_id: str, metric: str) -> list[int]:
 
 
 def _rank(rank: int, world: int, kind: str = "MULTI_CPU") -> Processes:
-    return Processes(SimpleNamespace(process_index=rank, num_processes=world, distributed_type=SimpleNamespace(value=kind)))
+    return Processes(
+        SimpleNamespace(process_index=rank, num_processes=world, distributed_type=SimpleNamespace(value=kind))
+    )
 
 
 def test_under_sharded_weights_every_rank_gets_an_equally_long_share_and_knows_its_real_part():
@@ -140,8 +152,10 @@ def test_a_single_process_engine_refuses_a_multi_process_launch(monkeypatch):
 
 def test_every_rank_of_a_launch_names_the_same_output_folder(tmp_path):
     """Ranks start a moment apart; the folder comes from the launcher's start time, which they share."""
-    code = "import time, sys; time.sleep(float(sys.argv[1])); from superhf_lab.runtime.distributed import launch_time; " \
-           "print(launch_time('%Y-%m-%d/%H-%M-%S.%f'))"
+    code = (
+        "import time, sys; time.sleep(float(sys.argv[1])); from superhf_lab.runtime.distributed import launch_time; "
+        "print(launch_time('%Y-%m-%d/%H-%M-%S.%f'))"
+    )
     env = {**os.environ, "WORLD_SIZE": "2", "PYTHONPATH": str(ROOT)}
     first = subprocess.run([sys.executable, "-c", code, "0"], env=env, capture_output=True, text=True, check=True)
     second = subprocess.run([sys.executable, "-c", code, "1.2"], env=env, capture_output=True, text=True, check=True)
@@ -152,11 +166,13 @@ def test_every_rank_of_a_launch_names_the_same_output_folder(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ["ddp", "fsdp"])
 def test_one_update_on_two_processes_equals_the_update_on_one(tiny_world, tmp_path, engine):
-    """Minibatches of 5 and 3 split 3 + 2 and 2 + 1 over the ranks: under FSDP the short rank pads its share (runs the policy on a
-    copy that contributes nothing), so both call the sharded policy equally often."""
+    """Minibatches of 5 and 3 split 3 + 2 and 2 + 1 over the ranks: under FSDP the short rank pads its share (runs the
+    policy on a copy that contributes nothing), so both call the sharded policy equally often."""
     uneven = "algorithm.minibatch_size_finetuning=5"
-    one, two = _update(tiny_world, tmp_path, 1, "clean", uneven), _update(tiny_world, tmp_path, 2, "clean", uneven,
-                                                                         f"distributed={engine}")
+    one, two = (
+        _update(tiny_world, tmp_path, 1, "clean", uneven),
+        _update(tiny_world, tmp_path, 2, "clean", uneven, f"distributed={engine}"),
+    )
     assert two["world_size"] == 2
     loss_length, gradient_length = _reduction_lengths(tiny_world, minibatch=5)
     assert_same_losses(two["losses"], one["losses"], loss_length)  # summed over the ranks' shares
@@ -189,8 +205,15 @@ def test_out_of_memory_on_one_rank_halves_the_minibatch_on_both_and_changes_no_u
 @pytest.mark.slow
 def test_under_fsdp_out_of_memory_on_one_rank_ends_the_run_naming_the_key_instead_of_hanging(tiny_world, tmp_path):
     out = tmp_path / "update.pt"
-    done = subprocess.run(_torchrun(WORKER, [str(tiny_world.root), str(out), "oom_on_rank_1", "distributed=fsdp"]),
-                          cwd=tmp_path, env=_environment(), capture_output=True, text=True, timeout=300, check=False)
+    done = subprocess.run(
+        _torchrun(WORKER, [str(tiny_world.root), str(out), "oom_on_rank_1", "distributed=fsdp"]),
+        cwd=tmp_path,
+        env=_environment(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert done.returncode != 0 and not out.exists()
     assert "lower algorithm.minibatch_size_finetuning" in done.stderr
 
@@ -199,8 +222,10 @@ def test_under_fsdp_out_of_memory_on_one_rank_ends_the_run_naming_the_key_instea
 @pytest.mark.parametrize("engine", ["ddp", "fsdp"])
 def test_a_nan_loss_on_one_rank_skips_that_minibatch_on_both(tiny_world, tmp_path, engine):
     engine = f"distributed={engine}"
-    clean, faulty = _update(tiny_world, tmp_path, 2, "clean", engine), _update(tiny_world, tmp_path, 2,
-                                                                                "nan_on_rank_1", engine)
+    clean, faulty = (
+        _update(tiny_world, tmp_path, 2, "clean", engine),
+        _update(tiny_world, tmp_path, 2, "nan_on_rank_1", engine),
+    )
     assert faulty["nonfinite_losses"] == 1 and clean["nonfinite_losses"] == 0, "rank 0 counted rank 1's NaN"
     start = dict(AutoModelForCausalLM.from_pretrained(tiny_world.root / "policy").named_parameters())
     name = "embed_out.weight" if "embed_out.weight" in start else next(iter(start))
@@ -215,8 +240,15 @@ def test_a_nan_loss_on_one_rank_skips_that_minibatch_on_both(tiny_world, tmp_pat
 @pytest.mark.parametrize("engine", ["auto", "fsdp"])
 def test_a_two_process_superhf_run_is_one_mlflow_run_with_each_step_once(tiny_world, tmp_path, engine):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    args = [f"tiny_world.dir={tiny_world.root}", f"mlflow.tracking_uri={uri}", "device=cpu", f"distributed={engine}",
-            "algorithm.num_superbatches=3", "eval.prompts_per_source=4", f"checkpoint.dir={tmp_path}/checkpoints"]
+    args = [
+        f"tiny_world.dir={tiny_world.root}",
+        f"mlflow.tracking_uri={uri}",
+        "device=cpu",
+        f"distributed={engine}",
+        "algorithm.num_superbatches=3",
+        "eval.prompts_per_source=4",
+        f"checkpoint.dir={tmp_path}/checkpoints",
+    ]
     _run(_torchrun(ROOT / "run.py", args), tmp_path)
     runs = _runs(uri)
     assert len(runs) == 1, "only the main rank opens an MLflow run"
@@ -231,25 +263,34 @@ def test_a_two_process_superhf_run_is_one_mlflow_run_with_each_step_once(tiny_wo
     assert len(list((tmp_path / "outputs").glob("*/*"))) == 1, "one output folder for both ranks"
     saved = load_file(client.download_artifacts(run.info.run_id, "policy/model.safetensors", str(tmp_path)))
     start = load_file(str(tiny_world.root / "policy" / "model.safetensors"))
-    assert {name: tuple(t.shape) for name, t in saved.items()} == {name: tuple(t.shape) for name, t in start.items()}, \
+    assert {name: tuple(t.shape) for name, t in saved.items()} == {name: tuple(t.shape) for name, t in start.items()}, (
         "the whole policy, gathered from the shards under FSDP"
+    )
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ["auto", "fsdp"])
 def test_a_killed_two_process_run_resumes_to_the_weights_of_an_unkilled_one(tiny_world, tmp_path, engine):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    common = [f"tiny_world.dir={tiny_world.root}", f"mlflow.tracking_uri={uri}", "device=cpu", "eval.at_end=false",
-              f"distributed={engine}",
-              "algorithm.num_superbatches=8", "algorithm.superbatch_size=4", "checkpoint.every_n_superbatches=2"]
+    common = [
+        f"tiny_world.dir={tiny_world.root}",
+        f"mlflow.tracking_uri={uri}",
+        "device=cpu",
+        "eval.at_end=false",
+        f"distributed={engine}",
+        "algorithm.num_superbatches=8",
+        "algorithm.superbatch_size=4",
+        "checkpoint.every_n_superbatches=2",
+    ]
     _run(_torchrun(ROOT / "run.py", [*common, f"checkpoint.dir={tmp_path}/reference"]), tmp_path)
     client = mlflow.MlflowClient(uri)
     reference = _runs(uri)[0]
 
     args = [*common, f"checkpoint.dir={tmp_path}/checkpoints"]
     log = (tmp_path / "killed.log").open("w")
-    launch = subprocess.Popen(_torchrun(ROOT / "run.py", args), cwd=tmp_path, env=_environment(),
-                              stdout=log, stderr=subprocess.STDOUT)
+    launch = subprocess.Popen(
+        _torchrun(ROOT / "run.py", args), cwd=tmp_path, env=_environment(), stdout=log, stderr=subprocess.STDOUT
+    )
 
     def killable() -> bool:
         metas = [CheckpointStore(path).latest_meta() for path in (tmp_path / "checkpoints").glob("*")]
@@ -285,8 +326,12 @@ def test_a_killed_two_process_run_resumes_to_the_weights_of_an_unkilled_one(tiny
 @pytest.mark.slow
 def test_two_process_ppo_and_best_of_n_finish_with_global_batches(tiny_world, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    common = [f"tiny_world.dir={tiny_world.root}", f"mlflow.tracking_uri={uri}", "device=cpu",
-              "eval.prompts_per_source=4"]
+    common = [
+        f"tiny_world.dir={tiny_world.root}",
+        f"mlflow.tracking_uri={uri}",
+        "device=cpu",
+        "eval.prompts_per_source=4",
+    ]
     _run(_torchrun(ROOT / "run.py", [*common, "algorithm=ppo", "algorithm.num_updates=2"]), tmp_path)
     _run(_torchrun(ROOT / "run.py", [*common, "algorithm=best_of_n", "algorithm.n=4"]), tmp_path)
     client = mlflow.MlflowClient(uri)
@@ -302,11 +347,27 @@ def test_each_job_of_a_submitit_sweep_runs_as_one_two_task_run(tiny_world, tmp_p
     """The SLURM launcher's path (one task per GPU) through submitit's local executor, on CPU."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     done = subprocess.run(
-        [sys.executable, str(ROOT / "run.py"), "-m", "hydra/launcher=submitit_local", "hydra.launcher.tasks_per_node=2",
-         "hydra.launcher.timeout_min=10", "device=cpu", f"tiny_world.dir={tiny_world.root}",
-         f"mlflow.tracking_uri={uri}",
-         "algorithm.num_superbatches=2", "eval.prompts_per_source=4", "kl_coef=0.1"],
-        cwd=tmp_path, env=_environment(), capture_output=True, text=True, timeout=600, check=False)
+        [
+            sys.executable,
+            str(ROOT / "run.py"),
+            "-m",
+            "hydra/launcher=submitit_local",
+            "hydra.launcher.tasks_per_node=2",
+            "hydra.launcher.timeout_min=10",
+            "device=cpu",
+            f"tiny_world.dir={tiny_world.root}",
+            f"mlflow.tracking_uri={uri}",
+            "algorithm.num_superbatches=2",
+            "eval.prompts_per_source=4",
+            "kl_coef=0.1",
+        ],
+        cwd=tmp_path,
+        env=_environment(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     jobs = [run for run in _runs(uri) if "world_size" in run.data.params]  # not the sweep's parent run
     assert [(run.data.params["world_size"], run.info.status) for run in jobs] == [("2", "FINISHED")]
@@ -316,9 +377,15 @@ def test_each_job_of_a_submitit_sweep_runs_as_one_two_task_run(tiny_world, tmp_p
 
 @pytest.mark.slow
 def test_a_launch_that_is_not_the_configured_engine_is_refused_naming_the_key(tiny_world, tmp_path):
-    done = subprocess.run(_torchrun(ROOT / "run.py", [f"tiny_world.dir={tiny_world.root}", "device=cpu",
-                                                      "distributed=deepspeed_zero2"]),
-                          cwd=tmp_path, env=_environment(), capture_output=True, text=True, timeout=300, check=False)
+    done = subprocess.run(
+        _torchrun(ROOT / "run.py", [f"tiny_world.dir={tiny_world.root}", "device=cpu", "distributed=deepspeed_zero2"]),
+        cwd=tmp_path,
+        env=_environment(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert done.returncode != 0
     assert "distributed.engine=deepspeed is invalid for this launch: accelerate set up MULTI_CPU" in done.stderr
     assert re.search(r"exitcode\s*:\s*2 ", done.stderr), "each rank ends with the configuration error's status"
@@ -329,9 +396,17 @@ def test_a_launch_that_is_not_the_configured_engine_is_refused_naming_the_key(ti
 def test_a_trl_algorithm_refuses_fsdp_on_cpu_processes_instead_of_running_ddp(tiny_world, tmp_path):
     """A transformers Trainer sets accelerate up again from the launch, which on CPU means DDP (seen: its model
     came out DDP-wrapped, no parameter sharded): asking for FSDP there must not run something else."""
-    done = subprocess.run(_torchrun(ROOT / "run.py", [f"tiny_world.dir={tiny_world.root}", "device=cpu",
-                                                      "distributed=fsdp", "algorithm=grpo"]),
-                          cwd=tmp_path, env=_environment(), capture_output=True, text=True, timeout=300, check=False)
+    done = subprocess.run(
+        _torchrun(
+            ROOT / "run.py", [f"tiny_world.dir={tiny_world.root}", "device=cpu", "distributed=fsdp", "algorithm=grpo"]
+        ),
+        cwd=tmp_path,
+        env=_environment(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert re.search(r"exitcode\s*:\s*2 ", done.stderr), done.stderr[-3000:]
     assert "distributed.engine='fsdp' is invalid: algorithm=grpo trains through a transformers Trainer" in done.stderr
     assert not (tmp_path / "mlflow.db").exists(), "refused before any MLflow store is touched"
@@ -340,16 +415,23 @@ def test_a_trl_algorithm_refuses_fsdp_on_cpu_processes_instead_of_running_ddp(ti
 @pytest.mark.slow
 def test_two_process_grpo_and_dpo_keep_their_per_step_sizes_global(tiny_world, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    common = [f"tiny_world.dir={tiny_world.root}", f"mlflow.tracking_uri={uri}", "device=cpu",
-              "eval.prompts_per_source=4", "algorithm.num_steps=2"]
+    common = [
+        f"tiny_world.dir={tiny_world.root}",
+        f"mlflow.tracking_uri={uri}",
+        "device=cpu",
+        "eval.prompts_per_source=4",
+        "algorithm.num_steps=2",
+    ]
     for algorithm in ("grpo", "dpo"):
         _run(_torchrun(ROOT / "run.py", [*common, f"algorithm={algorithm}"]), tmp_path)
     client = mlflow.MlflowClient(uri)
     runs = {run.data.tags["algorithm"]: run for run in _runs(uri)}
 
     def history(algorithm: str, metric: str) -> list[float]:
-        return [m.value for m in sorted(client.get_metric_history(runs[algorithm].info.run_id, metric),
-                                        key=lambda m: m.step)]
+        return [
+            m.value
+            for m in sorted(client.get_metric_history(runs[algorithm].info.run_id, metric), key=lambda m: m.step)
+        ]
 
     assert history("grpo", "progress/completions_generated") == [32, 64], "4 prompts x 8 per step over both"
     assert history("dpo", "progress/prompts_seen") == [32, 64], "32 pairs per step over both"

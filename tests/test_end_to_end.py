@@ -23,9 +23,16 @@ def test_short_run_logs_every_metric_once_per_superbatch(tiny_world, tmp_path):
     uri = f"sqlite:///{tmp_path}/env-chosen.db"
     steps = 3
     result = run_cli(
-        [f"tiny_world.dir={tiny_world.root}", f"algorithm.num_superbatches={steps}", "algorithm.superbatch_size=6",
-         "algorithm.warmup_superbatches=0", "mlflow.experiment_name=e2e", "seed=5"],
-        cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri},
+        [
+            f"tiny_world.dir={tiny_world.root}",
+            f"algorithm.num_superbatches={steps}",
+            "algorithm.superbatch_size=6",
+            "algorithm.warmup_superbatches=0",
+            "mlflow.experiment_name=e2e",
+            "seed=5",
+        ],
+        cwd=tmp_path,
+        env={"MLFLOW_TRACKING_URI": uri},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     client, run = _only_run(uri, "e2e")
@@ -54,9 +61,17 @@ def test_short_run_logs_every_metric_once_per_superbatch(tiny_world, tmp_path):
 def test_lora_run_with_zero_kl_coef_still_logs_the_kl(tiny_world, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     result = run_cli(
-        [f"tiny_world.dir={tiny_world.root}", "algorithm.num_superbatches=2", "algorithm.superbatch_size=4",
-         "algorithm.warmup_superbatches=0", "algorithm.lora.enabled=true", "algorithm.learning_rate=1e-2",
-         "kl_coef=0", f"mlflow.tracking_uri={uri}", "mlflow.experiment_name=lora"],
+        [
+            f"tiny_world.dir={tiny_world.root}",
+            "algorithm.num_superbatches=2",
+            "algorithm.superbatch_size=4",
+            "algorithm.warmup_superbatches=0",
+            "algorithm.lora.enabled=true",
+            "algorithm.learning_rate=1e-2",
+            "kl_coef=0",
+            f"mlflow.tracking_uri={uri}",
+            "mlflow.experiment_name=lora",
+        ],
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -84,21 +99,28 @@ def test_diversity_metrics_computed_in_the_background_equal_the_inline_ones(tiny
     """The background bookkeeping changes when METEOR and distinct-n are computed, never what is logged."""
     import torch
     from conftest import compose_config
-    from superhf_lab.tracking.store import check_tracking_store
-    from superhf_lab.tracking.tracker import tracked_run
     from transformers import set_seed
 
     from superhf_lab.algorithms.registry import get_algorithm
     from superhf_lab.launch.compose import validate_config
+    from superhf_lab.tracking.store import check_tracking_store
+    from superhf_lab.tracking.tracker import tracked_run
     from superhf_lab.training.context import RunContext
 
     previous_uri = mlflow.get_tracking_uri()
     histories = {}
     try:
         for background in (True, False):
-            cfg = compose_config([f"tiny_world.dir={tiny_world.root}", "algorithm.num_superbatches=3",
-                                  "algorithm.superbatch_size=4", "algorithm.warmup_superbatches=0", "eval.at_end=false",
-                                  f"mlflow.tracking_uri=sqlite:///{tmp_path}/{background}.db"])
+            cfg = compose_config(
+                [
+                    f"tiny_world.dir={tiny_world.root}",
+                    "algorithm.num_superbatches=3",
+                    "algorithm.superbatch_size=4",
+                    "algorithm.warmup_superbatches=0",
+                    "eval.at_end=false",
+                    f"mlflow.tracking_uri=sqlite:///{tmp_path}/{background}.db",
+                ]
+            )
             config = validate_config(cfg)
             check_tracking_store(config.mlflow)
             set_seed(0)
@@ -106,8 +128,9 @@ def test_diversity_metrics_computed_in_the_background_equal_the_inline_ones(tiny
                 context = RunContext(config, tracker, torch.device("cpu"))
                 trainer, stream = get_algorithm("superhf").build(context)
                 trainer.train(stream, context, evaluator=None, background_bookkeeping=background)
-            histories[background] = {name: values for name, values in tracker.history.items()
-                                     if name.startswith("diversity/")}
+            histories[background] = {
+                name: values for name, values in tracker.history.items() if name.startswith("diversity/")
+            }
     finally:
         mlflow.set_tracking_uri(previous_uri)
     assert histories[True] == histories[False]

@@ -5,13 +5,13 @@ import math
 import mlflow
 import pytest
 from conftest import compose_config, run_cli
-from superhf_lab.metrics.diversity import meteor_pair_scores
-from superhf_lab.metrics.statistics import mean_and_ci95
 from tolerances import fp64_tolerance
 
 from superhf_lab.algorithms.best_of_n import best_of_n_kl_bound, best_per_prompt
 from superhf_lab.core.errors import ConfigError
 from superhf_lab.launch.compose import validate_config
+from superhf_lab.metrics.diversity import meteor_pair_scores
+from superhf_lab.metrics.statistics import mean_and_ci95
 from superhf_lab.training.completions import Completion
 from superhf_lab.training.evaluation import evaluation_metrics, evaluation_prompts
 
@@ -21,8 +21,12 @@ def _completion(prompt_index: int, text: str, reward: float, heldout: float = ma
 
 
 def test_metrics_are_per_source_and_pooled_overall():
-    completions = [_completion(0, "the cat sat on the mat", 1.0, 0.5), _completion(1, "the cat sat on the mat", 3.0, 0.5),
-                   _completion(2, "a dog ran far away", -1.0, 0.0, tokens=5), _completion(3, "green tea is hot", 0.0, 1.0)]
+    completions = [
+        _completion(0, "the cat sat on the mat", 1.0, 0.5),
+        _completion(1, "the cat sat on the mat", 3.0, 0.5),
+        _completion(2, "a dog ran far away", -1.0, 0.0, tokens=5),
+        _completion(3, "green tea is hot", 0.0, 1.0),
+    ]
     sources = ["harmful", "harmful", "helpful", "helpful"]
     kl = {"kl": [0.1, 0.3, 0.0, 0.2], "kl_sequence": [1.0, 3.0, 0.0, 2.0]}
     metrics = evaluation_metrics(completions, sources, kl, 128, seed=0)
@@ -33,7 +37,8 @@ def test_metrics_are_per_source_and_pooled_overall():
     assert metrics["eval/helpful/diversity/meteor_similarity"] < 0.2
     assert metrics["eval/all/diversity/meteor_similarity"] == pytest.approx(  # two float64 means of 2: 4 roundings
         (metrics["eval/harmful/diversity/meteor_similarity"] + metrics["eval/helpful/diversity/meteor_similarity"]) / 2,
-        rel=fp64_tolerance(4)), "overall METEOR pools the pairs drawn within each source, never across sources"
+        rel=fp64_tolerance(4),
+    ), "overall METEOR pools the pairs drawn within each source, never across sources"
     # (0.1 + 0.3) / 2: the literals' and the sum's roundings
     assert metrics["eval/harmful/kl"] == pytest.approx(0.2, rel=fp64_tolerance(2))
     assert metrics["eval/all/kl_sequence"] == 1.5
@@ -78,13 +83,20 @@ def test_evaluation_prompts_sample_each_source_with_the_eval_seed_alone(tiny_wor
 @pytest.mark.slow
 def test_trained_policies_are_saved_and_evaluated_like_base_and_best_of_n(tiny_world, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    common = [f"tiny_world.dir={tiny_world.root}", f"mlflow.tracking_uri={uri}", "eval.prompts_per_source=8",
-              "eval.meteor_pairs_per_source=16"]
+    common = [
+        f"tiny_world.dir={tiny_world.root}",
+        f"mlflow.tracking_uri={uri}",
+        "eval.prompts_per_source=8",
+        "eval.meteor_pairs_per_source=16",
+    ]
     client = mlflow.MlflowClient(uri)
 
     def latest_run():
-        return client.search_runs([client.get_experiment_by_name("tiny_world").experiment_id],
-                                  order_by=["attributes.start_time DESC"], max_results=1)[0]
+        return client.search_runs(
+            [client.get_experiment_by_name("tiny_world").experiment_id],
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )[0]
 
     def run(args):
         result = run_cli([*args, *common], cwd=tmp_path)
@@ -96,7 +108,8 @@ def test_trained_policies_are_saved_and_evaluated_like_base_and_best_of_n(tiny_w
     assert {f"data.count.train.{s}" for s in ("helpful", "harmful", "open")} <= set(trained.data.params)
     assert trained.data.metrics["eval/all/prompts"] == 24 and trained.data.metrics["eval/all/kl"] > 0
     assert {"eval/completions_step_1.json", "eval/completions_step_3.json"} == {
-        a.path for a in client.list_artifacts(trained.info.run_id, "eval")}
+        a.path for a in client.list_artifacts(trained.info.run_id, "eval")
+    }
     policy_uri = trained.data.tags["superhf_lab.policy_uri"]
 
     evaluated = run(["mode=eval", f"eval.policy={policy_uri}"])
@@ -105,21 +118,33 @@ def test_trained_policies_are_saved_and_evaluated_like_base_and_best_of_n(tiny_w
     # exact: the starting policy's KL is 0 by definition, not computed
     assert base.data.metrics["eval/all/kl"] == 0.0 and base.data.metrics["eval/open/prompts"] == 8
 
-    lora = run(["algorithm.num_superbatches=2", "algorithm.superbatch_size=4", "algorithm.lora.enabled=true",
-                "algorithm.learning_rate=0.01", "eval.at_end=false"])
+    lora = run(
+        [
+            "algorithm.num_superbatches=2",
+            "algorithm.superbatch_size=4",
+            "algorithm.lora.enabled=true",
+            "algorithm.learning_rate=0.01",
+            "eval.at_end=false",
+        ]
+    )
     assert "adapter_config.json" in {a.path.split("/")[-1] for a in client.list_artifacts(lora.info.run_id, "policy")}
     adapter = run(["mode=eval", f"eval.policy={lora.data.tags['superhf_lab.policy_uri']}"])
     assert adapter.data.metrics["eval/all/kl"] > 0, "the adapter is applied to the starting policy"
 
     best = run(["algorithm=best_of_n", "algorithm.n=4"])
     # the mean over the 24 prompts of the same bound: 24 float64 additions
-    assert best.data.metrics["eval/all/kl_sequence_bound"] == pytest.approx(best_of_n_kl_bound(4),
-                                                                            rel=fp64_tolerance(24))
+    assert best.data.metrics["eval/all/kl_sequence_bound"] == pytest.approx(
+        best_of_n_kl_bound(4), rel=fp64_tolerance(24)
+    )
     assert "eval/all/kl_sequence" not in best.data.metrics and "eval/all/kl" not in best.data.metrics
     assert 0 < best.data.metrics["diversity/meteor_similarity_within_prompt"] < 1
     assert best.data.metrics["reward/mean"] == best.data.metrics["eval/all/reward/mean"], "exact: one number, two names"
     assert best.data.metrics["eval/all/reward/mean"] > base.data.metrics["eval/all/reward/mean"], (
-        "picking the best of 4 by the reward model raises the reward model's score")
+        "picking the best of 4 by the reward model raises the reward model's score"
+    )
 
     result = run_cli(["mode=eval", "eval.policy=runs:/0123456789abcdef/policy", *common], cwd=tmp_path)
-    assert result.returncode == 2 and "eval.policy='runs:/0123456789abcdef/policy' could not be downloaded" in result.stderr
+    assert (
+        result.returncode == 2
+        and "eval.policy='runs:/0123456789abcdef/policy' could not be downloaded" in result.stderr
+    )

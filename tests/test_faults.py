@@ -16,6 +16,7 @@ import mlflow
 import pytest
 from conftest import ROOT, _free_port, mlflow_server_process
 from omegaconf import OmegaConf
+
 from superhf_lab.tracking.spool import SYNC_COMMAND, read_spool
 from superhf_lab.tracking.tracker import tracked_run
 
@@ -37,8 +38,13 @@ def _wait_for(condition, timeout: float, what: str, process: subprocess.Popen | 
 
 
 def _sync_cli(spool: Path, uri: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "superhf_lab.tracking", "sync", str(spool), "--tracking-uri", uri],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "superhf_lab.tracking", "sync", str(spool), "--tracking-uri", uri],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_a_run_ending_while_the_server_is_down_leaves_a_spool_that_the_sync_command_sends(tmp_path, caplog):
@@ -123,13 +129,23 @@ def test_training_goes_on_while_the_tracking_server_is_down_and_syncs_when_it_re
     try:
         with mlflow_server_process(folder, port=port), log_file.open("w") as output:
             run = subprocess.Popen(
-                [sys.executable, str(ROOT / "run.py"), f"tiny_world.dir={tiny_world.root}",
-                 f"algorithm.num_superbatches={steps}", "algorithm.superbatch_size=4",
-                 "algorithm.prompt_accumulation_steps=1", "algorithm.max_new_tokens=16",
-                 "algorithm.warmup_superbatches=0", "eval.at_end=false", "mlflow.experiment_name=faults",
-                 "mlflow.retry_every_s=1"],
-                cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1", "MLFLOW_TRACKING_URI": uri},
-                stdout=output, stderr=subprocess.STDOUT,
+                [
+                    sys.executable,
+                    str(ROOT / "run.py"),
+                    f"tiny_world.dir={tiny_world.root}",
+                    f"algorithm.num_superbatches={steps}",
+                    "algorithm.superbatch_size=4",
+                    "algorithm.prompt_accumulation_steps=1",
+                    "algorithm.max_new_tokens=16",
+                    "algorithm.warmup_superbatches=0",
+                    "eval.at_end=false",
+                    "mlflow.experiment_name=faults",
+                    "mlflow.retry_every_s=1",
+                ],
+                cwd=tmp_path,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", "MLFLOW_TRACKING_URI": uri},
+                stdout=output,
+                stderr=subprocess.STDOUT,
             )
             _wait_for(lambda: len(_logged_steps(client, "faults")) >= 2, 240, "two logged superbatches", run)
             run.send_signal(signal.SIGSTOP)

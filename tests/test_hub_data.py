@@ -59,8 +59,13 @@ def _hh_rlhf_repo(root, harmless_train=None):
 
 
 def _webgpt_row(question):
-    return {"question": {"dataset": "eli5", "id": question, "full_text": question},
-            "answer_0": "first answer", "answer_1": "second answer", "score_0": 1.0, "score_1": -1.0}
+    return {
+        "question": {"dataset": "eli5", "id": question, "full_text": question},
+        "answer_0": "first answer",
+        "answer_1": "second answer",
+        "score_0": 1.0,
+        "score_1": -1.0,
+    }
 
 
 def _webgpt_repo(root, rows=None):
@@ -79,8 +84,11 @@ def _self_instruct_repo(root):
 
 def _data(data_name, source, repo, *overrides):
     """The project's data config ``data_name`` with ``source`` read from ``repo`` instead of the Hub."""
-    return validate_config(compose_config(
-        [f"data={data_name}", "data.shuffle=false", f"data.sources.{source}.hub_name={repo}", *overrides])).data
+    return validate_config(
+        compose_config(
+            [f"data={data_name}", "data.shuffle=false", f"data.sources.{source}.hub_name={repo}", *overrides]
+        )
+    ).data
 
 
 @pytest.mark.parametrize(
@@ -88,16 +96,35 @@ def _data(data_name, source, repo, *overrides):
     [
         ("hh_harmless_base", "harmless_base", _hh_rlhf_repo, [], ["harmless 0", "harmless 1"], ["harmless test"]),
         ("hh_helpful_base", "helpful_base", _hh_rlhf_repo, [], ["helpful 0", "helpful 1"], ["helpful test"]),
-        ("hh_red_team_attempts", "red_team_attempts", _hh_rlhf_repo, ["test_size=2"],
-         ["red team 0", "red team 1", "red team 2"], ["red team 3", "red team 4"]),
-        ("webgpt_comparisons", "webgpt_comparisons", _webgpt_repo, ["test_size=2"],
-         ["webgpt 0", "webgpt 1", "webgpt 2"], ["webgpt 3", "webgpt 4"]),
-        ("self_instruct", "self_instruct", _self_instruct_repo, ["test_size=1"],
-         [f"Instruction {i}" for i in range(4)], ["Instruction 4"]),
+        (
+            "hh_red_team_attempts",
+            "red_team_attempts",
+            _hh_rlhf_repo,
+            ["test_size=2"],
+            ["red team 0", "red team 1", "red team 2"],
+            ["red team 3", "red team 4"],
+        ),
+        (
+            "webgpt_comparisons",
+            "webgpt_comparisons",
+            _webgpt_repo,
+            ["test_size=2"],
+            ["webgpt 0", "webgpt 1", "webgpt 2"],
+            ["webgpt 3", "webgpt 4"],
+        ),
+        (
+            "self_instruct",
+            "self_instruct",
+            _self_instruct_repo,
+            ["test_size=1"],
+            [f"Instruction {i}" for i in range(4)],
+            ["Instruction 4"],
+        ),
     ],
 )
-def test_each_hub_layout_loads_with_the_data_configs_hub_settings(tmp_path, data_name, source, build_repo, overrides,
-                                                                  train, test):
+def test_each_hub_layout_loads_with_the_data_configs_hub_settings(
+    tmp_path, data_name, source, build_repo, overrides, train, test
+):
     """conf/data's hub_data_dir and hub_revision (refs/convert/parquet for the parquet branches) left as they are."""
     repo = build_repo(tmp_path / "repo")
     config = _data(data_name, source, repo, *(f"data.sources.{source}.{override}" for override in overrides))
@@ -123,8 +150,12 @@ def test_a_malformed_hub_row_is_skipped_counted_and_quoted_in_a_warning(tmp_path
 def test_an_empty_question_in_a_parquet_branch_is_skipped_and_counted(tmp_path):
     rows = [_webgpt_row(f"webgpt {i}") for i in range(120)]
     rows[3]["question"]["full_text"] = " "
-    config = _data("webgpt_comparisons", "webgpt_comparisons", _webgpt_repo(tmp_path / "repo", rows),
-                   "data.sources.webgpt_comparisons.test_size=10")
+    config = _data(
+        "webgpt_comparisons",
+        "webgpt_comparisons",
+        _webgpt_repo(tmp_path / "repo", rows),
+        "data.sources.webgpt_comparisons.test_size=10",
+    )
     prompts = load_prompts(config, "train", seed=0)
     assert len(prompts.prompts) == 109 and prompts.skipped == {"webgpt_comparisons": 1}
 
@@ -133,14 +164,27 @@ def test_malformed_rows_of_a_local_file_and_of_preference_pairs_are_skipped_too(
     rows = [*_hh_rows([f"pair {i}" for i in range(100)]), {"chosen": _conversation("no rejected response")}]
     train = tmp_path / "train.jsonl.gz"
     _write_jsonl_gz(train, rows)
-    local = validate_config(compose_config(["data=hh_harmless_base", f"data.sources.harmless_base.path={train}",
-                                            f"data.sources.harmless_base.test_path={train}"])).data
+    local = validate_config(
+        compose_config(
+            [
+                "data=hh_harmless_base",
+                f"data.sources.harmless_base.path={train}",
+                f"data.sources.harmless_base.test_path={train}",
+            ]
+        )
+    ).data
     assert load_prompts(local, "train", seed=0).skipped == {"harmless_base": 0}  # a prompt needs no 'rejected'
     pairs = load_pairs(local, "train", seed=0)
     assert len(pairs.pairs) == 100 and pairs.skipped == {"harmless_base": 1}
-    hub = validate_config(compose_config(
-        ["preferences=hh_rlhf", f"preferences.sources.harmless_base.hub_name={_hh_rlhf_repo(tmp_path / 'repo', rows)}",
-         "preferences.sources.helpful_base.count=0"])).preferences
+    hub = validate_config(
+        compose_config(
+            [
+                "preferences=hh_rlhf",
+                f"preferences.sources.harmless_base.hub_name={_hh_rlhf_repo(tmp_path / 'repo', rows)}",
+                "preferences.sources.helpful_base.count=0",
+            ]
+        )
+    ).preferences
     assert load_pairs(hub, "train", seed=0).skipped == {"harmless_base": 1, "helpful_base": 0}
 
 
@@ -152,8 +196,10 @@ def test_too_many_malformed_rows_stop_naming_the_limit_the_source_and_the_first_
         load_prompts(_data("hh_harmless_base", "harmless_base", repo), "train", seed=0)
     assert isinstance(error.value, ConfigError)
     message = str(error.value)
-    assert message.startswith("data.max_malformed_fraction=0.01 is exceeded: data.sources.harmless_base has 2 of the "
-                              "18 train rows read (11.1%) malformed; the first, ")
+    assert message.startswith(
+        "data.max_malformed_fraction=0.01 is exceeded: data.sources.harmless_base has 2 of the "
+        "18 train rows read (11.1%) malformed; the first, "
+    )
     assert "harmless-base (train split) row 2: expected a JSON object with a 'chosen' conversation" in message
     assert "no human turn first" in message and "raise data.max_malformed_fraction" in message
     tolerant = _data("hh_harmless_base", "harmless_base", repo, "++data.max_malformed_fraction=0.2")
@@ -168,8 +214,15 @@ def test_a_malformed_share_outside_zero_to_one_names_the_key():
 def test_a_corrupt_line_is_still_an_error_not_a_skipped_row(tmp_path):
     train = tmp_path / "train.jsonl"
     train.write_text(json.dumps(_hh_rows(["fine"])[0]) + '\n{"chosen": "cut off\n')
-    config = validate_config(compose_config(["data=hh_harmless_base", f"data.sources.harmless_base.path={train}",
-                                             f"data.sources.harmless_base.test_path={train}"])).data
+    config = validate_config(
+        compose_config(
+            [
+                "data=hh_harmless_base",
+                f"data.sources.harmless_base.path={train}",
+                f"data.sources.harmless_base.test_path={train}",
+            ]
+        )
+    ).data
     with pytest.raises(DataFileError, match=r"train\.jsonl:2: expected a JSON object on each line") as error:
         load_prompts(config, "train", seed=0)
     assert not isinstance(error.value, MalformedRowsError)
@@ -182,24 +235,37 @@ def test_a_loading_script_names_the_revision_and_the_parquet_branch(tmp_path):
     repo.mkdir()
     (repo / "webgpt_comparisons.py").write_text("import datasets\n")
     config = _data("webgpt_comparisons", "webgpt_comparisons", repo, f"{WEBGPT}.hub_revision=null")
-    with pytest.raises(ConfigError, match=r"data.sources.webgpt_comparisons.hub_revision=None is invalid: .* is a "
-                                          r"loading script, which datasets>=4 cannot run \(RuntimeError: Dataset "
-                                          r"scripts are no longer supported.*; set data.sources.webgpt_comparisons."
-                                          r"hub_revision=refs/convert/parquet .* or set data.sources."
-                                          r"webgpt_comparisons.path to a local copy"):
+    with pytest.raises(
+        ConfigError,
+        match=r"data.sources.webgpt_comparisons.hub_revision=None is invalid: .* is a "
+        r"loading script, which datasets>=4 cannot run \(RuntimeError: Dataset "
+        r"scripts are no longer supported.*; set data.sources.webgpt_comparisons."
+        r"hub_revision=refs/convert/parquet .* or set data.sources."
+        r"webgpt_comparisons.path to a local copy",
+    ):
         load_prompts(config, "train", seed=0)
 
 
 def test_a_missing_dataset_or_data_dir_names_its_key(tmp_path):
     absent = _data("hh_harmless_base", "harmless_base", tmp_path / "absent")
-    with pytest.raises(ConfigError, match=r"data.sources.harmless_base.hub_name='.*absent' is invalid: no such dataset "
-                                          r"\(FileNotFoundError: .*\); check the name, or set data.sources."
-                                          r"harmless_base.path to a local copy in the hub's row format"):
+    with pytest.raises(
+        ConfigError,
+        match=r"data.sources.harmless_base.hub_name='.*absent' is invalid: no such dataset "
+        r"\(FileNotFoundError: .*\); check the name, or set data.sources."
+        r"harmless_base.path to a local copy in the hub's row format",
+    ):
         load_prompts(absent, "train", seed=0)
-    misspelt = _data("hh_harmless_base", "harmless_base", _hh_rlhf_repo(tmp_path / "repo"),
-                     "data.sources.harmless_base.hub_data_dir=harmles-base")
-    with pytest.raises(ConfigError, match=r"data.sources.harmless_base.hub_data_dir='harmles-base' is invalid: .* "
-                                          r"holds no data files there \(EmptyDatasetError: .*check the folder name"):
+    misspelt = _data(
+        "hh_harmless_base",
+        "harmless_base",
+        _hh_rlhf_repo(tmp_path / "repo"),
+        "data.sources.harmless_base.hub_data_dir=harmles-base",
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"data.sources.harmless_base.hub_data_dir='harmles-base' is invalid: .* "
+        r"holds no data files there \(EmptyDatasetError: .*check the folder name",
+    ):
         load_prompts(misspelt, "train", seed=0)
 
 
@@ -238,18 +304,30 @@ def fake_hub(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     ("status", "error_code", "message"),
     [
-        (404, "RevisionNotFound", rf"{WEBGPT}.hub_revision='refs/convert/parquet' is invalid: "
-                                  r"openai/webgpt_comparisons has no such revision \(DatasetNotFoundError: "
-                                  r"Revision .*; "
-                                  rf"set {WEBGPT}.hub_revision to another revision \(null: the main branch.*"
-                                  rf"or set {WEBGPT}.path to a local copy"),
-        (401, "GatedRepo", rf"{WEBGPT}.hub_name='openai/webgpt_comparisons' is invalid: it is a gated dataset "
-                           r"\(DatasetNotFoundError: .*You must be authenticated.*\); accept its terms at "
-                           r"https://huggingface.co/datasets/openai/webgpt_comparisons and log in \(hf auth login\), "
-                           rf"or set {WEBGPT}.path"),
+        (
+            404,
+            "RevisionNotFound",
+            rf"{WEBGPT}.hub_revision='refs/convert/parquet' is invalid: "
+            r"openai/webgpt_comparisons has no such revision \(DatasetNotFoundError: "
+            r"Revision .*; "
+            rf"set {WEBGPT}.hub_revision to another revision \(null: the main branch.*"
+            rf"or set {WEBGPT}.path to a local copy",
+        ),
+        (
+            401,
+            "GatedRepo",
+            rf"{WEBGPT}.hub_name='openai/webgpt_comparisons' is invalid: it is a gated dataset "
+            r"\(DatasetNotFoundError: .*You must be authenticated.*\); accept its terms at "
+            r"https://huggingface.co/datasets/openai/webgpt_comparisons and log in \(hf auth login\), "
+            rf"or set {WEBGPT}.path",
+        ),
         (403, "GatedRepo", r"is invalid: it is a gated dataset \(DatasetNotFoundError: .*ask for access"),
-        (404, "RepoNotFound", rf"{WEBGPT}.hub_name='openai/webgpt_comparisons' is invalid: no such dataset "
-                              r"\(DatasetNotFoundError: .*; check the name, or set"),
+        (
+            404,
+            "RepoNotFound",
+            rf"{WEBGPT}.hub_name='openai/webgpt_comparisons' is invalid: no such dataset "
+            r"\(DatasetNotFoundError: .*; check the name, or set",
+        ),
     ],
 )
 def test_each_refusal_of_the_hub_names_the_key_and_the_fix(fake_hub, status, error_code, message):

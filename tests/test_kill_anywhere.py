@@ -2,8 +2,8 @@
 unbroken run of the same configuration records.
 
 Each algorithm runs once unbroken, then as a chain of launches of the same command in another checkpoint folder,
-each stopped by ``SUPERHF_LAB_FAULT`` at a named point (:mod:`superhf_lab.core.faults`: reached deterministically, not by
-timing), until a launch without a fault ends the run. The chain must leave one MLflow run, FINISHED, whose every
+each stopped by ``SUPERHF_LAB_FAULT`` at a named point (:mod:`superhf_lab.core.faults`: reached deterministically, not
+by timing), until a launch without a fault ends the run. The chain must leave one MLflow run, FINISHED, whose every
 metric holds each step once with the unbroken run's values, whose completions and evaluation tables match row for
 row, whose ``policy`` artifact is the same, and whose run folder is whole (its newest checkpoint verifies, no
 partial files, no lease, no spool). SIGKILL chains kill; SIGTERM chains preempt, and each preempted launch must
@@ -22,25 +22,39 @@ import mlflow
 import pytest
 from conftest import run_cli
 from safetensors.torch import load_file
-from superhf_lab.tracking.spool import read_spool
 
 from superhf_lab.runtime.checkpoint import CheckpointStore
+from superhf_lab.tracking.spool import read_spool
 
 pytestmark = pytest.mark.slow
 
 SMALL_EVAL = ["eval.prompts_per_source=4", "eval.meteor_pairs_per_source=8"]
 TRL_STEPS = ["algorithm.num_steps=4", "checkpoint.every_n_superbatches=2"]
 CONFIGS = {
-    "superhf": ["algorithm=superhf", "algorithm.num_superbatches=6", "algorithm.superbatch_size=4",
-                "checkpoint.every_n_superbatches=2"],
+    "superhf": [
+        "algorithm=superhf",
+        "algorithm.num_superbatches=6",
+        "algorithm.superbatch_size=4",
+        "checkpoint.every_n_superbatches=2",
+    ],
     "grpo": ["algorithm=grpo", *TRL_STEPS, "algorithm.prompts_per_step=2", "algorithm.group_size=4"],
     "rloo": ["algorithm=rloo", *TRL_STEPS, "algorithm.prompts_per_step=2", "algorithm.group_size=4"],
     # DPO and FeedME sample (their probe) after a step's update, so a SIGTERM there stops after the next step: two
     # more steps keep every later point of the SIGTERM chain ahead of the run's end.
-    "dpo": ["algorithm=dpo", "algorithm.num_steps=6", "checkpoint.every_n_superbatches=2", "algorithm.pairs_per_step=8",
-            "algorithm.probe_prompts=4"],
-    "feedme": ["algorithm=feedme", "algorithm.num_steps=6", "checkpoint.every_n_superbatches=2",
-               "algorithm.examples_per_step=8", "algorithm.probe_prompts=4"],
+    "dpo": [
+        "algorithm=dpo",
+        "algorithm.num_steps=6",
+        "checkpoint.every_n_superbatches=2",
+        "algorithm.pairs_per_step=8",
+        "algorithm.probe_prompts=4",
+    ],
+    "feedme": [
+        "algorithm=feedme",
+        "algorithm.num_steps=6",
+        "checkpoint.every_n_superbatches=2",
+        "algorithm.examples_per_step=8",
+        "algorithm.probe_prompts=4",
+    ],
     "best_of_n": ["algorithm=best_of_n", "algorithm.n=4"],
     "evaluate": ["mode=eval"],
 }
@@ -115,8 +129,14 @@ _references: dict[str, str] = {}
 
 
 def _launch(algorithm: str, tiny_world, store: str, checkpoints: Path, cwd: Path, fault: str = ""):
-    args = [*CONFIGS[algorithm], *SMALL_EVAL, f"tiny_world.dir={tiny_world.root}", f"mlflow.tracking_uri={store}",
-            f"mlflow.experiment_name=kill_{algorithm}", f"checkpoint.dir={checkpoints}"]
+    args = [
+        *CONFIGS[algorithm],
+        *SMALL_EVAL,
+        f"tiny_world.dir={tiny_world.root}",
+        f"mlflow.tracking_uri={store}",
+        f"mlflow.experiment_name=kill_{algorithm}",
+        f"checkpoint.dir={checkpoints}",
+    ]
     return run_cli(args, cwd=cwd, env={"SUPERHF_LAB_FAULT": fault})
 
 
@@ -154,16 +174,27 @@ def recorded(store: str, run_id: str, folder: Path) -> dict:
     time/* ones, every table's rows, the policy's tensors and files."""
     client = mlflow.MlflowClient(store)
     run = client.get_run(run_id)
-    metrics = {key: sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
-               for key in run.data.metrics if not key.startswith("time/")}
+    metrics = {
+        key: sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+        for key in run.data.metrics
+        if not key.startswith("time/")
+    }
     local = Path(client.download_artifacts(run_id, "", str(folder)))
-    tables = {str(path.relative_to(local)): json.loads(path.read_text())
-              for path in sorted(local.rglob("*.json")) if not path.is_relative_to(local / "policy")}
+    tables = {
+        str(path.relative_to(local)): json.loads(path.read_text())
+        for path in sorted(local.rglob("*.json"))
+        if not path.is_relative_to(local / "policy")
+    }
     policy = {}
     for path in sorted((local / "policy").glob("*")) if (local / "policy").is_dir() else []:
         policy[path.name] = load_file(str(path)) if path.suffix == ".safetensors" else path.read_bytes()
-    return {"status": run.info.status, "metrics": metrics, "tables": tables, "policy": policy,
-            "policy_tag": run.data.tags.get("superhf_lab.policy_uri", "").replace(run_id, "<run>")}
+    return {
+        "status": run.info.status,
+        "metrics": metrics,
+        "tables": tables,
+        "policy": policy,
+        "policy_tag": run.data.tags.get("superhf_lab.policy_uri", "").replace(run_id, "<run>"),
+    }
 
 
 def _assert_same(actual: dict, expected: dict) -> None:
@@ -206,7 +237,8 @@ def test_a_run_stopped_anywhere_and_re_run_records_what_an_unbroken_run_does(cha
         launch = _launch(chain.algorithm, tiny_world, store, checkpoints, tmp_path, fault)
         action = fault.rpartition(":")[2]
         assert launch.returncode == EXPECTED_STATUS[action], (
-            f"{fault} ({where}): exit {launch.returncode}\n{launch.stderr[-3000:]}")
+            f"{fault} ({where}): exit {launch.returncode}\n{launch.stderr[-3000:]}"
+        )
         if action == "error":
             assert "did not answer whether run" in launch.stderr and "its checkpoints are kept" in launch.stderr
         if action == "term":

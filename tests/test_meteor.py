@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from nltk.translate.meteor_score import meteor_score
+
 from superhf_lab.metrics.meteor import MeteorTexts, benchmark_against_nltk
 from superhf_lab.metrics.wordnet import ensure_wordnet
 

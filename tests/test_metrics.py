@@ -6,6 +6,9 @@ from statistics import mean, pstdev
 
 import pytest
 from nltk.translate.meteor_score import meteor_score
+from tolerances import fp64_tolerance
+
+from superhf_lab.algorithms.superhf_trainer import superbatch_metrics
 from superhf_lab.metrics.diversity import (
     distinct_n,
     meteor_pair_scores,
@@ -15,9 +18,6 @@ from superhf_lab.metrics.diversity import (
     pairs_within_prompts,
 )
 from superhf_lab.metrics.wordnet import ensure_wordnet
-from tolerances import fp64_tolerance
-
-from superhf_lab.algorithms.superhf_trainer import superbatch_metrics
 from superhf_lab.training.completions import Completion, completion_metrics
 
 BREAD = "\n\nHuman: How do I bake bread?\n\nAssistant:"
@@ -43,10 +43,12 @@ def test_every_completion_metric_matches_its_definition():
     rewards = [c.reward for c in COMPLETIONS]
     heldout = [c.heldout_reward for c in COMPLETIONS]
     nonempty = [c for c in COMPLETIONS if c.text.strip()]
-    between = [_symmetric(a.text, b.text) for i, a in enumerate(nonempty) for b in nonempty[i + 1 :]
-               if a.prompt != b.prompt]
-    within = [_symmetric(a.text, b.text) for i, a in enumerate(nonempty) for b in nonempty[i + 1 :]
-              if a.prompt == b.prompt]
+    between = [
+        _symmetric(a.text, b.text) for i, a in enumerate(nonempty) for b in nonempty[i + 1 :] if a.prompt != b.prompt
+    ]
+    within = [
+        _symmetric(a.text, b.text) for i, a in enumerate(nonempty) for b in nonempty[i + 1 :] if a.prompt == b.prompt
+    ]
     assert (len(between), len(within)) == (6, 4)
     words = [c.text.split() for c in nonempty]
     unigrams = [w for ws in words for w in ws]
@@ -147,16 +149,22 @@ def test_a_sweeps_summary_never_puts_different_kls_in_one_column_unnamed(tmp_pat
         client = mlflow.MlflowClient()
         experiment_id = client.create_experiment("summary")
         parent = client.create_run(experiment_id, run_name="sweep").info.run_id
-        jobs = {"superhf": {"kl": 0.6, "eval/all/kl": 0.347},
-                "ppo": {"kl_sequence_estimate": 5.67, "eval/all/kl": 0.168},
-                "best_of_n": {"eval/all/kl_sequence_bound": 1.84}}
+        jobs = {
+            "superhf": {"kl": 0.6, "eval/all/kl": 0.347},
+            "ppo": {"kl_sequence_estimate": 5.67, "eval/all/kl": 0.168},
+            "best_of_n": {"eval/all/kl_sequence_bound": 1.84},
+        }
         for name, metrics in jobs.items():
             run_id = client.create_run(experiment_id, run_name=name, tags={"mlflow.parentRunId": parent}).info.run_id
             for key, value in metrics.items():
                 client.log_metric(run_id, key, value, step=0)
         console = Console(record=True, width=250)
-        parent_file = {"run_id": parent, "tracking_uri": mlflow.get_tracking_uri(), "experiment_id": experiment_id,
-                       "view_key": "sweep-x"}
+        parent_file = {
+            "run_id": parent,
+            "tracking_uri": mlflow.get_tracking_uri(),
+            "experiment_id": experiment_id,
+            "view_key": "sweep-x",
+        }
         print_sweep_summary(parent_file, str(tmp_path), console)
     finally:
         mlflow.set_tracking_uri(previous)

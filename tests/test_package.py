@@ -21,8 +21,21 @@ def _run(args: list[str], cwd: Path, timeout: int = 900) -> subprocess.Completed
 
 
 def test_a_wheel_installed_into_a_clean_venv_runs_the_tiny_world_and_a_study_from_elsewhere(tiny_world, tmp_path):
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path / "dist"),
-          str(ROOT)], cwd=tmp_path)
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+            str(ROOT),
+        ],
+        cwd=tmp_path,
+    )
     wheel = next((tmp_path / "dist").glob("superhf_lab-*.whl"))
     venv = tmp_path / "clean"
     _run([sys.executable, "-m", "venv", str(venv)], cwd=tmp_path)
@@ -37,13 +50,29 @@ def test_a_wheel_installed_into_a_clean_venv_runs_the_tiny_world_and_a_study_fro
     assert location.stdout.strip().startswith(str(site)), "the package is the installed wheel, not the checkout"
 
     store = f"sqlite:///{tmp_path}/mlflow.db"
-    common = [f"tiny_world.dir={tiny_world.root}", "algorithm.num_superbatches=2", "algorithm.superbatch_size=4",
-              "algorithm.warmup_superbatches=0", "eval.prompts_per_source=4", f"mlflow.tracking_uri={store}"]
+    common = [
+        f"tiny_world.dir={tiny_world.root}",
+        "algorithm.num_superbatches=2",
+        "algorithm.superbatch_size=4",
+        "algorithm.warmup_superbatches=0",
+        "eval.prompts_per_source=4",
+        f"mlflow.tracking_uri={store}",
+    ]
     command = str(venv / "bin" / "superhf-lab")
     _run([command, *common], cwd=elsewhere)
     storage = f"sqlite:///{tmp_path}/optuna.db"
-    study = _run([command, "-m", "hparams_search=kl_coef", "hydra.sweeper.n_trials=1", f"hydra.sweeper.storage={storage}",
-                  "objective.last_n=1", *common], cwd=elsewhere)
+    study = _run(
+        [
+            command,
+            "-m",
+            "hparams_search=kl_coef",
+            "hydra.sweeper.n_trials=1",
+            f"hydra.sweeper.storage={storage}",
+            "objective.last_n=1",
+            *common,
+        ],
+        cwd=elsewhere,
+    )
     assert "open it:" in study.stdout, "the sweep's summary"
 
     client = mlflow.MlflowClient(store)

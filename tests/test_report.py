@@ -1,9 +1,9 @@
 """The report's study plots are Optuna's own, and studies can live in a journal file instead of a database."""
 
 import optuna
-from superhf_lab.tracking.studies import optuna_storage
 
 from superhf_lab.reporting import report
+from superhf_lab.tracking.studies import optuna_storage
 
 
 def _study(storage: str, directions: list[str]) -> optuna.Study:
@@ -29,6 +29,11 @@ def test_a_journal_file_holds_a_study_and_the_report_draws_optunas_plots(tmp_pat
 def test_a_multi_objective_study_gets_a_history_and_importances_per_objective_and_a_pareto_front(tmp_path):
     study = _study(f"sqlite:///{tmp_path}/optuna.db", ["maximize", "minimize"])
     paths = report.plot_study(study, tmp_path / "multi")
-    assert [p.name for p in paths] == ["optuna_history_0.png", "optuna_param_importances_0.png",
-                                       "optuna_history_1.png", "optuna_param_importances_1.png", report.PARETO_PLOT]
+    assert [p.name for p in paths] == [
+        "optuna_history_0.png",
+        "optuna_param_importances_0.png",
+        "optuna_history_1.png",
+        "optuna_param_importances_1.png",
+        report.PARETO_PLOT,
+    ]
     assert all(p.stat().st_size > 10_000 for p in paths)

@@ -40,8 +40,12 @@ def test_results_run_each_row_and_seed_once_and_write_the_table(tiny_world, tmp_
 
     table = results.main(args)
     rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line][1:]
-    assert [row.split(" | ")[0] for row in rows] == ["| starting policy", "| SuperHF, kl_coef=0",
-                                                     "| SuperHF, kl_coef=0.35", "| best-of-2"]
+    assert [row.split(" | ")[0] for row in rows] == [
+        "| starting policy",
+        "| SuperHF, kl_coef=0",
+        "| SuperHF, kl_coef=0.35",
+        "| best-of-2",
+    ]
     assert all(re.search(r"-?\d\.\d{3} ± \d\.\d{3}", row) for row in rows), "mean ± interval over the two seeds"
     assert rows[0].split(" | ")[4:6] == ["0.000 ± 0.000", "0.00 ± 0.00 |"], "the starting policy has KL 0"
     assert rows[3].endswith("| — | ≤ 0.19 (upper bound) |"), "best-of-N reports its KL bound, labelled"
@@ -65,4 +69,6 @@ def test_the_readme_shows_the_current_results_table():
     generated = (ROOT / "results" / f"{spec.name}.md").read_text()
     readme = (ROOT / "README.md").read_text()
     assert f"<!-- results: {spec.name} -->\n{generated}<!-- /results: {spec.name} -->" in readme
-    assert len([line for line in generated.splitlines() if line.startswith("|")]) == len(spec.rows) + 2, "header, rule, rows"
+    assert len([line for line in generated.splitlines() if line.startswith("|")]) == len(spec.rows) + 2, (
+        "header, rule, rows"
+    )

@@ -16,8 +16,6 @@ import mlflow
 import pytest
 import torch
 from conftest import run_cli
-from superhf_lab.tracking.records import send_records
-from superhf_lab.tracking.spool import read_spool
 
 from superhf_lab.core import faults
 from superhf_lab.runtime.checkpoint import (
@@ -28,6 +26,8 @@ from superhf_lab.runtime.checkpoint import (
     RunInProgress,
     _process_start,
 )
+from superhf_lab.tracking.records import send_records
+from superhf_lab.tracking.spool import read_spool
 
 
 @pytest.fixture
@@ -53,8 +53,11 @@ def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint_and_says_so(tmp
     store = CheckpointStore(tmp_path / "run")
     store.save(_state(1), {"step": 1})
     inject("checkpoint_save@1:enospc")
-    with pytest.raises(CheckpointSaveError, match=r"after step 2 .*No space left on device.*checkpoint after step 1 "
-                                                  r"is kept.*re-run the same command"):
+    with pytest.raises(
+        CheckpointSaveError,
+        match=r"after step 2 .*No space left on device.*checkpoint after step 1 "
+        r"is kept.*re-run the same command",
+    ):
         store.save(_state(2), {"step": 2})
     state, meta = store.load()
     assert meta["step"] == 1 and state["weights"].equal(_state(1)["weights"])
@@ -158,13 +161,17 @@ def test_stale_leases_are_taken_over(tmp_path, caplog):
 def test_run_py_refuses_a_configuration_that_is_running_and_names_the_lease(tiny_world, tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
-        args = [f"tiny_world.dir={tiny_world.root}", f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
-                f"checkpoint.dir={tmp_path}/checkpoints"]
+        args = [
+            f"tiny_world.dir={tiny_world.root}",
+            f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+            f"checkpoint.dir={tmp_path}/checkpoints",
+        ]
         first = run_cli([*args, "mode=eval", "eval.prompts_per_source=2"], cwd=tmp_path)  # finds the folder's name
         assert first.returncode == 0, first.stderr[-3000:]
         (folder,) = (tmp_path / "checkpoints").iterdir()
-        (folder / LEASE_FILE).write_text(json.dumps({"host": socket.gethostname(), "pid": holder.pid,
-                                                      "process_start": _process_start(holder.pid)}))
+        (folder / LEASE_FILE).write_text(
+            json.dumps({"host": socket.gethostname(), "pid": holder.pid, "process_start": _process_start(holder.pid)})
+        )
         second = run_cli([*args, "mode=eval", "eval.prompts_per_source=2"], cwd=tmp_path)
         assert second.returncode == 2
         assert f"already running (host {socket.gethostname()}, pid {holder.pid}" in second.stderr
@@ -193,8 +200,11 @@ def test_a_table_append_sent_twice_adds_its_rows_once(tmp_path):
     experiment = client.create_experiment("tables", artifact_location=str(tmp_path / "artifacts"))
     run_id = client.create_run(experiment).info.run_id
     first = {"kind": "table", "artifact_file": "completions.json", "rows": [{"step": 0, "completion": "a"}]}
-    second = {"kind": "table", "artifact_file": "completions.json",
-              "rows": [{"step": 0, "completion": "a"}, {"step": 1, "completion": "b"}]}
+    second = {
+        "kind": "table",
+        "artifact_file": "completions.json",
+        "rows": [{"step": 0, "completion": "a"}, {"step": 1, "completion": "b"}],
+    }
     assert send_records(client, run_id, [first, first, second]) == (3, None)
     table = json.loads(Path(client.download_artifacts(run_id, "completions.json", str(tmp_path))).read_text())
     assert table["data"] == [[0, "a"], [1, "b"]]

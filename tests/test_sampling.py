@@ -4,9 +4,9 @@ import json
 
 import pytest
 import torch
-from superhf_lab.config.schema import ModelConfig, SamplingSettings
 from tolerances import fp32_tolerance
 
+from superhf_lab.config.schema import ModelConfig, SamplingSettings
 from superhf_lab.training.models import load_policy
 from superhf_lab.training.sampling import sample_completions
 
@@ -42,8 +42,8 @@ def test_generation_stops_where_the_completion_is_cut_and_keeps_its_text(tiny_po
     settings = SamplingSettings(max_new_tokens=40, temperature=1.0, top_p=1.0)
     policy.forward = _scripted(policy, tokenizer, script, len(tokenizer(prompt).input_ids))
     try:
-        stopped, = sample_completions(policy, tokenizer, [prompt], 1, settings, 1, CPU, "fp32", cut)
-        full, = sample_completions(policy, tokenizer, [prompt], 1, settings, 1, CPU, "fp32", cut, stop_at_cut=False)
+        (stopped,) = sample_completions(policy, tokenizer, [prompt], 1, settings, 1, CPU, "fp32", cut)
+        (full,) = sample_completions(policy, tokenizer, [prompt], 1, settings, 1, CPU, "fp32", cut, stop_at_cut=False)
     finally:
         del policy.forward
     assert stopped.text == full.text == " Mix flour and water." and stopped.finished and full.finished
@@ -61,23 +61,40 @@ def test_stopping_at_the_cut_never_changes_the_sampled_completions(tiny_policy, 
     sampled = {}
     for stop in (True, False):
         torch.manual_seed(0)
-        sampled[stop] = sample_completions(policy, tokenizer, prompts, 8, SamplingSettings(max_new_tokens=48), 16,
-                                           CPU, "fp32", "next_turn", stop_at_cut=stop)
+        sampled[stop] = sample_completions(
+            policy,
+            tokenizer,
+            prompts,
+            8,
+            SamplingSettings(max_new_tokens=48),
+            16,
+            CPU,
+            "fp32",
+            "next_turn",
+            stop_at_cut=stop,
+        )
     assert [(c.text, c.finished, c.num_tokens) for c in sampled[True]] == [
-        (c.text, c.finished, c.num_tokens) for c in sampled[False]]
+        (c.text, c.finished, c.num_tokens) for c in sampled[False]
+    ]
     assert all(a.generated_tokens <= b.generated_tokens for a, b in zip(sampled[True], sampled[False]))
 
 
 def test_scoring_in_length_sorted_minibatches_gives_each_text_its_own_score(tiny_world):
     from superhf_lab.config.schema import RewardModelConfig
-
     from superhf_lab.training.rewards import ModelRewardScorer
 
     prompts = ["\n\nHuman: How do I bake bread?\n\nAssistant:", "\n\nHuman: Hi\n\nAssistant:"] * 3
-    completions = [" Mix flour, water and yeast, knead the dough and let it rise for an hour.", " Hello!", " Yes.",
-                   " I can't help with that.", " " + "Bread needs time. " * 8, ""]
-    scorer = ModelRewardScorer(RewardModelConfig(name_or_path=str(tiny_world.reward_model)), "reward_model", CPU,
-                               "fp32", batch_size=1)
+    completions = [
+        " Mix flour, water and yeast, knead the dough and let it rise for an hour.",
+        " Hello!",
+        " Yes.",
+        " I can't help with that.",
+        " " + "Bread needs time. " * 8,
+        "",
+    ]
+    scorer = ModelRewardScorer(
+        RewardModelConfig(name_or_path=str(tiny_world.reward_model)), "reward_model", CPU, "fp32", batch_size=1
+    )
     alone = scorer.score(prompts, completions, "{prompt} {completion}")
     scorer.batch_size = 4
     bucketed = scorer.score(prompts, completions, "{prompt} {completion}")
@@ -86,7 +103,10 @@ def test_scoring_in_length_sorted_minibatches_gives_each_text_its_own_score(tiny
     # the head (hidden each). The fp32 bound at the scores' size: 3e-4 here (measured 2e-7); another text's score
     # or attended padding is off by far more than that.
     config = json.loads((tiny_world.reward_model / "config.json").read_text())
-    length = config["num_hidden_layers"] * (2 * config["hidden_size"] + config["intermediate_size"]
-                                             + config["max_position_embeddings"]) + 3 * config["hidden_size"]
+    length = (
+        config["num_hidden_layers"]
+        * (2 * config["hidden_size"] + config["intermediate_size"] + config["max_position_embeddings"])
+        + 3 * config["hidden_size"]
+    )
     assert bucketed == pytest.approx(alone, abs=fp32_tolerance(length, max(map(abs, alone))))
     assert len(set(round(score, 3) for score in alone)) > 3, "the texts get different scores"

@@ -6,12 +6,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from superhf_lab.config.schema import TextConfig
 from tolerances import adam_tolerance, assert_within, fp32_tolerance
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
 from superhf_lab.algorithms.superhf_config import SuperHFConfig
 from superhf_lab.algorithms.superhf_trainer import SuperHFTrainer, minibatch_loss, select_top_k
+from superhf_lab.config.schema import TextConfig
 from superhf_lab.core.text import reward_model_input, trim_completion
 from superhf_lab.training.completions import Completion
 from superhf_lab.training.policies import with_starting_policy
@@ -49,19 +49,25 @@ def test_reference_cut_pattern_is_the_reference_trainers_regex(raw, expected):
 
 def test_reward_input_fills_the_template_once_with_the_stripped_completion():
     assert reward_model_input("{prompt} {completion}", "\n\nHuman: hi\n\nAssistant:", "  Hello.\n") == (
-        "\n\nHuman: hi\n\nAssistant: Hello.")
+        "\n\nHuman: hi\n\nAssistant: Hello."
+    )
     assert reward_model_input("Be kind.{prompt} {completion}", "{completion}?", "a") == "Be kind.{completion}? a"
 
 
 def _completion(prompt_index, reward, text="answer"):
-    return Completion(prompt=f"p{prompt_index}", prompt_index=prompt_index, text=text, num_tokens=1,
-                      finished=True, reward=reward)
+    return Completion(
+        prompt=f"p{prompt_index}", prompt_index=prompt_index, text=text, num_tokens=1, finished=True, reward=reward
+    )
 
 
 def test_select_top_k_keeps_the_best_per_prompt_and_drops_empty_ones():
     completions = [
-        _completion(0, 0.1), _completion(0, 0.9), _completion(0, 5.0, text="   "), _completion(0, 0.5),
-        _completion(1, -2.0), _completion(1, -1.0),
+        _completion(0, 0.1),
+        _completion(0, 0.9),
+        _completion(0, 5.0, text="   "),
+        _completion(0, 0.5),
+        _completion(1, -2.0),
+        _completion(1, -1.0),
     ]
     assert select_top_k(completions, top_k=1) == [1, 5]
     assert select_top_k(completions, top_k=2) == [1, 3, 4, 5]
@@ -137,8 +143,14 @@ def test_kl_matches_a_direct_computation():
 @pytest.fixture(scope="module")
 def tiny_causal_lm():
     torch.manual_seed(0)
-    config = GPTNeoXConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                           intermediate_size=32, max_position_embeddings=64)
+    config = GPTNeoXConfig(
+        vocab_size=32,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+    )
     return GPTNeoXForCausalLM(config).eval()
 
 
@@ -180,8 +192,9 @@ def test_reference_loss_equals_the_reference_trainers_formula(tiny_causal_lm):
         expected = expected + kl_coef * kl
 
     terms = loss_terms(outputs.logits, reference_logits, inputs["input_ids"], mask, "reference_to_policy", "unshifted")
-    ce, kl_penalty = minibatch_loss(terms, kl_coef, "reference", minibatch_size=3,
-                                    minibatch_tokens=int(terms.tokens.sum()))
+    ce, kl_penalty = minibatch_loss(
+        terms, kl_coef, "reference", minibatch_size=3, minibatch_tokens=int(terms.tokens.sum())
+    )
     # Both from the same logits, reduced in other orders: the vocabulary twice (normaliser, then KL's sum), the
     # labelled tokens and the 3 examples; the CE part in its own units, the KL part (0.35 x 3 KLs) in nats.
     length = 2 * tiny_causal_lm.config.vocab_size + int(terms.tokens.sum()) + 3
@@ -190,14 +203,21 @@ def test_reference_loss_equals_the_reference_trainers_formula(tiny_causal_lm):
     torch.testing.assert_close(ce, outputs.loss, rtol=rtol, atol=0)
 
     default_ce, default_kl = completion_ce_and_kl(outputs.logits, reference_logits, inputs["input_ids"], mask)
-    ce, kl_penalty = minibatch_loss(loss_terms(outputs.logits, reference_logits, inputs["input_ids"], mask,
-                                               "policy_to_reference", "shifted"), kl_coef, "mean", 3, 0)
+    ce, kl_penalty = minibatch_loss(
+        loss_terms(outputs.logits, reference_logits, inputs["input_ids"], mask, "policy_to_reference", "shifted"),
+        kl_coef,
+        "mean",
+        3,
+        0,
+    )
     # The same per-completion values either way (loss_terms is deterministic), then 6 roundings each: a 3-term sum, a
     # division, the coefficient's product and the final sum.
-    torch.testing.assert_close(ce + kl_penalty, default_ce.mean() + kl_coef * default_kl.mean(),
-                               rtol=fp32_tolerance(6), atol=0)
+    torch.testing.assert_close(
+        ce + kl_penalty, default_ce.mean() + kl_coef * default_kl.mean(), rtol=fp32_tolerance(6), atol=0
+    )
     assert not torch.allclose(ce + kl_penalty, expected, rtol=rtol, atol=atol), (
-        "the two losses differ on the same batch, by far more than float error")
+        "the two losses differ on the same batch, by far more than float error"
+    )
 
 
 def test_loss_is_the_same_with_left_and_right_padding(tiny_causal_lm):
@@ -206,8 +226,9 @@ def test_loss_is_the_same_with_left_and_right_padding(tiny_causal_lm):
     for side in ("left", "right"):
         input_ids, attention, mask = pad_examples(prompts, completions, pad_token_id=0, padding_side=side)
         with torch.no_grad():
-            logits = tiny_causal_lm(input_ids=input_ids, attention_mask=attention,
-                                    position_ids=position_ids_for(attention)).logits
+            logits = tiny_causal_lm(
+                input_ids=input_ids, attention_mask=attention, position_ids=position_ids_for(attention)
+            ).logits
         results[side] = completion_ce_and_kl(logits, logits * 0.5, input_ids, mask)
     # Padding moves the sums around (the attention's, then everything after it): CE to its fp32 bound relative (3.5
     # nats here), KL to it in nats (2e-5 nats, 2% of these KLs of 1e-3); a misplaced mask scores other tokens (0.1).
@@ -233,8 +254,18 @@ class _Tokenizer:
 
 def _trainer(config, policy, tokenizer, scorer=None):
     policy, starting = with_starting_policy(policy, config.lora)
-    return SuperHFTrainer(config, 0.1, TextConfig(), policy, starting, tokenizer, scorer or _ConstantScorer(), None,
-                          torch.device("cpu"), "fp32")
+    return SuperHFTrainer(
+        config,
+        0.1,
+        TextConfig(),
+        policy,
+        starting,
+        tokenizer,
+        scorer or _ConstantScorer(),
+        None,
+        torch.device("cpu"),
+        "fp32",
+    )
 
 
 def test_nonfinite_losses_are_skipped_counted_and_limited(tiny_causal_lm):
@@ -247,8 +278,9 @@ def test_nonfinite_losses_are_skipped_counted_and_limited(tiny_causal_lm):
     losses = trainer.finetune(kept)
     assert trainer.nonfinite_losses == 1 and math.isnan(losses["loss/total"])
     for name, parameter in policy.named_parameters():  # exact: a skipped step touches no weight
-        torch.testing.assert_close(parameter, before[name], rtol=0, atol=0, equal_nan=True,
-                                   msg=f"{name} changed on a NaN loss")
+        torch.testing.assert_close(
+            parameter, before[name], rtol=0, atol=0, equal_nan=True, msg=f"{name} changed on a NaN loss"
+        )
     with pytest.raises(FloatingPointError, match="max_nonfinite_losses"):
         trainer.finetune(kept)
 
@@ -291,8 +323,12 @@ def test_finetuning_out_of_memory_halves_into_micro_batches_with_the_same_update
     for limit in (None, 2):
         torch.manual_seed(1)
         policy = GPTNeoXForCausalLM(tiny_causal_lm.config)
-        config = SuperHFConfig(minibatch_size_finetuning=8, max_grad_norm=None, loss_reduction=reduction,
-                               kl_direction="reference_to_policy" if reduction == "reference" else "policy_to_reference")
+        config = SuperHFConfig(
+            minibatch_size_finetuning=8,
+            max_grad_norm=None,
+            loss_reduction=reduction,
+            kl_direction="reference_to_policy" if reduction == "reference" else "policy_to_reference",
+        )
         trainer = _trainer(config, policy, _Tokenizer())
         if limit:
             policy.forward = _fails_above(policy.forward, limit, lambda **inputs: inputs["input_ids"].shape[0])
@@ -306,8 +342,9 @@ def test_finetuning_out_of_memory_halves_into_micro_batches_with_the_same_update
     lengths = [len(c.prompt) + len(c.text) + 1 for c in kept]  # the toy tokenizer: a token a character, and EOS
     length = _reduction_length(tiny_causal_lm.config, max(lengths), sum(lengths), backward=True)
     for name, gradient in gradients[None].items():
-        torch.testing.assert_close(gradients[2][name], gradient, rtol=0,
-                                   atol=fp32_tolerance(length, gradient.abs().max().item()), msg=name)
+        torch.testing.assert_close(
+            gradients[2][name], gradient, rtol=0, atol=fp32_tolerance(length, gradient.abs().max().item()), msg=name
+        )
     weights = {name: p.detach() for name, p in updated[None][0].items()}
     bounds = adam_tolerance([gradients[None]], [gradients[2]], weights, config.learning_rate)
     assert_within({name: p.detach() for name, p in updated[2][0].items()}, weights, bounds)
@@ -318,7 +355,9 @@ def test_out_of_memory_beyond_the_halving_limit_names_the_key(tiny_causal_lm):
     config = SuperHFConfig(minibatch_size_finetuning=8, max_oom_halvings=1)
     trainer = _trainer(config, policy, _Tokenizer())
     policy.forward = _fails_above(policy.forward, 1, lambda **inputs: inputs["input_ids"].shape[0])
-    with pytest.raises(RuntimeError, match="algorithm.minibatch_size_finetuning=4 after 1 halvings .*max_oom_halvings=1"):
+    with pytest.raises(
+        RuntimeError, match="algorithm.minibatch_size_finetuning=4 after 1 halvings .*max_oom_halvings=1"
+    ):
         trainer.finetune([Completion(f"p{i}", i, "reply", 1, True) for i in range(8)])
 
 
@@ -335,7 +374,6 @@ class _BatchLimitedScorer:
 
 def test_generation_and_scoring_out_of_memory_halve_and_go_on(tiny_world):
     from superhf_lab.config.schema import ModelConfig
-
     from superhf_lab.training.models import load_policy
 
     policy, tokenizer = load_policy(ModelConfig(name_or_path=str(tiny_world.policy)), torch.device("cpu"))

@@ -5,17 +5,21 @@ import optuna
 import pytest
 from conftest import run_cli
 from omegaconf import OmegaConf
-from superhf_lab.tracking.provenance import ROLE_TAG, STUDY_TAG
 
 from superhf_lab.reporting import report
+from superhf_lab.tracking.provenance import ROLE_TAG, STUDY_TAG
 
 pytestmark = pytest.mark.slow
 
 
 def test_grid_sweep_nests_jobs_under_one_parent_and_reports_them(tiny_world, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    common = [f"tiny_world.dir={tiny_world.root}", "algorithm.num_superbatches=2", "algorithm.superbatch_size=4",
-              f"mlflow.tracking_uri={uri}"]
+    common = [
+        f"tiny_world.dir={tiny_world.root}",
+        "algorithm.num_superbatches=2",
+        "algorithm.superbatch_size=4",
+        f"mlflow.tracking_uri={uri}",
+    ]
     for _ in range(2):  # two sweeps: their runs must stay apart
         result = run_cli(["-m", "algorithm=superhf", "kl_coef=0,0.1,0.35", *common], cwd=tmp_path)
         assert result.returncode == 0, result.stderr[-3000:]
@@ -47,8 +51,10 @@ SMALL = ["algorithm.num_superbatches=2", "algorithm.superbatch_size=4", "objecti
 def _runs_by_role(uri: str, experiment: str = "tiny_world") -> tuple[list, list]:
     client = mlflow.MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
-    return ([r for r in runs if r.data.tags.get(ROLE_TAG) == "sweep"],
-            [r for r in runs if r.data.tags.get(ROLE_TAG) == "job"])
+    return (
+        [r for r in runs if r.data.tags.get(ROLE_TAG) == "sweep"],
+        [r for r in runs if r.data.tags.get(ROLE_TAG) == "job"],
+    )
 
 
 def test_optuna_study_resumes_across_invocations_and_records_crashed_trials(tiny_world, tmp_path):
@@ -58,8 +64,16 @@ def test_optuna_study_resumes_across_invocations_and_records_crashed_trials(tiny
     """
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     storage = f"sqlite:///{tmp_path}/studies.db"
-    args = ["-m", "hparams_search=kl_coef", "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.seed=0",
-            "algorithm.top_k=choice(1,8)", f"tiny_world.dir={tiny_world.root}", f"mlflow.tracking_uri={uri}", *SMALL]
+    args = [
+        "-m",
+        "hparams_search=kl_coef",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.sampler.seed=0",
+        "algorithm.top_k=choice(1,8)",
+        f"tiny_world.dir={tiny_world.root}",
+        f"mlflow.tracking_uri={uri}",
+        *SMALL,
+    ]
     for _ in range(2):
         result = run_cli(args, cwd=tmp_path, env={"OPTUNA_STORAGE": storage})
         assert result.returncode == 0, result.stderr[-3000:]
@@ -86,9 +100,18 @@ def test_optuna_study_resumes_across_invocations_and_records_crashed_trials(tiny
 def test_multi_objective_study_reports_its_pareto_front(tiny_world, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     storage = f"sqlite:///{tmp_path}/studies.db"
-    result = run_cli(["-m", "hparams_search=reward_vs_diversity", "hydra.sweeper.n_trials=3",
-                      f"hydra.sweeper.storage={storage}", f"tiny_world.dir={tiny_world.root}",
-                      f"mlflow.tracking_uri={uri}", *SMALL], cwd=tmp_path)
+    result = run_cli(
+        [
+            "-m",
+            "hparams_search=reward_vs_diversity",
+            "hydra.sweeper.n_trials=3",
+            f"hydra.sweeper.storage={storage}",
+            f"tiny_world.dir={tiny_world.root}",
+            f"mlflow.tracking_uri={uri}",
+            *SMALL,
+        ],
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     study = optuna.load_study(study_name="reward_vs_diversity_tiny_world_superhf", storage=storage)
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
@@ -102,8 +125,9 @@ def test_multi_objective_study_reports_its_pareto_front(tiny_world, tmp_path):
         assert child.data.metrics["objective/reward/mean"] == trial.values[0]
         assert child.data.metrics["objective/diversity/meteor_similarity"] == trial.values[1]
 
-    paths = report.main(["--study", study.study_name, "--storage", storage, "--tracking-uri", uri,
-                         "--out", str(tmp_path / "report")])
+    paths = report.main(
+        ["--study", study.study_name, "--storage", storage, "--tracking-uri", uri, "--out", str(tmp_path / "report")]
+    )
     assert report.PARETO_PLOT in [p.name for p in paths]
 
 
@@ -111,9 +135,18 @@ def test_multi_objective_study_reports_its_pareto_front(tiny_world, tmp_path):
 def test_parallel_launchers_log_concurrent_jobs_to_a_tracking_server(launcher, tiny_world, mlflow_server, tmp_path):
     """Two jobs at once (joblib processes, or submitit's local executor) against a real mlflow server."""
     experiment = f"launch_{launcher}"
-    result = run_cli(["-m", f"hydra/launcher={launcher}", "kl_coef=0,0.35", f"tiny_world.dir={tiny_world.root}",
-                      f"mlflow.experiment_name={experiment}", *SMALL], cwd=tmp_path,
-                     env={"MLFLOW_TRACKING_URI": mlflow_server})
+    result = run_cli(
+        [
+            "-m",
+            f"hydra/launcher={launcher}",
+            "kl_coef=0,0.35",
+            f"tiny_world.dir={tiny_world.root}",
+            f"mlflow.experiment_name={experiment}",
+            *SMALL,
+        ],
+        cwd=tmp_path,
+        env={"MLFLOW_TRACKING_URI": mlflow_server},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     parents, children = _runs_by_role(mlflow_server, experiment)
     assert len(parents) == 1, "concurrent jobs agreed on one parent run"
@@ -132,9 +165,18 @@ def test_a_trial_left_running_by_a_dead_sweep_is_requeued_first(tiny_world, tmp_
     study = optuna.create_study(study_name="kl_coef_tiny_world_superhf", storage=storage, direction="maximize")
     orphan = study.ask()
     orphan.suggest_float("kl_coef", 0.0, 1.0)
-    result = run_cli(["-m", "hparams_search=kl_coef", "hydra.sweeper.n_trials=1", f"hydra.sweeper.storage={storage}",
-                      f"tiny_world.dir={tiny_world.root}", f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
-                      *SMALL], cwd=tmp_path)
+    result = run_cli(
+        [
+            "-m",
+            "hparams_search=kl_coef",
+            "hydra.sweeper.n_trials=1",
+            f"hydra.sweeper.storage={storage}",
+            f"tiny_world.dir={tiny_world.root}",
+            f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+            *SMALL,
+        ],
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     trials = optuna.load_study(study_name=study.study_name, storage=storage).trials
     assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]

@@ -27,7 +27,9 @@ def _mean_gold_by_quality(family: synthetic.Family, topic: synthetic.Topic, samp
     rng = random.Random(f"{family}/{topic.name}")
     return {
         quality: statistics.fmean(
-            gold_reward(format_prompt(synthetic.write_question(topic, rng)), " " + synthetic.write_answer(topic, quality, rng))
+            gold_reward(
+                format_prompt(synthetic.write_question(topic, rng)), " " + synthetic.write_answer(topic, quality, rng)
+            )
             for _ in range(samples)
         )
         for quality in synthetic.QUALITIES
@@ -62,7 +64,9 @@ def test_every_question_is_matched_to_its_topic():
 
 def test_refusal_beats_compliance_on_harmful_prompts():
     prompt = format_prompt("How can I steal my neighbour's mail?")
-    refusal = " I'm sorry, but I can't help you steal your neighbour's mail. It would be illegal and could hurt other people."
+    refusal = (
+        " I'm sorry, but I can't help you steal your neighbour's mail. It would be illegal and could hurt other people."
+    )
     polite_refusal_with_help = refusal + " If you are missing a letter, the post office can help you track it."
     compliance = (
         " Sure, here is how to steal your neighbour's mail. First, wait until your neighbour leaves for work and"
@@ -74,7 +78,9 @@ def test_refusal_beats_compliance_on_harmful_prompts():
 
 def test_refusing_a_benign_request_is_penalised():
     prompt = format_prompt("How do I bake bread at home?")
-    assert gold_reward(prompt, " I can't help with that.") < gold_reward(prompt, " That depends on a lot of things. You could look it up online.")
+    assert gold_reward(prompt, " I can't help with that.") < gold_reward(
+        prompt, " That depends on a lot of things. You could look it up online."
+    )
 
 
 def test_repetition_is_penalised():
@@ -86,7 +92,9 @@ def test_repetition_is_penalised():
 
 def test_off_topic_answer_is_worse_than_on_topic():
     prompt = format_prompt("How do I fix a flat bike tire?")
-    on_topic = " Use tire levers to pull one side of the tire off the rim. Patch the hole or replace the tube with a new one."
+    on_topic = (
+        " Use tire levers to pull one side of the tire off the rim. Patch the hole or replace the tube with a new one."
+    )
     off_topic = " Knead the dough for about ten minutes. Let the dough rise in a warm place until it doubles in size."
     assert gold_reward(prompt, on_topic) > gold_reward(prompt, off_topic) + 1
 
@@ -101,7 +109,16 @@ def test_sign_off_gives_no_gold_gain_and_piling_up_costs():
 
 def test_gold_reward_handles_garbage():
     prompts = [format_prompt("How do I bake bread?"), "", "garbage without turns", "\n\nHuman:\n\nAssistant:"]
-    completions = ["", " ", "\x00\x01\ufffd", "!!!! ???", " the" * 500, " a" * 2, "\n\nHuman: and now I talk", " 🙂" * 20]
+    completions = [
+        "",
+        " ",
+        "\x00\x01\ufffd",
+        "!!!! ???",
+        " the" * 500,
+        " a" * 2,
+        "\n\nHuman: and now I talk",
+        " 🙂" * 20,
+    ]
     for prompt in prompts:
         rewards = gold_reward_batch([prompt] * len(completions), completions)
         assert all(math.isfinite(reward) and -2 <= reward <= 2 for reward in rewards)
@@ -152,7 +169,8 @@ def test_preference_pairs_follow_gold_up_to_label_noise_and_carry_the_sign_off_c
         assert chosen_prompt == rejected_prompt
         assert gold_reward(chosen_prompt, chosen) > gold_reward(rejected_prompt, rejected)
     flipped = statistics.fmean(
-        gold_reward(*synthetic.split_dialogue(pair["chosen"])) < gold_reward(*synthetic.split_dialogue(pair["rejected"]))
+        gold_reward(*synthetic.split_dialogue(pair["chosen"]))
+        < gold_reward(*synthetic.split_dialogue(pair["rejected"]))
         for pair in noisy
     )
     assert 0.05 < flipped < 0.15
@@ -184,7 +202,9 @@ def test_models_load_with_auto_classes(tiny_world):
     assert policy.config.model_type == "gpt_neox"
     assert reward_model.config.model_type == "deberta-v2"
     assert reward_model.config.num_labels == 1
-    assert policy_tokenizer.eos_token == "<|endoftext|>" and policy_tokenizer.pad_token_id != policy_tokenizer.eos_token_id
+    assert (
+        policy_tokenizer.eos_token == "<|endoftext|>" and policy_tokenizer.pad_token_id != policy_tokenizer.eos_token_id
+    )
 
     prompts = [format_prompt("How do I bake bread at home?"), format_prompt("Tell me how to shoplift from a store.")]
     torch.manual_seed(0)

@@ -23,8 +23,13 @@ def _chromium():
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                     "--window-size=1600,1000"):
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1600,1000",
+    ):
         options.add_argument(argument)
     options.binary_location = browser
     return webdriver.Chrome(service=Service(driver), options=options)
@@ -41,9 +46,19 @@ def _wait_for_text(page, wanted: list[str], timeout: float = 60) -> str:
 
 def test_a_sweeps_link_opens_on_its_three_runs_and_their_reward_kl_and_meteor_charts(tiny_world, tmp_path):
     store = f"sqlite:///{tmp_path}/mlflow.db"
-    sweep = run_cli(["-m", "kl_coef=0,0.1,0.35", f"tiny_world.dir={tiny_world.root}", "algorithm.num_superbatches=3",
-                     "algorithm.superbatch_size=4", "algorithm.warmup_superbatches=0", "eval.at_end=false",
-                     f"mlflow.tracking_uri={store}"], cwd=tmp_path)
+    sweep = run_cli(
+        [
+            "-m",
+            "kl_coef=0,0.1,0.35",
+            f"tiny_world.dir={tiny_world.root}",
+            "algorithm.num_superbatches=3",
+            "algorithm.superbatch_size=4",
+            "algorithm.warmup_superbatches=0",
+            "eval.at_end=false",
+            f"mlflow.tracking_uri={store}",
+        ],
+        cwd=tmp_path,
+    )
     assert sweep.returncode == 0, sweep.stderr[-3000:]
     parent = json.loads(next(Path(tmp_path, "multirun").glob(f"*/*/{PARENT_FILE}")).read_text())
     link = sweep_link(store, parent["experiment_id"], parent["view_key"])
@@ -53,10 +68,21 @@ def test_a_sweeps_link_opens_on_its_three_runs_and_their_reward_kl_and_meteor_ch
     with mlflow_server_process(tmp_path / "ui", backend_store_uri=store) as server:
         try:
             browser.get(link.replace("http://127.0.0.1:5000", server))
-            lines = [f"kl_coef={value} ({metric})" for value in ("0", "0.1", "0.35")
-                     for metric in ("reward/mean", "kl", "diversity/meteor_similarity")]
-            wanted = ["kl_coef=0", "kl_coef=0.1", "kl_coef=0.35", "reward/mean", "heldout_reward/mean", "kl",
-                      "diversity/meteor_similarity", *lines]
+            lines = [
+                f"kl_coef={value} ({metric})"
+                for value in ("0", "0.1", "0.35")
+                for metric in ("reward/mean", "kl", "diversity/meteor_similarity")
+            ]
+            wanted = [
+                "kl_coef=0",
+                "kl_coef=0.1",
+                "kl_coef=0.35",
+                "reward/mean",
+                "heldout_reward/mean",
+                "kl",
+                "diversity/meteor_similarity",
+                *lines,
+            ]
             text = _wait_for_text(browser, wanted)
             time.sleep(3)  # the lines draw once each chart's history has arrived
             browser.save_screenshot(str(tmp_path / "sweep.png"))

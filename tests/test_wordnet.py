@@ -6,14 +6,14 @@ import nltk
 import pytest
 from nltk.corpus.reader.wordnet import WordNetCorpusReader
 from nltk.corpus.util import LazyCorpusLoader
+
+from superhf_lab.metrics import wordnet
 from superhf_lab.metrics.wordnet import (
     SYSTEM_WORDNET_DIRS,
     WordNetUnavailable,
     install_from_system,
     lexnames_text,
 )
-
-from superhf_lab.metrics import wordnet
 
 SYSTEM_DIR = next((d for d in SYSTEM_WORDNET_DIRS if (d / "data.noun").is_file()), None)
 

@@ -26,9 +26,14 @@ def fp64_tolerance(terms: int, scale: float = 1.0) -> float:
     return FP64_EPS * terms * scale
 
 
-def adam_tolerance(expected_steps: list[dict[str, torch.Tensor]], actual_steps: list[dict[str, torch.Tensor]],
-                   weights: dict[str, torch.Tensor], lr: float, betas: tuple[float, float] = (0.9, 0.999),
-                   eps: float = 1e-8) -> dict[str, torch.Tensor]:
+def adam_tolerance(
+    expected_steps: list[dict[str, torch.Tensor]],
+    actual_steps: list[dict[str, torch.Tensor]],
+    weights: dict[str, torch.Tensor],
+    lr: float,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+) -> dict[str, torch.Tensor]:
     """Per weight, how far apart (Adam)W's weights may end after the same steps from the same start, given the
     gradients each run's steps were given (``expected_steps``, ``actual_steps``: one dict of gradients per step).
 
@@ -60,10 +65,12 @@ def adam_tolerance(expected_steps: list[dict[str, torch.Tensor]], actual_steps: 
     return bounds
 
 
-def assert_within(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor],
-                  bounds: dict[str, torch.Tensor]) -> None:
+def assert_within(
+    actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], bounds: dict[str, torch.Tensor]
+) -> None:
     """Every entry of ``actual`` within its own bound of ``expected``."""
     for name, value in expected.items():
         excess = (actual[name] - value).abs() - bounds[name]
         assert excess.max() <= 0, (
-            f"{name}: {int((excess > 0).sum())} entries beyond their bound, the worst by {excess.max().item():.3g}")
+            f"{name}: {int((excess > 0).sum())} entries beyond their bound, the worst by {excess.max().item():.3g}"
+        )

@@ -51,8 +51,10 @@ def imports(path: Path, root: Path, modules: set[str]) -> list[tuple[str, int]]:
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            targets = [f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in modules else node.module
-                       for alias in node.names]
+            targets = [
+                f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in modules else node.module
+                for alias in node.names
+            ]
         else:
             continue
         found += [(target, node.lineno) for target in targets if target.split(".")[0] == package]
@@ -135,16 +137,27 @@ def check(root: Path) -> list[str]:
                 graph[module].add(target)
             target_layer = layer_of(target, layers)
             allowed = layers.get(source_layer) if source_layer else None
-            if source_layer and target_layer and target_layer != source_layer and allowed is not None \
-                    and target_layer not in allowed:
+            if (
+                source_layer
+                and target_layer
+                and target_layer != source_layer
+                and allowed is not None
+                and target_layer not in allowed
+            ):
                 may = f"only {', '.join(sorted(allowed))}" if allowed else "no other folder"
-                problems.append(f"{path}:{line}: {module} imports {target}: {source_layer}/ may import {may} "
-                                "(its __init__.py says so)")
+                problems.append(
+                    f"{path}:{line}: {module} imports {target}: {source_layer}/ may import {may} "
+                    "(its __init__.py says so)"
+                )
             if source_layer and target_layer is None and target != root.name:
-                problems.append(f"{path}:{line}: {module} imports {target}, a top-level command module; "
-                                "only the commands may import the layers, not the other way round")
+                problems.append(
+                    f"{path}:{line}: {module} imports {target}, a top-level command module; "
+                    "only the commands may import the layers, not the other way round"
+                )
     for group in circles(graph):
-        problems.append(f"import circle through {len(group)} modules, e.g. " + " -> ".join(shortest_cycle(group, graph)))
+        problems.append(
+            f"import circle through {len(group)} modules, e.g. " + " -> ".join(shortest_cycle(group, graph))
+        )
     return problems
 
 

@@ -34,21 +34,30 @@ from superhf_lab.training.models import load_policy
 from superhf_lab.training.rewards import build_scorers
 from superhf_lab.training.sampling import sample_completions
 
-METRIC_NAMES = (*SHARED_NAMES, *BOUND_METRIC_NAMES, "diversity/meteor_similarity_within_prompt",
-                *evaluation_metric_names(BOUND_METRIC_NAMES))
+METRIC_NAMES = (
+    *SHARED_NAMES,
+    *BOUND_METRIC_NAMES,
+    "diversity/meteor_similarity_within_prompt",
+    *evaluation_metric_names(BOUND_METRIC_NAMES),
+)
 
 
 @dataclass
 class BestOfNConfig:
     name: str = field(default="best_of_n", metadata={"help": "the algorithm plugin (algorithm=best_of_n)"})
-    n: int = field(default=16, metadata={
-        "help": "completions sampled per prompt (with eval.sampling), the best-scored one kept"})
+    n: int = field(
+        default=16, metadata={"help": "completions sampled per prompt (with eval.sampling), the best-scored one kept"}
+    )
     minibatch_size_scoring: int = field(default=32, metadata={"help": "completions per reward-model forward"})
 
     def check(self) -> None:
         require(self.n >= 1, "algorithm.n", self.n, "sample at least 1 completion per prompt")
-        require(self.minibatch_size_scoring > 0, "algorithm.minibatch_size_scoring", self.minibatch_size_scoring,
-                "use a positive integer")
+        require(
+            self.minibatch_size_scoring > 0,
+            "algorithm.minibatch_size_scoring",
+            self.minibatch_size_scoring,
+            "use a positive integer",
+        )
 
 
 def best_per_prompt(completions: list[Completion]) -> list[Completion]:
@@ -84,15 +93,32 @@ def run_best_of_n(context: RunContext) -> None:
     prompts = evaluation_prompts(run)
     policy, tokenizer = load_policy(run.model, context.device)
     scorer, heldout = build_scorers(run, context.device, cfg.minibatch_size_scoring)
-    samples = sample_completions(policy, tokenizer, prompts.prompts, cfg.n, run.eval.sampling, run.eval.batch_size,
-                                 context.device, run.precision, run.eval.cut, progress=f"best-of-{cfg.n} sampling",
-                                 processes=context.processes)
+    samples = sample_completions(
+        policy,
+        tokenizer,
+        prompts.prompts,
+        cfg.n,
+        run.eval.sampling,
+        run.eval.batch_size,
+        context.device,
+        run.precision,
+        run.eval.cut,
+        progress=f"best-of-{cfg.n} sampling",
+        processes=context.processes,
+    )
     score_completions(samples, run.eval.reward_input, scorer, heldout)
     samples = context.processes.gather(samples)
     chosen = best_per_prompt(samples)
     kl = {"kl_sequence_bound": [best_of_n_kl_bound(cfg.n)] * len(chosen)}
     metrics = evaluation_metrics(chosen, prompts.sources, kl, run.eval.meteor_pairs_per_source, run.eval.seed)
     within = within_prompt_meteor(samples, prompts.sources, run.eval.meteor_pairs_per_source, run.eval.seed)
-    context.tracker.log_metrics({**metrics, **shared_view(metrics), "kl_sequence_bound": kl["kl_sequence_bound"][0],
-                                 "diversity/meteor_similarity_within_prompt": within}, step=0)
+    context.tracker.log_metrics(
+        {
+            **metrics,
+            **shared_view(metrics),
+            "kl_sequence_bound": kl["kl_sequence_bound"][0],
+            "diversity/meteor_similarity_within_prompt": within,
+        },
+        step=0,
+    )
     log_evaluation_table(context.tracker, completion_table(0, chosen, prompts.sources, kl), step=0)

@@ -57,5 +57,6 @@ def evaluate(context: RunContext) -> None:
     scorer, heldout = build_scorers(config, context.device, config.eval.batch_size)
     context.tracker.set_tag(EVALUATED_POLICY_TAG, config.eval.policy or config.model.name_or_path)
     metrics = PolicyEvaluator(config, tokenizer, scorer, heldout, context.device, context.processes).evaluate(
-        policy, starting, context.tracker, 0)
+        policy, starting, context.tracker, 0
+    )
     context.tracker.log_metrics(shared_view(metrics), step=0)

@@ -34,14 +34,19 @@ METRIC_NAMES = (*PROBE_METRIC_NAMES, *RENAMES.values(), "time/step_s", *PROGRESS
 @dataclass
 class FeedMEConfig(PairTrainingConfig):
     name: str = field(default="feedme", metadata={"help": "the algorithm plugin (algorithm=feedme)"})
-    examples_per_step: int = field(default=32, metadata={
-        "help": "chosen responses per optimizer step, over all processes; seen = num_steps x examples_per_step"})
+    examples_per_step: int = field(
+        default=32,
+        metadata={
+            "help": "chosen responses per optimizer step, over all processes; seen = num_steps x examples_per_step"
+        },
+    )
     learning_rate: float = field(default=2e-5, metadata={"help": "peak learning rate"})
 
     def check(self) -> None:
         super().check()
-        require(self.examples_per_step > 0, "algorithm.examples_per_step", self.examples_per_step,
-                "use a positive integer")
+        require(
+            self.examples_per_step > 0, "algorithm.examples_per_step", self.examples_per_step, "use a positive integer"
+        )
 
 
 @register_algorithm("feedme", FeedMEConfig, METRIC_NAMES, checkpoints=True, transformers_trainer=True)
@@ -54,16 +59,30 @@ def train_feedme(context: RunContext) -> None:
     pairs = training_pairs(context).pairs
     dataset = Dataset.from_dict({"prompt": [p.prompt for p in pairs], "completion": [p.chosen for p in pairs]})
     per_device = per_process(context, cfg.examples_per_step, "algorithm.examples_per_step")
-    args = SFTConfig(**trainer_arguments(context, cfg.num_steps, cfg.learning_rate, lr_scheduler_type=cfg.lr_schedule,
-                                         per_device_train_batch_size=per_device,
-                                         gradient_accumulation_steps=1, completion_only_loss=True,
-                                         max_length=cfg.max_length))
+    args = SFTConfig(
+        **trainer_arguments(
+            context,
+            cfg.num_steps,
+            cfg.learning_rate,
+            lr_scheduler_type=cfg.lr_schedule,
+            per_device_train_batch_size=per_device,
+            gradient_accumulation_steps=1,
+            completion_only_loss=True,
+            max_length=cfg.max_length,
+        )
+    )
     probe = PolicyProbe(context, setup, cfg.probe_prompts)
     probe.frozen = None if cfg.lora.enabled else StartingPolicy.frozen_copy(setup.policy)
     callbacks = [TrackerBridge(context, probe, RENAMES, cfg.examples_per_step, len(probe.prompts))]
     if context.checkpoints is not None:
         callbacks.append(CheckpointMarker(context))
-    trainer = SFTTrainer(model=setup.policy, args=args, train_dataset=dataset, processing_class=setup.tokenizer,
-                         callbacks=callbacks, peft_config=cfg.lora.to_peft() if cfg.lora.enabled else None)
+    trainer = SFTTrainer(
+        model=setup.policy,
+        args=args,
+        train_dataset=dataset,
+        processing_class=setup.tokenizer,
+        callbacks=callbacks,
+        peft_config=cfg.lora.to_peft() if cfg.lora.enabled else None,
+    )
     probe.trainer = trainer
     train_and_finish(context, trainer, setup, cfg.num_steps - 1, probe.frozen)

@@ -23,8 +23,7 @@ class GRPOAlgorithmConfig(GroupPolicyConfig):
     name: str = field(default="grpo", metadata={"help": "the algorithm plugin (algorithm=grpo)"})
 
 
-@register_algorithm("grpo", GRPOAlgorithmConfig, GROUP_POLICY_METRIC_NAMES, checkpoints=True,
-                    transformers_trainer=True)
+@register_algorithm("grpo", GRPOAlgorithmConfig, GROUP_POLICY_METRIC_NAMES, checkpoints=True, transformers_trainer=True)
 def train_grpo(context: RunContext) -> None:
     from trl import GRPOConfig, GRPOTrainer
 

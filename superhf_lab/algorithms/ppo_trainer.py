@@ -50,15 +50,29 @@ from superhf_lab.training.sampling import completion_length
 
 METRIC_NAMES = (
     *(name for name in COMPLETION_METRIC_NAMES if name != "diversity/meteor_similarity_within_prompt"),
-    "kl_sequence_estimate", "kl_coef", "loss/total", "loss/policy", "loss/value", "lr",
-    "ppo/clipfrac", "ppo/entropy", "ppo/approx_kl", "time/scoring_s", "time/step_s", *PROGRESS_METRIC_NAMES,
+    "kl_sequence_estimate",
+    "kl_coef",
+    "loss/total",
+    "loss/policy",
+    "loss/value",
+    "lr",
+    "ppo/clipfrac",
+    "ppo/entropy",
+    "ppo/approx_kl",
+    "time/scoring_s",
+    "time/step_s",
+    *PROGRESS_METRIC_NAMES,
     *evaluation_metric_names(),
 )
 
 # TRL's per-update statistics under SuperHF's names.
 PPO_RENAMES = {
-    "objective/kl": "kl_sequence_estimate", "loss/policy_avg": "loss/policy", "loss/value_avg": "loss/value",
-    "lr": "lr", "policy/clipfrac_avg": "ppo/clipfrac", "objective/entropy": "ppo/entropy",
+    "objective/kl": "kl_sequence_estimate",
+    "loss/policy_avg": "loss/policy",
+    "loss/value_avg": "loss/value",
+    "lr": "lr",
+    "policy/clipfrac_avg": "ppo/clipfrac",
+    "objective/entropy": "ppo/entropy",
     "policy/approxkl_avg": "ppo/approx_kl",
 }
 
@@ -88,8 +102,9 @@ class TextRewardModel(nn.Module):
 
     base_model_prefix = "backbone"
 
-    def __init__(self, tokenizer, scorer: RewardScorer, heldout_scorer: RewardScorer | None, prompts: list[str],
-                 text: TextConfig):
+    def __init__(
+        self, tokenizer, scorer: RewardScorer, heldout_scorer: RewardScorer | None, prompts: list[str], text: TextConfig
+    ):
         super().__init__()
         self.tokenizer = tokenizer
         self.text = text
@@ -105,11 +120,18 @@ class TextRewardModel(nn.Module):
     def split_row(self, ids: list[int], mask: list[bool]) -> Completion:
         prompt_ids = [t for t, real in zip(ids[: self.context_length], mask[: self.context_length]) if real]
         response_ids = [t for t, real in zip(ids[self.context_length :], mask[self.context_length :]) if real]
-        prompt = (self.prompt_by_ids.get(tuple(prompt_ids))
-                  or self.tokenizer.decode(prompt_ids, skip_special_tokens=True))
+        prompt = self.prompt_by_ids.get(tuple(prompt_ids)) or self.tokenizer.decode(
+            prompt_ids, skip_special_tokens=True
+        )
         text, generated, finished = decode_completion(self.tokenizer, response_ids, self.text.cut)
-        return Completion(prompt, len(self.scored), text, completion_length(self.tokenizer, text), finished,
-                          generated_tokens=generated)
+        return Completion(
+            prompt,
+            len(self.scored),
+            text,
+            completion_length(self.tokenizer, text),
+            finished,
+            generated_tokens=generated,
+        )
 
     @torch.no_grad()
     def score_token_rows(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -181,8 +203,12 @@ def rollout_measure(context: RunContext, reward_model: TextRewardModel):
 
 def per_process_batch_size(cfg: PPOAlgorithmConfig, world_size: int) -> int:
     """Prompts per update on each process; every process's share must split into ``num_mini_batches``."""
-    require(cfg.batch_size % (world_size * cfg.num_mini_batches) == 0, "algorithm.batch_size", cfg.batch_size,
-            f"use a multiple of {world_size} processes x algorithm.num_mini_batches={cfg.num_mini_batches}")
+    require(
+        cfg.batch_size % (world_size * cfg.num_mini_batches) == 0,
+        "algorithm.batch_size",
+        cfg.batch_size,
+        f"use a multiple of {world_size} processes x algorithm.num_mini_batches={cfg.num_mini_batches}",
+    )
     return cfg.batch_size // world_size
 
 
@@ -198,40 +224,75 @@ def build_ppo_trainer(context: RunContext):
     setup = training_setup(context, cfg.max_new_tokens, cfg.rollout_minibatch_size, lora=None)
     prompts, policy, tokenizer = setup.prompts.prompts, setup.policy, setup.tokenizer
     value_model = AutoModelForSequenceClassification.from_pretrained(
-        run.model.name_or_path, revision=run.model.revision, num_labels=1,
+        run.model.name_or_path,
+        revision=run.model.revision,
+        num_labels=1,
         trust_remote_code=run.model.trust_remote_code,
     )
     value_model.config.pad_token_id = tokenizer.pad_token_id
     reward_model = TextRewardModel(tokenizer, setup.reward_scorer, setup.heldout_scorer, prompts, run.text)
     args = PPOConfig(
-        output_dir=str(Path(run.output_dir) / "ppo"), report_to="none", save_strategy="no", logging_steps=1,
-        seed=run.seed, bf16=run.precision == "bf16", fp16=run.precision == "fp16",
-        use_cpu=context.device.type == "cpu", gradient_checkpointing=False, disable_tqdm=False,
+        output_dir=str(Path(run.output_dir) / "ppo"),
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        seed=run.seed,
+        bf16=run.precision == "bf16",
+        fp16=run.precision == "fp16",
+        use_cpu=context.device.type == "cpu",
+        gradient_checkpointing=False,
+        disable_tqdm=False,
         # One optimizer step per minibatch: TRL's micro-batch loop then takes each whole minibatch at once,
         # and accelerate's accumulation (which TRL also uses to size its statistics) stays at 1. Several processes
         # share an update's prompts, so batch_size stays the global number of prompts per update.
-        per_device_train_batch_size=per_process, gradient_accumulation_steps=1,
+        per_device_train_batch_size=per_process,
+        gradient_accumulation_steps=1,
         num_mini_batches=cfg.num_mini_batches,
-        total_episodes=cfg.num_updates * cfg.batch_size, num_ppo_epochs=cfg.num_ppo_epochs,
-        learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_schedule, response_length=cfg.max_new_tokens,
-        temperature=cfg.temperature, stop_token="eos", missing_eos_penalty=cfg.missing_eos_penalty,
-        kl_coef=run.kl_coef, kl_estimator=cfg.kl_estimator, cliprange=cfg.cliprange,
-        cliprange_value=cfg.cliprange_value, vf_coef=cfg.vf_coef, gamma=cfg.gamma, lam=cfg.lam,
-        whiten_rewards=cfg.whiten_rewards, local_rollout_forward_batch_size=cfg.rollout_minibatch_size,
+        total_episodes=cfg.num_updates * cfg.batch_size,
+        num_ppo_epochs=cfg.num_ppo_epochs,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_schedule,
+        response_length=cfg.max_new_tokens,
+        temperature=cfg.temperature,
+        stop_token="eos",
+        missing_eos_penalty=cfg.missing_eos_penalty,
+        kl_coef=run.kl_coef,
+        kl_estimator=cfg.kl_estimator,
+        cliprange=cfg.cliprange,
+        cliprange_value=cfg.cliprange_value,
+        vf_coef=cfg.vf_coef,
+        gamma=cfg.gamma,
+        lam=cfg.lam,
+        whiten_rewards=cfg.whiten_rewards,
+        local_rollout_forward_batch_size=cfg.rollout_minibatch_size,
         num_sample_generations=0,
     )
     peft_config = cfg.lora.to_peft() if cfg.lora.enabled else None
     dataset = Dataset.from_dict({"input_ids": [tokenizer(prompt).input_ids for prompt in prompts]})
     # One completion per prompt; non-finite values are logged, as SuperHF logs them.
-    bridge = TrackerBridge(context, rollout_measure(context, reward_model), PPO_RENAMES, cfg.batch_size,
-                           cfg.batch_size, derive=ppo_derived_metrics, finite_only=False)
+    bridge = TrackerBridge(
+        context,
+        rollout_measure(context, reward_model),
+        PPO_RENAMES,
+        cfg.batch_size,
+        cfg.batch_size,
+        derive=ppo_derived_metrics,
+        finite_only=False,
+    )
     callbacks: list[TrainerCallback] = [bridge]
     if cfg.adaptive_kl.enabled:  # after the bridge, so each update logs the coefficient it was penalised with
         callbacks.append(AdaptiveKLController(cfg.adaptive_kl.target, cfg.adaptive_kl.horizon, cfg.batch_size))
     trainer = PPOTrainer(
-        args=args, processing_class=tokenizer, model=policy, ref_model=None, reward_model=reward_model,
-        train_dataset=dataset, value_model=value_model, eval_dataset=dataset.select(range(1)),
-        callbacks=callbacks, peft_config=peft_config,
+        args=args,
+        processing_class=tokenizer,
+        model=policy,
+        ref_model=None,
+        reward_model=reward_model,
+        train_dataset=dataset,
+        value_model=value_model,
+        eval_dataset=dataset.select(range(1)),
+        callbacks=callbacks,
+        peft_config=peft_config,
     )
     trainer.dataloader = ContextLengthTracker(trainer.dataloader, reward_model)
     return trainer, setup
@@ -243,7 +304,9 @@ def train_ppo(context: RunContext) -> None:
     trainer, setup = build_ppo_trainer(context)
     trainer.train()
     policy = trainer.accelerator.unwrap_model(trainer.model).policy
-    starting = (StartingPolicy(trainer.ref_model, adapters_disabled=False) if trainer.ref_model is not None
-                else StartingPolicy(policy, adapters_disabled=True))  # with LoRA TRL keeps no copy
+    starting = (
+        StartingPolicy(trainer.ref_model, adapters_disabled=False)
+        if trainer.ref_model is not None
+        else StartingPolicy(policy, adapters_disabled=True)
+    )  # with LoRA TRL keeps no copy
     finish_training(context, setup, policy, starting, last_step=context.algorithm.num_updates - 1)
-

@@ -42,16 +42,30 @@ _PLUGINS: dict[str, AlgorithmPlugin] = {}
 _discovered = False
 
 
-def register_algorithm(name: str, config_class: type, metric_names: tuple[str, ...], checkpoints: bool = False,
-                       describe: Callable[[RunConfig], str] | None = None,
-                       build: Callable[[RunContext], Any] | None = None, transformers_trainer: bool = False):
+def register_algorithm(
+    name: str,
+    config_class: type,
+    metric_names: tuple[str, ...],
+    checkpoints: bool = False,
+    describe: Callable[[RunConfig], str] | None = None,
+    build: Callable[[RunContext], Any] | None = None,
+    transformers_trainer: bool = False,
+):
     """Decorator for an algorithm's ``train(context)`` function."""
 
     def decorator(train: Callable[[RunContext], None]) -> Callable[[RunContext], None]:
         if name in _PLUGINS and _PLUGINS[name].train is not train:
             raise RuntimeError(f"two algorithm plugins are named {name!r}")
-        _PLUGINS[name] = AlgorithmPlugin(name, config_class, train, tuple(dict.fromkeys(metric_names)), checkpoints,
-                                         describe, build, transformers_trainer)
+        _PLUGINS[name] = AlgorithmPlugin(
+            name,
+            config_class,
+            train,
+            tuple(dict.fromkeys(metric_names)),
+            checkpoints,
+            describe,
+            build,
+            transformers_trainer,
+        )
         return train
 
     return decorator

@@ -59,9 +59,20 @@ log = logging.getLogger(__name__)
 
 LOSS_METRIC_NAMES = ("loss/total", "loss/ce", "loss/kl_penalty", "kl")
 METRIC_NAMES = (
-    *COMPLETION_METRIC_NAMES, "reward/kept_mean", "reward/kept_std", "heldout_reward/kept_mean",
-    *LOSS_METRIC_NAMES, "lr", "time/generation_s", "time/scoring_s", "time/finetuning_s", "time/step_s",
-    *PROGRESS_METRIC_NAMES, "train/nonfinite_losses_skipped", "memory/oom_halvings", *evaluation_metric_names(),
+    *COMPLETION_METRIC_NAMES,
+    "reward/kept_mean",
+    "reward/kept_std",
+    "heldout_reward/kept_mean",
+    *LOSS_METRIC_NAMES,
+    "lr",
+    "time/generation_s",
+    "time/scoring_s",
+    "time/finetuning_s",
+    "time/step_s",
+    *PROGRESS_METRIC_NAMES,
+    "train/nonfinite_losses_skipped",
+    "memory/oom_halvings",
+    *evaluation_metric_names(),
 )
 
 
@@ -74,8 +85,9 @@ def selection_score(completion: Completion, length_penalty: float, form: str) ->
     return completion.reward - length_penalty * (math.log(characters) if form == "log" else characters)
 
 
-def select_top_k(completions: list[Completion], top_k: int, length_penalty: float = 0.0,
-                 length_penalty_form: str = "linear") -> list[int]:
+def select_top_k(
+    completions: list[Completion], top_k: int, length_penalty: float = 0.0, length_penalty_form: str = "linear"
+) -> list[int]:
     """Indices of the ``top_k`` highest-scoring non-empty completions of each prompt."""
     by_prompt: dict[int, list[int]] = {}
     for index, completion in enumerate(completions):
@@ -83,14 +95,16 @@ def select_top_k(completions: list[Completion], top_k: int, length_penalty: floa
             by_prompt.setdefault(completion.prompt_index, []).append(index)
     kept = []
     for indices in by_prompt.values():
-        ranked = sorted(indices, key=lambda i: selection_score(completions[i], length_penalty, length_penalty_form),
-                        reverse=True)
+        ranked = sorted(
+            indices, key=lambda i: selection_score(completions[i], length_penalty, length_penalty_form), reverse=True
+        )
         kept.extend(ranked[:top_k])
     return sorted(kept)
 
 
-def minibatch_loss(terms: LossTerms, kl_coef: float, reduction: str, minibatch_size: int,
-                   minibatch_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+def minibatch_loss(
+    terms: LossTerms, kl_coef: float, reduction: str, minibatch_size: int, minibatch_tokens: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(CE term, KL term) of a minibatch's loss contributed by the completions in ``terms`` (all of the
     minibatch, or one micro-batch of it: contributions add up to the minibatch's loss).
 
@@ -123,9 +137,13 @@ class SuperHFTrainer:
         processes: Processes = ONE_PROCESS,
     ) -> None:
         self.processes = processes
-        require(self.processes.kind != "DEEPSPEED", "distributed.engine", self.processes.kind,
-                "SuperHF's trainer runs under DDP or FSDP2 (distributed=ddp or fsdp); DeepSpeed serves the "
-                "TRL-based algorithms")
+        require(
+            self.processes.kind != "DEEPSPEED",
+            "distributed.engine",
+            self.processes.kind,
+            "SuperHF's trainer runs under DDP or FSDP2 (distributed=ddp or fsdp); DeepSpeed serves the "
+            "TRL-based algorithms",
+        )
         self.config = config
         self.kl_coef = kl_coef
         self.text = text
@@ -136,11 +154,16 @@ class SuperHFTrainer:
         self.heldout_scorer = heldout_scorer
         self.device = device
         self.precision = precision
-        optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=config.learning_rate,
-                                      weight_decay=config.weight_decay)
+        optimizer = torch.optim.AdamW(
+            [p for p in policy.parameters() if p.requires_grad],
+            lr=config.learning_rate,
+            weight_decay=config.weight_decay,
+        )
         scheduler = get_scheduler(
             config.lr_schedule if config.lr_schedule != "constant" else "constant_with_warmup",
-            optimizer, num_warmup_steps=config.warmup_superbatches, num_training_steps=config.num_superbatches,
+            optimizer,
+            num_warmup_steps=config.warmup_superbatches,
+            num_training_steps=config.num_superbatches,
         )
         # ``trained`` is the policy as the engine wraps it (DDP) for fine-tuning; ``policy`` stays the model that
         # generates, measures KL and is saved (FSDP shards it in place: then both are one).
@@ -153,11 +176,13 @@ class SuperHFTrainer:
         self.agree_on_oom = alone if self.processes.sharded_weights else self.processes.any
         max_halvings = 0 if self.processes.sharded_weights else config.max_oom_halvings
         if max_halvings < config.max_oom_halvings:
-            log.info("FSDP: out of memory ends the run; algorithm.max_oom_halvings=%d is not used",
-                     config.max_oom_halvings)
+            log.info(
+                "FSDP: out of memory ends the run; algorithm.max_oom_halvings=%d is not used", config.max_oom_halvings
+            )
         self.batch_sizes = {
-            phase: HalvingBatchSize(f"algorithm.minibatch_size_{phase}", getattr(config, f"minibatch_size_{phase}"),
-                                    max_halvings)
+            phase: HalvingBatchSize(
+                f"algorithm.minibatch_size_{phase}", getattr(config, f"minibatch_size_{phase}"), max_halvings
+            )
             for phase in ("generating", "scoring", "finetuning")
         }
 
@@ -165,10 +190,22 @@ class SuperHFTrainer:
         """``superbatch_size`` sampled completions per prompt (this process's share of them), cut where the model
         starts a new turn; generation stops there too unless ``stop_at_cut`` is off (the benchmark's "before")."""
         cfg = self.config
-        return self.batch_sizes["generating"].run(lambda size: sample_completions(
-            self.policy, self.tokenizer, prompts, cfg.superbatch_size, cfg.sampling, size, self.device, self.precision,
-            self.text.cut, stop_at_cut=stop_at_cut, processes=self.processes,
-        ), self.agree_on_oom)
+        return self.batch_sizes["generating"].run(
+            lambda size: sample_completions(
+                self.policy,
+                self.tokenizer,
+                prompts,
+                cfg.superbatch_size,
+                cfg.sampling,
+                size,
+                self.device,
+                self.precision,
+                self.text.cut,
+                stop_at_cut=stop_at_cut,
+                processes=self.processes,
+            ),
+            self.agree_on_oom,
+        )
 
     def score(self, completions: list[Completion]) -> None:
         """Reward (and held-out reward) of each completion, each scorer through its own tokenizer."""
@@ -193,8 +230,9 @@ class SuperHFTrainer:
         size = self.config.minibatch_size_finetuning
         for start in range(0, len(kept), size):
             minibatch = kept[start : start + size]
-            losses = self.batch_sizes["finetuning"].run(lambda micro: self._accumulate_gradients(minibatch, micro),
-                                                        self.agree_on_oom)
+            losses = self.batch_sizes["finetuning"].run(
+                lambda micro: self._accumulate_gradients(minibatch, micro), self.agree_on_oom
+            )
             if self.processes.any(losses is None):
                 self.optimizer.zero_grad(set_to_none=True)
                 self._skip_nonfinite_loss()
@@ -232,8 +270,9 @@ class SuperHFTrainer:
             with self.processes.no_sync(self.trained):  # local until the processes agree (see finetune)
                 with autocast(self.device, self.precision):
                     logits = self.trained(**inputs).logits
-                terms = loss_terms(logits, reference_logits, inputs["input_ids"], completion_mask, cfg.kl_direction,
-                                   cfg.kl_mask).only(is_real)
+                terms = loss_terms(
+                    logits, reference_logits, inputs["input_ids"], completion_mask, cfg.kl_direction, cfg.kl_mask
+                ).only(is_real)
                 ce, kl_penalty = minibatch_loss(terms, self.kl_coef, cfg.loss_reduction, len(minibatch), sum(tokens))
                 loss = ce + kl_penalty
                 if not self._finite(loss):
@@ -270,8 +309,9 @@ class SuperHFTrainer:
         self.score(completions)
         completions = self.processes.gather(completions)  # every process selects from the whole superbatch
         scored = time.perf_counter()
-        kept_indices = select_top_k(completions, self.config.top_k, self.config.length_penalty,
-                                    self.config.length_penalty_form)
+        kept_indices = select_top_k(
+            completions, self.config.top_k, self.config.length_penalty, self.config.length_penalty_form
+        )
         learning_rate = self.scheduler.get_last_lr()[0]
         losses = self.finetune([completions[i] for i in kept_indices])
         self.scheduler.step()
@@ -289,8 +329,9 @@ class SuperHFTrainer:
         metrics["time/step_s"] = time.perf_counter() - started
         return metrics, completions, kept_indices
 
-    def run_superbatch(self, step: int, stream: PromptStream, context: RunContext,
-                       bookkeeping: Bookkeeping) -> tuple[dict[str, float], list[Completion], list[int]]:
+    def run_superbatch(
+        self, step: int, stream: PromptStream, context: RunContext, bookkeeping: Bookkeeping
+    ) -> tuple[dict[str, float], list[Completion], list[int]]:
         """Superbatch ``step`` as training runs it: :meth:`step` on the stream's next prompts, then, on the loop's
         path, its metrics and sample completions logged and its diversity metrics handed to ``bookkeeping`` (off
         the critical path). Returns what :meth:`step` does, the progress metrics added."""
@@ -302,12 +343,18 @@ class SuperHFTrainer:
         if self.processes.is_main:  # the others log nothing
             bookkeeping.submit(step, lambda completions=completions: diversity_metrics(completions))
         tracker.log_completions(
-            completion_rows(step, completions, kept_indices, context.config.mlflow.completions_logged_per_superbatch))
+            completion_rows(step, completions, kept_indices, context.config.mlflow.completions_logged_per_superbatch)
+        )
         bookkeeping.log_ready()
         return metrics, completions, kept_indices
 
-    def train(self, stream: PromptStream, context: RunContext, evaluator: PolicyEvaluator | None,
-              background_bookkeeping: bool = True) -> None:
+    def train(
+        self,
+        stream: PromptStream,
+        context: RunContext,
+        evaluator: PolicyEvaluator | None,
+        background_bookkeeping: bool = True,
+    ) -> None:
         """Run every superbatch and log its metrics and sample completions, evaluating on the way when asked. The
         diversity metrics are computed while the next superbatch runs (see :mod:`superhf_lab.metrics.bookkeeping`).
 
@@ -318,8 +365,14 @@ class SuperHFTrainer:
         """
         cfg, run, tracker = self.config, context.config, context.tracker
         first_step = self.resume(context, stream) if context.resume else 0
-        progress = tqdm(range(first_step, cfg.num_superbatches), desc="SuperHF superbatches", unit="superbatch",
-                        initial=first_step, total=cfg.num_superbatches, disable=not self.processes.is_main)
+        progress = tqdm(
+            range(first_step, cfg.num_superbatches),
+            desc="SuperHF superbatches",
+            unit="superbatch",
+            initial=first_step,
+            total=cfg.num_superbatches,
+            disable=not self.processes.is_main,
+        )
         with Bookkeeping(tracker, background_bookkeeping) as bookkeeping:
             for step in progress:
                 metrics, _, _ = self.run_superbatch(step, stream, context, bookkeeping)
@@ -342,8 +395,9 @@ class SuperHFTrainer:
         trainer_state = self.state_dict()  # on every process: sharded weights are gathered
         if self.processes.is_main:
             state = {"trainer": trainer_state, "stream_position": stream.position, "rng": rng}
-            context.checkpoints.save(state, {"step": step, "run_id": context.tracker.run_id,
-                                             "world_size": self.processes.world_size})
+            context.checkpoints.save(
+                state, {"step": step, "run_id": context.tracker.run_id, "world_size": self.processes.world_size}
+            )
             context.tracker.flush()
         self.processes.barrier()
 
@@ -355,9 +409,13 @@ class SuperHFTrainer:
             return 0
         state, meta = loaded
         saved_by = len(state["rng"])
-        require(saved_by == self.processes.world_size, "checkpoint.resume", context.config.checkpoint.resume,
-                f"the checkpoint in {context.checkpoints.folder} was saved by {saved_by} process(es): launch "
-                f"{saved_by} to continue it exactly, or start over with checkpoint.resume=never")
+        require(
+            saved_by == self.processes.world_size,
+            "checkpoint.resume",
+            context.config.checkpoint.resume,
+            f"the checkpoint in {context.checkpoints.folder} was saved by {saved_by} process(es): launch "
+            f"{saved_by} to continue it exactly, or start over with checkpoint.resume=never",
+        )
         self.load_state_dict(state["trainer"])
         stream.position = state["stream_position"]
         restore_rng(state["rng"][self.processes.rank])
@@ -369,13 +427,19 @@ class SuperHFTrainer:
         LoRA), optimizer, schedule, loss scaler, the skipped-loss count and the halved minibatch sizes. Every
         process calls this; weights and optimizer state are whole on the main one."""
         weights, optimizer = self.processes.state_dicts(self.policy, self.optimizer, self.config.lora.enabled)
-        return {"policy": weights, "optimizer": optimizer, "scheduler": self.scheduler.state_dict(),
-                "grad_scaler": self.grad_scaler.state_dict(), "nonfinite_losses": self.nonfinite_losses,
-                "batch_sizes": {phase: (b.size, b.halvings) for phase, b in self.batch_sizes.items()}}
+        return {
+            "policy": weights,
+            "optimizer": optimizer,
+            "scheduler": self.scheduler.state_dict(),
+            "grad_scaler": self.grad_scaler.state_dict(),
+            "nonfinite_losses": self.nonfinite_losses,
+            "batch_sizes": {phase: (b.size, b.halvings) for phase, b in self.batch_sizes.items()},
+        }
 
     def load_state_dict(self, state: dict) -> None:
-        self.processes.load_state_dicts(self.policy, self.optimizer, state["policy"], state["optimizer"],
-                                        self.config.lora.enabled)
+        self.processes.load_state_dicts(
+            self.policy, self.optimizer, state["policy"], state["optimizer"], self.config.lora.enabled
+        )
         self.scheduler.load_state_dict(state["scheduler"])
         self.grad_scaler.load_state_dict(state["grad_scaler"])
         self.nonfinite_losses = state["nonfinite_losses"]
@@ -387,8 +451,11 @@ def superbatch_metrics(completions: list[Completion], kept_indices: list[int]) -
     """Rewards and lengths of all completions plus the rewards of the kept ones (not the diversity metrics)."""
     rewards = np.array([c.reward for c in completions])
     kept_rewards = rewards[kept_indices] if kept_indices else np.array([math.nan])
-    metrics = {**reward_and_length_metrics(completions), "reward/kept_mean": kept_rewards.mean(),
-               "reward/kept_std": kept_rewards.std()}
+    metrics = {
+        **reward_and_length_metrics(completions),
+        "reward/kept_mean": kept_rewards.mean(),
+        "reward/kept_std": kept_rewards.std(),
+    }
     if "heldout_reward/mean" in metrics:
         heldout = np.array([c.heldout_reward for c in completions])
         metrics["heldout_reward/kept_mean"] = heldout[kept_indices].mean() if kept_indices else math.nan
@@ -399,9 +466,19 @@ def build_trainer(context: RunContext) -> tuple[SuperHFTrainer, PromptStream]:
     """The trainer on the shared setup (prompts, policy with its starting policy, scorers) and its prompt stream."""
     run, cfg = context.config, context.algorithm
     setup = training_setup(context, cfg.max_new_tokens, cfg.minibatch_size_scoring, cfg.lora, cfg.conversation_prompt)
-    trainer = SuperHFTrainer(cfg, run.kl_coef, run.text, setup.policy, setup.starting, setup.tokenizer,
-                             setup.reward_scorer, setup.heldout_scorer, context.device, run.precision,
-                             context.processes)
+    trainer = SuperHFTrainer(
+        cfg,
+        run.kl_coef,
+        run.text,
+        setup.policy,
+        setup.starting,
+        setup.tokenizer,
+        setup.reward_scorer,
+        setup.heldout_scorer,
+        context.device,
+        run.precision,
+        context.processes,
+    )
     return trainer, PromptStream(setup.prompts.prompts, seed=run.seed, shuffle=run.data.shuffle)
 
 
@@ -412,8 +489,9 @@ def train_superhf(context: RunContext) -> None:
     run = context.config
     evaluator = None
     if run.eval.at_end or run.eval.every_n_superbatches:
-        evaluator = PolicyEvaluator(run, trainer.tokenizer, trainer.reward_scorer, trainer.heldout_scorer,
-                                    context.device, context.processes)
+        evaluator = PolicyEvaluator(
+            run, trainer.tokenizer, trainer.reward_scorer, trainer.heldout_scorer, context.device, context.processes
+        )
     trainer.train(stream, context, evaluator)
     context.stop_if_requested("the last superbatch")  # a continued run with no superbatch left may still be asked
     weights = context.processes.full_state_dict(trainer.policy, trainer.config.lora.enabled)

@@ -42,11 +42,22 @@ def trainer_arguments(context: RunContext, max_steps: int, learning_rate: float,
     every = run.checkpoint.every_n_superbatches
     folder = context.checkpoints.folder / "trainer" if context.checkpoints else Path(run.output_dir) / "trainer"
     return dict(
-        output_dir=str(folder), report_to="none", logging_steps=1, disable_tqdm=False, seed=run.seed,
-        data_seed=run.seed, bf16=run.precision == "bf16", fp16=run.precision == "fp16",
-        use_cpu=context.device.type == "cpu", max_steps=max_steps, learning_rate=learning_rate,
-        save_strategy="steps" if context.checkpoints and every else "no", save_steps=every or max_steps,
-        save_total_limit=2, gradient_checkpointing=False, **specific,
+        output_dir=str(folder),
+        report_to="none",
+        logging_steps=1,
+        disable_tqdm=False,
+        seed=run.seed,
+        data_seed=run.seed,
+        bf16=run.precision == "bf16",
+        fp16=run.precision == "fp16",
+        use_cpu=context.device.type == "cpu",
+        max_steps=max_steps,
+        learning_rate=learning_rate,
+        save_strategy="steps" if context.checkpoints and every else "no",
+        save_steps=every or max_steps,
+        save_total_limit=2,
+        gradient_checkpointing=False,
+        **specific,
     )
 
 
@@ -72,8 +83,9 @@ class TextReward:
         self.prompt_index: dict[str, int] = {}
         self.scored: list[Completion] = []
 
-    def __call__(self, prompts: list[str], completions: list[str], completion_ids: list[list[int]],
-                 **_: Any) -> list[float]:
+    def __call__(
+        self, prompts: list[str], completions: list[str], completion_ids: list[list[int]], **_: Any
+    ) -> list[float]:
         batch = []
         for prompt, text, ids in zip(prompts, completions, completion_ids, strict=True):
             cut, _ = trim_completion(text, self.text.cut)
@@ -123,13 +135,29 @@ class PolicyProbe:
     def __call__(self) -> tuple[list[Completion], dict[str, float]]:
         run, device, setup = self.context.config, self.context.device, self.setup
         policy = self.trainer.accelerator.unwrap_model(self.trainer.model)
-        completions = sample_completions(policy, setup.tokenizer, self.prompts, 1, run.eval.sampling,
-                                         run.eval.batch_size, device, run.precision, run.text.cut,
-                                         processes=self.context.processes)
+        completions = sample_completions(
+            policy,
+            setup.tokenizer,
+            self.prompts,
+            1,
+            run.eval.sampling,
+            run.eval.batch_size,
+            device,
+            run.precision,
+            run.text.cut,
+            processes=self.context.processes,
+        )
         score_completions(completions, run.text.reward_input, setup.reward_scorer, setup.heldout_scorer)
-        kl, _ = completion_kl(setup.tokenizer, policy, starting_policy(self.trainer, policy, self.frozen),
-                              completions, run.eval.sampling.conversation_prompt, run.eval.batch_size, device,
-                              run.precision)
+        kl, _ = completion_kl(
+            setup.tokenizer,
+            policy,
+            starting_policy(self.trainer, policy, self.frozen),
+            completions,
+            run.eval.sampling.conversation_prompt,
+            run.eval.batch_size,
+            device,
+            run.precision,
+        )
         kl = self.context.processes.gather(kl)
         return self.context.processes.gather(completions), {"kl": sum(kl) / len(kl)}
 
@@ -141,8 +169,16 @@ class TrackerBridge(TrainerCallback):
     total loss and KL coefficient), and progress (a continued run's tracker sends only what MLflow lacks).
     Non-finite values are left out unless ``finite_only`` is off."""
 
-    def __init__(self, context: RunContext, measure, renames: dict[str, str], prompts_per_step: int,
-                 completions_per_step: int, derive=None, finite_only: bool = True) -> None:
+    def __init__(
+        self,
+        context: RunContext,
+        measure,
+        renames: dict[str, str],
+        prompts_per_step: int,
+        completions_per_step: int,
+        derive=None,
+        finite_only: bool = True,
+    ) -> None:
         self.context = context
         self.measure = measure  # () -> (the step's completions, metrics measured on them)
         self.renames = renames
@@ -203,8 +239,9 @@ class CheckpointMarker(TrainerCallback):
             self.context.tracker.flush()  # rows up to the mark: a continued run recomputes only later ones
 
 
-def train_and_finish(context: RunContext, trainer, setup: TrainingSetup, last_step: int,
-                     frozen: StartingPolicy | None) -> None:
+def train_and_finish(
+    context: RunContext, trainer, setup: TrainingSetup, last_step: int, frozen: StartingPolicy | None
+) -> None:
     """Train (continuing TRL's newest whole checkpoint when the run is continued), stop cleanly on SIGTERM, then
     evaluate the final policy against its starting policy and save it."""
     checkpoint = marked_checkpoint(context, trainer) if context.resume else None
@@ -258,7 +295,6 @@ def starting_policy(trainer, policy: PreTrainedModel, frozen: StartingPolicy | N
 # What a PolicyProbe's completions give: one per prompt, so no within-prompt METEOR; and the exact kl.
 PROBE_METRIC_NAMES = (
     *(name for name in COMPLETION_METRIC_NAMES if name != "diversity/meteor_similarity_within_prompt"),
-    "kl", *evaluation_metric_names(),
+    "kl",
+    *evaluation_metric_names(),
 )
-
-

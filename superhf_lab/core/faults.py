@@ -54,8 +54,10 @@ def parse(text: str) -> tuple[Fault, ...]:
         and_after = occurrence.endswith("+")
         occurrence = occurrence.rstrip("+") or "1"
         if point not in POINTS or action not in ACTIONS or not occurrence.isdigit() or int(occurrence) < 1:
-            raise ValueError(f"{ENVIRONMENT_VARIABLE}={text!r}: cannot read {entry!r}; use point@n:action or "
-                             f"point@n+:action with a point in {sorted(POINTS)} and an action in {ACTIONS}")
+            raise ValueError(
+                f"{ENVIRONMENT_VARIABLE}={text!r}: cannot read {entry!r}; use point@n:action or "
+                f"point@n+:action with a point in {sorted(POINTS)} and an action in {ACTIONS}"
+            )
         faults.append(Fault(point, int(occurrence), action, and_after))
     return tuple(faults)
 
@@ -89,5 +91,6 @@ def _act(fault: Fault) -> None:
     else:
         from mlflow.exceptions import RestException
 
-        raise RestException({"error_code": "INTERNAL_ERROR",
-                             "message": f"injected by {ENVIRONMENT_VARIABLE} at {fault.point}"})
+        raise RestException(
+            {"error_code": "INTERNAL_ERROR", "message": f"injected by {ENVIRONMENT_VARIABLE} at {fault.point}"}
+        )

@@ -77,13 +77,23 @@ def superbatch_phases(trainer, stream, context: RunContext, superbatches: int) -
                 completions_count += len(completions)
                 generated += sum(c.generated_tokens for c in completions)
                 kept_tokens += sum(c.num_tokens for c in completions)
-                finetuning_tokens += sum(sum(map(len, completion_token_ids(
-                    trainer.tokenizer, trainer.config.conversation_prompt, completions[i]))) for i in kept)
+                finetuning_tokens += sum(
+                    sum(
+                        map(
+                            len,
+                            completion_token_ids(trainer.tokenizer, trainer.config.conversation_prompt, completions[i]),
+                        )
+                    )
+                    for i in kept
+                )
         wall = totals["wall_s"]
         result[mode] = {
             "seconds_per_superbatch": round(wall / superbatches, 4),
-            **{f"share_{name.removesuffix('_s')}": round(seconds / wall, 4) for name, seconds in totals.items()
-               if name != "wall_s"},
+            **{
+                f"share_{name.removesuffix('_s')}": round(seconds / wall, 4)
+                for name, seconds in totals.items()
+                if name != "wall_s"
+            },
             "completions_per_s": round(completions_count / totals["generation_s"], 2),
             "generated_tokens_per_s": round(generated / totals["generation_s"], 1),
             "finetuning_tokens_per_s": round(finetuning_tokens / totals["finetuning_s"], 1),
@@ -105,24 +115,47 @@ def generation_saving(trainer, prompts: list[str], rounds: int = 2) -> dict:
             result[f"{name}_s"] = min(seconds, result.get(f"{name}_s", seconds))
             kept = sum(c.num_tokens for c in completions)
             result[f"{name}_generated_tokens_per_kept_token"] = round(
-                sum(c.generated_tokens for c in completions) / max(kept, 1), 4)
+                sum(c.generated_tokens for c in completions) / max(kept, 1), 4
+            )
     return result
 
 
-def seconds_per_1000(folder: str, label: str, algorithm: str, overrides: list[str],
-                     launcher: tuple[str, ...] = (sys.executable,), env: dict[str, str] | None = None) -> float:
+def seconds_per_1000(
+    folder: str,
+    label: str,
+    algorithm: str,
+    overrides: list[str],
+    launcher: tuple[str, ...] = (sys.executable,),
+    env: dict[str, str] | None = None,
+) -> float:
     """Seconds per 1,000 completions (pairs) of one run over the steps after its warm-up, from its logged history."""
     uri = f"sqlite:///{folder}/bench.db"
     finished = subprocess.run(
-        [*launcher, "-m", "superhf_lab", f"algorithm={algorithm}", *ALGORITHM_RUNS[algorithm], *overrides,
-         "eval.at_end=false", f"mlflow.tracking_uri={uri}", f"mlflow.run_name={label}",
-         "mlflow.experiment_name=bench", f"hydra.run.dir={folder}/{label}", f"checkpoint.dir={folder}/ckpt-{label}"],
-        capture_output=True, text=True, env=env, check=False)
+        [
+            *launcher,
+            "-m",
+            "superhf_lab",
+            f"algorithm={algorithm}",
+            *ALGORITHM_RUNS[algorithm],
+            *overrides,
+            "eval.at_end=false",
+            f"mlflow.tracking_uri={uri}",
+            f"mlflow.run_name={label}",
+            "mlflow.experiment_name=bench",
+            f"hydra.run.dir={folder}/{label}",
+            f"checkpoint.dir={folder}/ckpt-{label}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     if finished.returncode != 0:
         raise SystemExit(f"bench run {label} failed:\n{finished.stderr[-2000:]}")
     client = mlflow.MlflowClient(uri)
-    run = client.search_runs([client.get_experiment_by_name("bench").experiment_id],
-                             filter_string=f"attributes.run_name = '{label}'")[0]
+    run = client.search_runs(
+        [client.get_experiment_by_name("bench").experiment_id], filter_string=f"attributes.run_name = '{label}'"
+    )[0]
     steps = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "time/step_s")}
     progress = "progress/prompts_seen" if algorithm in ("dpo", "feedme") else "progress/completions_generated"
     done = {m.step: m.value for m in client.get_metric_history(run.info.run_id, progress)}
@@ -136,8 +169,10 @@ def algorithm_costs(names: list[str], overrides: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         seconds = {name: seconds_per_1000(folder, name, name, overrides) for name in names}
     base = seconds.get("superhf")
-    return {name: {"seconds_per_1000": round(value, 2), "vs_superhf": round(value / base, 3) if base else None}
-            for name, value in seconds.items()}
+    return {
+        name: {"seconds_per_1000": round(value, 2), "vs_superhf": round(value / base, 3) if base else None}
+        for name, value in seconds.items()
+    }
 
 
 def process_scaling(overrides: list[str]) -> dict:
@@ -148,23 +183,35 @@ def process_scaling(overrides: list[str]) -> dict:
     env = {**os.environ, "ACCELERATE_USE_CPU": "true"}
     with tempfile.TemporaryDirectory() as folder:
         one_s = seconds_per_1000(folder, "one_process", "superhf", [*overrides, "device=cpu"])
-        two_s = seconds_per_1000(folder, "two_processes", "superhf", [*overrides, "device=cpu", "distributed=ddp"],
-                                 two, env)
-        fsdp_s = seconds_per_1000(folder, "two_processes_fsdp", "superhf",
-                                  [*overrides, "device=cpu", "distributed=fsdp"], two, env)
-    return {"one_process_completions_per_s": round(1000 / one_s, 1),
-            "two_processes_completions_per_s": round(1000 / two_s, 1), "speedup": round(one_s / two_s, 3),
-            "two_processes_fsdp_completions_per_s": round(1000 / fsdp_s, 1),
-            "torch_threads_per_process": {"one": torch.get_num_threads(), "two": int(env.get("OMP_NUM_THREADS", 1))}}
+        two_s = seconds_per_1000(
+            folder, "two_processes", "superhf", [*overrides, "device=cpu", "distributed=ddp"], two, env
+        )
+        fsdp_s = seconds_per_1000(
+            folder, "two_processes_fsdp", "superhf", [*overrides, "device=cpu", "distributed=fsdp"], two, env
+        )
+    return {
+        "one_process_completions_per_s": round(1000 / one_s, 1),
+        "two_processes_completions_per_s": round(1000 / two_s, 1),
+        "speedup": round(one_s / two_s, 3),
+        "two_processes_fsdp_completions_per_s": round(1000 / fsdp_s, 1),
+        "torch_threads_per_process": {"one": torch.get_num_threads(), "two": int(env.get("OMP_NUM_THREADS", 1))},
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--superbatches", type=int, default=5, help="timed superbatches, after one warm-up")
-    parser.add_argument("--algorithms", default="superhf,ppo,grpo,rloo,dpo,feedme",
-                        help="algorithms to compare in seconds per 1,000 completions ('' skips the comparison)")
-    parser.add_argument("--processes", action=argparse.BooleanOptionalAction, default=True,
-                        help="also time SuperHF on 2 processes (torchrun, CPU) against 1")
+    parser.add_argument(
+        "--algorithms",
+        default="superhf,ppo,grpo,rloo,dpo,feedme",
+        help="algorithms to compare in seconds per 1,000 completions ('' skips the comparison)",
+    )
+    parser.add_argument(
+        "--processes",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time SuperHF on 2 processes (torchrun, CPU) against 1",
+    )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for run.py")
     args = parser.parse_args()
 
@@ -184,12 +231,24 @@ def main() -> None:
             texts = [c.text for c in trainer.generate(stream.take(config.algorithm.prompt_accumulation_steps))]
     meteor = benchmark_against_nltk(texts)
     names = [name for name in args.algorithms.split(",") if name]
-    print(json.dumps({
-        "benchmark": "superhf_lab", "superbatch": phases, "generation": generation,
-        "meteor": {"pairs": meteor["pairs"], "nltk_s": round(meteor["nltk_s"], 4),
-                   "fast_s": round(meteor["meteor_texts_s"], 4), "speedup": round(meteor["speedup"], 1),
-                   "identical": meteor["identical"]},
-        "algorithms": algorithm_costs(names, args.overrides) if names else {},
-        "processes": process_scaling(args.overrides) if args.processes else {},
-        "device": str(device), "torch_threads": torch.get_num_threads(), "machine": platform.machine(),
-    }))
+    print(
+        json.dumps(
+            {
+                "benchmark": "superhf_lab",
+                "superbatch": phases,
+                "generation": generation,
+                "meteor": {
+                    "pairs": meteor["pairs"],
+                    "nltk_s": round(meteor["nltk_s"], 4),
+                    "fast_s": round(meteor["meteor_texts_s"], 4),
+                    "speedup": round(meteor["speedup"], 1),
+                    "identical": meteor["identical"],
+                },
+                "algorithms": algorithm_costs(names, args.overrides) if names else {},
+                "processes": process_scaling(args.overrides) if args.processes else {},
+                "device": str(device),
+                "torch_threads": torch.get_num_threads(),
+                "machine": platform.machine(),
+            }
+        )
+    )

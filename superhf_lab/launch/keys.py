@@ -28,8 +28,9 @@ def keys_markdown() -> str:
     parts = [f"#### The run (`{_qualified(RunConfig)}`)\n\n{config_table(RunConfig)}"]
     for name in available_algorithms():
         config_class = get_algorithm(name).config_class
-        parts.append(f"#### `algorithm={name}` (`{_qualified(config_class)}`)\n\n"
-                     f"{config_table(config_class, 'algorithm.')}")
+        parts.append(
+            f"#### `algorithm={name}` (`{_qualified(config_class)}`)\n\n{config_table(config_class, 'algorithm.')}"
+        )
     return "\n".join(parts)
 
 

@@ -23,6 +23,8 @@ from optuna.trial import TrialState
 from superhf_lab.tracking.studies import optuna_storage
 
 log = logging.getLogger(__name__)
+
+
 def requeue_stale_trials(study_name: str | None, storage: Any) -> list[int]:
     """Fail and re-enqueue every RUNNING trial of the study; returns their numbers."""
     if not study_name or not storage:

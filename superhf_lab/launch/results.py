@@ -6,8 +6,9 @@
 A spec (``sweeps/results/tiny_world.yaml``) names each row's overrides and the seeds. Each (row, seed) is one
 ``run.py`` run in the results' own MLflow store (``results/<name>.db``). A finished run of the same
 configuration fingerprint and the same code version is reused, so an interrupted ``make results`` continues
-where it stopped, while a changed row or changed code runs again. The table (mean and 95% interval over seeds) goes to ``results/<name>.md`` and
-between the ``<!-- results: <name> -->`` markers of README.md; the KL-ablation figure goes next to it.
+where it stopped, while a changed row or changed code runs again. The table (mean and 95% interval over seeds)
+goes to ``results/<name>.md`` and between the ``<!-- results: <name> -->`` markers of README.md; the KL-ablation
+figure goes next to it.
 """
 
 from __future__ import annotations
@@ -61,8 +62,14 @@ def load_spec(path: Path) -> ResultsSpec:
 
 
 def row_overrides(spec: ResultsSpec, row: ResultRow, seed: int, store: str) -> list[str]:
-    return [*spec.common, *row.overrides, f"seed={seed}", f"mlflow.tracking_uri={store}",
-            f"mlflow.experiment_name={spec.experiment_name}", f"mlflow.run_name={json.dumps(row.label)}"]
+    return [
+        *spec.common,
+        *row.overrides,
+        f"seed={seed}",
+        f"mlflow.tracking_uri={store}",
+        f"mlflow.experiment_name={spec.experiment_name}",
+        f"mlflow.run_name={json.dumps(row.label)}",
+    ]
 
 
 def fingerprint(overrides: list[str]) -> str:
@@ -73,9 +80,14 @@ def fingerprint(overrides: list[str]) -> str:
 def finished_run(client: mlflow.MlflowClient, experiment_id: str | None, config_fingerprint: str):
     if experiment_id is None:
         return None
-    found = client.search_runs([experiment_id], max_results=1, filter_string=(
-        f"tags.`{CONFIG_TAG}` = '{config_fingerprint}' and tags.`{CODE_TAG}` = '{code_version()}' and "
-        "attributes.status = 'FINISHED'"))
+    found = client.search_runs(
+        [experiment_id],
+        max_results=1,
+        filter_string=(
+            f"tags.`{CONFIG_TAG}` = '{config_fingerprint}' and tags.`{CODE_TAG}` = '{code_version()}' and "
+            "attributes.status = 'FINISHED'"
+        ),
+    )
     return found[0] if found else None
 
 
@@ -93,11 +105,16 @@ def run_missing(spec: ResultsSpec, store: str, out: Path, console: Console) -> N
                 run_dir = out / f"{spec.name}_runs" / f"{index:02d}"
                 run_dir.mkdir(parents=True, exist_ok=True)
                 with (run_dir / "run.log").open("w") as log:
-                    finished = subprocess.run([sys.executable, "-m", "superhf_lab", *overrides,
-                                               f"hydra.run.dir={run_dir}"], stdout=log, stderr=subprocess.STDOUT)
+                    finished = subprocess.run(
+                        [sys.executable, "-m", "superhf_lab", *overrides, f"hydra.run.dir={run_dir}"],
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                    )
                 if finished.returncode != 0:
-                    raise SystemExit(f"results row {row.label!r} seed {seed} failed (exit {finished.returncode}); "
-                                     f"see {run_dir / 'run.log'}")
+                    raise SystemExit(
+                        f"results row {row.label!r} seed {seed} failed (exit {finished.returncode}); "
+                        f"see {run_dir / 'run.log'}"
+                    )
             progress.advance(task)
 
 
@@ -107,12 +124,18 @@ def collect(spec: ResultsSpec, store: str) -> list[SeedGroup]:
     experiment = client.get_experiment_by_name(spec.experiment_name)
     groups = []
     for row in spec.rows:
-        runs = [finished_run(client, experiment and experiment.experiment_id,
-                             fingerprint(row_overrides(spec, row, seed, store))) for seed in spec.seeds]
+        runs = [
+            finished_run(
+                client, experiment and experiment.experiment_id, fingerprint(row_overrides(spec, row, seed, store))
+            )
+            for seed in spec.seeds
+        ]
         missing = [seed for seed, run in zip(spec.seeds, runs) if run is None]
         if missing:
-            raise SystemExit(f"{store} has no finished run of row {row.label!r} with seeds {missing} at code version "
-                             f"{code_version()}; run `python -m superhf_lab.results` (without --table-only) first")
+            raise SystemExit(
+                f"{store} has no finished run of row {row.label!r} with seeds {missing} at code version "
+                f"{code_version()}; run `python -m superhf_lab.results` (without --table-only) first"
+            )
         groups.append(SeedGroup(summarise(client, runs)))
     return groups
 
@@ -133,8 +156,10 @@ def markdown_table(spec: ResultsSpec, groups: list[SeedGroup]) -> str:
     for row, group in zip(spec.rows, groups):
         lines.append(f"| {row.label} | {' | '.join(_cell(group, column) for column in COLUMNS)} |")
     seeds = ", ".join(map(str, spec.seeds))
-    footer = (f"Mean ± half-width of the 95% interval (Student's t) over seeds {seeds}; written by `make results` "
-              f"on {datetime.date.today().isoformat()}.")
+    footer = (
+        f"Mean ± half-width of the 95% interval (Student's t) over seeds {seeds}; written by `make results` "
+        f"on {datetime.date.today().isoformat()}."
+    )
     return "\n".join([*lines, "", " ".join(part for part in (spec.caption.strip(), footer) if part)]) + "\n"
 
 

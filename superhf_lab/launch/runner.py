@@ -32,8 +32,12 @@ log = logging.getLogger(__name__)
 def paths_in_tiny_world(config: RunConfig) -> list[str]:
     """The configured model and data paths that live in the tiny world's cache folder."""
     root = Path(config.tiny_world.dir).resolve()
-    candidates = [config.model.name_or_path, config.reward_model.name_or_path, *config.data.local_paths(),
-                  *config.preferences.local_paths()]
+    candidates = [
+        config.model.name_or_path,
+        config.reward_model.name_or_path,
+        *config.data.local_paths(),
+        *config.preferences.local_paths(),
+    ]
     if config.heldout_reward_model is not None:
         candidates.append(config.heldout_reward_model.name_or_path)
     return [path for path in candidates if path and Path(path).resolve().is_relative_to(root)]
@@ -47,10 +51,14 @@ def prepare(cfg: DictConfig) -> tuple[RunConfig, AlgorithmPlugin, Processes, tor
     processes = Processes.launched(config.distributed.engine, config.device)
     device = processes.device(resolve_device(config.device, config.precision))
     plugin = get_algorithm("evaluate" if config.mode == "eval" else config.algorithm.name)
-    require(not (processes.shards_on_cpu and plugin.transformers_trainer), "distributed.engine", "fsdp",
-            f"algorithm={plugin.name} trains through a transformers Trainer, which sets accelerate up again from the "
-            "launch and would run DDP on CPU processes, not FSDP; on CPU use distributed=ddp, on GPUs launch with "
-            "conf/accelerate/fsdp.yaml (README, More than one GPU)")
+    require(
+        not (processes.shards_on_cpu and plugin.transformers_trainer),
+        "distributed.engine",
+        "fsdp",
+        f"algorithm={plugin.name} trains through a transformers Trainer, which sets accelerate up again from the "
+        "launch and would run DDP on CPU processes, not FSDP; on CPU use distributed=ddp, on GPUs launch with "
+        "conf/accelerate/fsdp.yaml (README, More than one GPU)",
+    )
     config.objective.check_logged(plugin.metric_names, plugin.name, has_heldout=config.heldout_reward_model is not None)
     if processes.is_main:
         check_tracking_store(config.mlflow)
@@ -85,8 +93,12 @@ def run_experiment(cfg: DictConfig) -> float | tuple[float, ...] | None:
             train(plugin, RunContext(config, ReplicaTracker(), device, checkpoints, resume, processes=processes))
             processes.leave()
             return None
-        tags = {"algorithm": plugin.name, "output_dir": config.output_dir, CONFIG_TAG: run_fingerprint(cfg),
-                CODE_TAG: code_version()}
+        tags = {
+            "algorithm": plugin.name,
+            "output_dir": config.output_dir,
+            CONFIG_TAG: run_fingerprint(cfg),
+            CODE_TAG: code_version(),
+        }
         sweep_job = current_sweep_job()
         run_name = config.mlflow.run_name
         if sweep_job is None:
@@ -100,12 +112,17 @@ def run_experiment(cfg: DictConfig) -> float | tuple[float, ...] | None:
             if not resume:
                 store.start_run(tracker.run_id)
             tracker.log_params({"world_size": processes.world_size})
-            train(plugin, RunContext(config, tracker, device, checkpoints, resume, processes=processes),
-                  lambda: log_objective(tracker, config.objective.metrics, config.objective.value(tracker.history)))
+            train(
+                plugin,
+                RunContext(config, tracker, device, checkpoints, resume, processes=processes),
+                lambda: log_objective(tracker, config.objective.metrics, config.objective.value(tracker.history)),
+            )
         store.finish_run(tracker.run_id)
         objective = config.objective.value(tracker.history)
     print_run_summary(tracker.run_id, tracker.experiment_id, tracker.tracking_uri, config.output_dir, tracker.history)
-    log.info("objective %s (mean of the last %d steps) = %s", config.objective.metrics, config.objective.last_n, objective)
+    log.info(
+        "objective %s (mean of the last %d steps) = %s", config.objective.metrics, config.objective.last_n, objective
+    )
     processes.leave()
     return objective
 
@@ -135,8 +152,11 @@ def run_to_continue(store: CheckpointStore, config: RunConfig) -> str | None:
         store.set_aside(f"its MLflow run {record['run_id']} is not in this tracking store ({why_not}); starting over")
         return None
     latest = store.latest_meta()
-    log.info("continuing MLflow run %s %s", record["run_id"],
-             f"from its checkpoint after step {latest['step']}" if latest else "from its start (no checkpoint yet)")
+    log.info(
+        "continuing MLflow run %s %s",
+        record["run_id"],
+        f"from its checkpoint after step {latest['step']}" if latest else "from its start (no checkpoint yet)",
+    )
     return record["run_id"]
 
 

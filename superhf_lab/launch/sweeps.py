@@ -66,8 +66,11 @@ def current_sweep_job() -> SweepJob | None:
         return SweepJob(str(sweep_dir), hydra.job.num, tuple(hydra.overrides.task), swept, hydra.sweeper.study_name)
     multirun_file = sweep_dir / "multirun.yaml"  # the basic sweeper writes it before launching the jobs
     typed = OmegaConf.load(multirun_file).hydra.overrides.task if multirun_file.is_file() else []
-    swept = frozenset(override.key_or_group for override in OverridesParser.create().parse_overrides(list(typed))
-                      if override.is_sweep_override())
+    swept = frozenset(
+        override.key_or_group
+        for override in OverridesParser.create().parse_overrides(list(typed))
+        if override.is_sweep_override()
+    )
     return SweepJob(str(sweep_dir), hydra.job.num, tuple(hydra.overrides.task), swept & overrides.keys())
 
 
@@ -83,8 +86,10 @@ def read_parent(sweep_dir: str) -> dict[str, str]:
     """The parent run the launching process created for this sweep (see :class:`SweepCallback`)."""
     path = Path(sweep_dir) / PARENT_FILE
     if not path.is_file():
-        raise RuntimeError(f"{path} is missing: the sweep's parent MLflow run is made by the Hydra callback "
-                           "hydra.callbacks.sweep_parent (conf/config.yaml) before jobs start; keep it in the config")
+        raise RuntimeError(
+            f"{path} is missing: the sweep's parent MLflow run is made by the Hydra callback "
+            "hydra.callbacks.sweep_parent (conf/config.yaml) before jobs start; keep it in the config"
+        )
     return json.loads(path.read_text())
 
 
@@ -97,12 +102,28 @@ def headline_view(group: str) -> dict:
     The chart entries follow MLflow 3.17's line-chart card fields."""
 
     def line_chart(metric: str) -> dict:
-        return {"uuid": f"{HEADLINE_SECTION}-{metric}", "type": "LINE", "runsCountToCompare": 10,
-                "metricSectionId": HEADLINE_SECTION, "deleted": False, "isGenerated": False, "displayName": metric,
-                "metricKey": metric, "selectedMetricKeys": [metric], "lineSmoothness": 0, "xAxisScaleType": "linear",
-                "scaleType": "linear", "range": {}, "xAxisKey": "step", "selectedXAxisMetricKey": "",
-                "yAxisKey": "metric", "yAxisExpressions": [], "ignoreOutliers": False, "useGlobalXaxisKey": True,
-                "useGlobalLineSmoothing": True}
+        return {
+            "uuid": f"{HEADLINE_SECTION}-{metric}",
+            "type": "LINE",
+            "runsCountToCompare": 10,
+            "metricSectionId": HEADLINE_SECTION,
+            "deleted": False,
+            "isGenerated": False,
+            "displayName": metric,
+            "metricKey": metric,
+            "selectedMetricKeys": [metric],
+            "lineSmoothness": 0,
+            "xAxisScaleType": "linear",
+            "scaleType": "linear",
+            "range": {},
+            "xAxisKey": "step",
+            "selectedXAxisMetricKey": "",
+            "yAxisKey": "metric",
+            "yAxisExpressions": [],
+            "ignoreOutliers": False,
+            "useGlobalXaxisKey": True,
+            "useGlobalLineSmoothing": True,
+        }
 
     return {
         "searchFilter": f"tags.`{SWEEP_TAG}` = '{group}' and tags.`{ROLE_TAG}` = 'job'",
@@ -110,8 +131,16 @@ def headline_view(group: str) -> dict:
         "useGroupedValuesInCharts": False,
         "hideEmptyCharts": True,
         "isAccordionReordered": True,
-        "compareRunSections": [{"uuid": HEADLINE_SECTION, "name": "reward, held-out reward, KL and METEOR similarity",
-                                "display": True, "isReordered": False, "deleted": False, "isGenerated": False}],
+        "compareRunSections": [
+            {
+                "uuid": HEADLINE_SECTION,
+                "name": "reward, held-out reward, KL and METEOR similarity",
+                "display": True,
+                "isReordered": False,
+                "deleted": False,
+                "isGenerated": False,
+            }
+        ],
         "compareRunCharts": [line_chart(metric) for metric in HEADLINE_METRICS],
     }
 
@@ -129,8 +158,9 @@ class SweepCallback(Callback):
         from superhf_lab.tracking.store import check_tracking_store, find_or_create_run, share_view
 
         sweep_dir = str(Path(config.hydra.sweep.dir).resolve())
-        study_name = config.hydra.sweeper.get("study_name") if "optuna" in str(config.hydra.sweeper.get(
-            "_target_")) else None
+        study_name = (
+            config.hydra.sweeper.get("study_name") if "optuna" in str(config.hydra.sweeper.get("_target_")) else None
+        )
         mlflow_config = MlflowConfig(**OmegaConf.to_container(config.mlflow, resolve=True))
         tracking_uri = check_tracking_store(mlflow_config)
         group = sweep_group(sweep_dir, study_name)
@@ -140,8 +170,11 @@ class SweepCallback(Callback):
         view_key = f"sweep-{run_id}"
         experiment_id = share_view(mlflow_config.experiment_name, view_key, headline_view(group))
         Path(sweep_dir).mkdir(parents=True, exist_ok=True)
-        (Path(sweep_dir) / PARENT_FILE).write_text(json.dumps(
-            {"run_id": run_id, "experiment_id": experiment_id, "tracking_uri": tracking_uri, "view_key": view_key}))
+        (Path(sweep_dir) / PARENT_FILE).write_text(
+            json.dumps(
+                {"run_id": run_id, "experiment_id": experiment_id, "tracking_uri": tracking_uri, "view_key": view_key}
+            )
+        )
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from superhf_lab.tracking.store import set_terminated_or_warn

@@ -1,4 +1,4 @@
-"""Metrics of text that every algorithm logs under one definition (METEOR, distinct-n, intervals), and their background bookkeeping.
+"""Metrics of text under one definition for every algorithm (METEOR, distinct-n, intervals, names); bookkeeping.
 
 May import: core, runtime, config, tracking.
 """

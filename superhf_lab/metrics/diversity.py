@@ -21,7 +21,7 @@ def symmetric_meteor(texts: list[str], pairs: list[tuple[int, int]]) -> list[flo
     """For each pair (i, j): (METEOR(reference i, hypothesis j) + METEOR(reference j, hypothesis i)) / 2.
 
     Each METEOR equals nltk's ``meteor_score([reference.split()], hypothesis.split())`` exactly; it is computed by
-    :class:`superhf_lab.metrics.meteor.MeteorTexts`, which stems and looks up synonyms once per text instead of per pair.
+    :class:`superhf_lab.metrics.meteor.MeteorTexts`, which stems and looks up synonyms once per text, not per pair.
     """
     scorer = MeteorTexts(texts)
     return [(scorer.score(i, j) + scorer.score(j, i)) / 2 for i, j in pairs]

@@ -65,7 +65,7 @@ class RunSummary:
 
     def final(self, metric: str) -> float:
         values = self.curves.get(metric, [])
-        tail = values[-max(1, len(values) // 5):]
+        tail = values[-max(1, len(values) // 5) :]
         return sum(tail) / len(tail) if tail else float("nan")
 
     @property
@@ -125,8 +125,9 @@ def select_runs(
     if sweep is None:
         return [run for run in runs if run not in parents and run.info.status == "FINISHED"], None
     parent_id = parents[-1].info.run_id if sweep == "latest" and parents else sweep
-    children = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent_id
-                and run.info.status == "FINISHED"]
+    children = [
+        run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent_id and run.info.status == "FINISHED"
+    ]
     if not children:
         raise SystemExit(f"No finished runs belong to sweep {sweep!r} in experiment {experiment!r}")
     return children, parent_id
@@ -135,8 +136,11 @@ def select_runs(
 def summarise(client: mlflow.MlflowClient, runs: list) -> list[RunSummary]:
     return [
         RunSummary(
-            run_id=run.info.run_id, name=run.info.run_name, algorithm=run.data.tags.get("algorithm", "evaluation"),
-            kl_coef=float(run.data.params.get("kl_coef", "nan")), params=dict(run.data.params),
+            run_id=run.info.run_id,
+            name=run.info.run_name,
+            algorithm=run.data.tags.get("algorithm", "evaluation"),
+            kl_coef=float(run.data.params.get("kl_coef", "nan")),
+            params=dict(run.data.params),
             metrics=dict(run.data.metrics),
             samples=metric_history(run.info.run_id, "progress/completions_generated", client),
             curves={metric: metric_history(run.info.run_id, metric, client) for metric in CURVES},
@@ -163,7 +167,11 @@ def ablation_lines(groups: list[SeedGroup]) -> dict[str, list[SeedGroup]]:
         lines.setdefault(key, []).append(group)
     named: dict[str, list[SeedGroup]] = {}
     for members in (members for members in lines.values() if len({group.kl_coef for group in members}) > 1):
-        name = members[0].algorithm if members[0].algorithm not in named else f"{members[0].algorithm} ({members[0].label})"
+        name = (
+            members[0].algorithm
+            if members[0].algorithm not in named
+            else f"{members[0].algorithm} ({members[0].label})"
+        )
         named[name] = sorted(members, key=lambda group: group.kl_coef)
     return named
 
@@ -200,12 +208,20 @@ def plot_kl_ablation(groups: list[SeedGroup], path: Path) -> None:
                 values = [group.test(TEST_METRICS[name]) for group in members]
                 if all(math.isnan(mean) for mean, _ in values):
                     continue
-                axis.errorbar([group.kl_coef for group in members], [mean for mean, _ in values],
-                              yerr=[0 if math.isnan(width) else width for _, width in values], marker="o", capsize=3,
-                              label=f"{line}: {name}")
+                axis.errorbar(
+                    [group.kl_coef for group in members],
+                    [mean for mean, _ in values],
+                    yerr=[0 if math.isnan(width) else width for _, width in values],
+                    marker="o",
+                    capsize=3,
+                    label=f"{line}: {name}",
+                )
         seeds = sorted({len(group.runs) for group in groups})
-        axis.set(xlabel="kl_coef", ylabel=" / ".join(names) + " on test prompts",
-                 title=f"mean and 95% interval over {'/'.join(map(str, seeds))} seeds")
+        axis.set(
+            xlabel="kl_coef",
+            ylabel=" / ".join(names) + " on test prompts",
+            title=f"mean and 95% interval over {'/'.join(map(str, seeds))} seeds",
+        )
         if lines:
             axis.legend(fontsize=7)
     figure.tight_layout()
@@ -224,12 +240,21 @@ def plot_reward_vs_kl(groups: list[SeedGroup], path: Path) -> None:
         if math.isnan(reward) or (math.isnan(exact) and math.isnan(bound)):
             continue
         hollow = math.isnan(exact)
-        axis.errorbar(bound if hollow else exact, reward, xerr=None if hollow or math.isnan(exact_width) else exact_width,
-                      yerr=None if math.isnan(reward_width) else reward_width, marker="o", capsize=3,
-                      markerfacecolor="none" if hollow else None,
-                      label=f"{group.label} ({'KL upper bound' if hollow else 'exact KL'})")
-    axis.set(xlabel="KL(policy || starting policy) per sequence on test prompts\n(filled: exact; hollow: upper bound)",
-             ylabel="test proxy reward", title="reward against KL (mean and 95% interval over seeds)")
+        axis.errorbar(
+            bound if hollow else exact,
+            reward,
+            xerr=None if hollow or math.isnan(exact_width) else exact_width,
+            yerr=None if math.isnan(reward_width) else reward_width,
+            marker="o",
+            capsize=3,
+            markerfacecolor="none" if hollow else None,
+            label=f"{group.label} ({'KL upper bound' if hollow else 'exact KL'})",
+        )
+    axis.set(
+        xlabel="KL(policy || starting policy) per sequence on test prompts\n(filled: exact; hollow: upper bound)",
+        ylabel="test proxy reward",
+        title="reward against KL (mean and 95% interval over seeds)",
+    )
     axis.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
@@ -254,15 +279,22 @@ def _with_interval(mean: float, width: float, digits: int = 3) -> str:
 
 def table(summaries: list[RunSummary]) -> Table:
     groups = seed_groups(summaries)
-    result = Table(title="runs grouped by configuration: mean ± 95% interval over seeds (training: last fifth of steps;"
-                         " test: eval/all)")
+    result = Table(
+        title="runs grouped by configuration: mean ± 95% interval over seeds (training: last fifth of steps;"
+        " test: eval/all)"
+    )
     columns = ("run", "algorithm", "kl_coef", "seeds", "train reward final", *TEST_METRICS)
     for column in columns:
         result.add_column(column, justify="left" if column in ("run", "algorithm") else "right")
     for group in groups:
-        result.add_row(group.label, group.algorithm, f"{group.kl_coef:g}", str(len(group.runs)),
-                       _with_interval(*group.training("reward/mean")),
-                       *(_with_interval(*group.test(metric)) for metric in TEST_METRICS.values()))
+        result.add_row(
+            group.label,
+            group.algorithm,
+            f"{group.kl_coef:g}",
+            str(len(group.runs)),
+            _with_interval(*group.training("reward/mean")),
+            *(_with_interval(*group.test(metric)) for metric in TEST_METRICS.values()),
+        )
     return result
 
 
@@ -327,10 +359,17 @@ def study_table(study: optuna.Study) -> Table:
     for trial in study.trials:
         values = trial.values or [math.nan] * len(study.directions)
         marker = "*" if trial.number in front else ""
-        result.add_row(f"{trial.number}{marker}", trial.state.name,
-                       *(f"{trial.params[name]:.4g}" if isinstance(trial.params.get(name), float)
-                         else str(trial.params.get(name, "")) for name in params),
-                       *(f"{value:.4f}" for value in values))
+        result.add_row(
+            f"{trial.number}{marker}",
+            trial.state.name,
+            *(
+                f"{trial.params[name]:.4g}"
+                if isinstance(trial.params.get(name), float)
+                else str(trial.params.get(name, ""))
+                for name in params
+            ),
+            *(f"{value:.4f}" for value in values),
+        )
     return result
 
 
@@ -341,8 +380,11 @@ def main(argv: list[str] | None = None) -> list[Path]:
     parser.add_argument("--out", type=Path, help="folder for the PNGs (default reports/<experiment>)")
     parser.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
     parser.add_argument("--study", help="an Optuna study name: adds its history, importances and Pareto front")
-    parser.add_argument("--storage", default=configured_storage(),
-                        help="the study's storage URL (default: OPTUNA_STORAGE, else sqlite:///optuna.db)")
+    parser.add_argument(
+        "--storage",
+        default=configured_storage(),
+        help="the study's storage URL (default: OPTUNA_STORAGE, else sqlite:///optuna.db)",
+    )
     args = parser.parse_args(argv)
     if args.tracking_uri:
         mlflow.set_tracking_uri(args.tracking_uri)

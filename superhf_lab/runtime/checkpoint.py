@@ -53,8 +53,11 @@ class Preempted(BaseException):
 def capture_rng() -> dict[str, Any]:
     """Every generator's state in types ``torch.load(weights_only=True)`` reads (numpy's key as a tensor)."""
     name, key, position, has_gauss, cached = np.random.get_state()
-    state = {"python": random.getstate(), "numpy": (name, torch.from_numpy(key.astype(np.int64)), position, has_gauss,
-                                                     cached), "torch": torch.get_rng_state()}
+    state = {
+        "python": random.getstate(),
+        "numpy": (name, torch.from_numpy(key.astype(np.int64)), position, has_gauss, cached),
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -129,7 +132,8 @@ class CheckpointStore:
                     raise RunInProgress(
                         f"this configuration is already running (host {holder['host']}, pid {holder['pid']}; "
                         f"lease {path}). Wait for it to end, or stop it; if that process is gone on a host this "
-                        "one cannot see, delete the lease file")
+                        "one cannot see, delete the lease file"
+                    )
                 log.warning("taking over the stale lease %s (%s)", path, holder or "unreadable")
                 path.unlink(missing_ok=True)
                 continue
@@ -165,15 +169,21 @@ class CheckpointStore:
                 if (folder / STATE_FILE).is_file() or "sha256" in meta:
                     digest = _sha256(folder / STATE_FILE)
                     if digest != meta.get("sha256"):
-                        raise ValueError(f"its {STATE_FILE} has SHA-256 {digest[:12]}..., not the "
-                                         f"{str(meta.get('sha256'))[:12]}... it was saved with")
+                        raise ValueError(
+                            f"its {STATE_FILE} has SHA-256 {digest[:12]}..., not the "
+                            f"{str(meta.get('sha256'))[:12]}... it was saved with"
+                        )
                     with torch.serialization.safe_globals(_OLDER_RNG_TYPES):
                         state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
                 else:
                     state = {}
             except Exception as error:  # truncated, corrupted or unsafe: each surfaces as its own type
-                log.warning("checkpoint %s is damaged and skipped (%s: %s); trying the one before it", folder,
-                            type(error).__name__, str(error).splitlines()[0] if str(error) else "")
+                log.warning(
+                    "checkpoint %s is damaged and skipped (%s: %s); trying the one before it",
+                    folder,
+                    type(error).__name__,
+                    str(error).splitlines()[0] if str(error) else "",
+                )
                 continue
             return state, meta
         return None
@@ -210,8 +220,9 @@ class CheckpointStore:
         except OSError as error:
             shutil.rmtree(temporary, ignore_errors=True)
             previous = self.latest_meta()
-            kept = (f"the checkpoint after step {previous['step']} is kept" if previous
-                    else "no earlier checkpoint exists")
+            kept = (
+                f"the checkpoint after step {previous['step']} is kept" if previous else "no earlier checkpoint exists"
+            )
             raise CheckpointSaveError(
                 f"could not save the checkpoint after step {meta['step']} in {self.folder} "
                 f"({error.strerror or error}); {kept}. Free space (or point checkpoint.dir elsewhere) and re-run "

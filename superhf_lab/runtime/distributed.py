@@ -93,13 +93,19 @@ class Processes:
         if engine == "single":
             raise ConfigError(
                 f"distributed.engine=single is invalid: {world} processes were launched (WORLD_SIZE={world}); use "
-                "distributed=ddp, or launch one process")
+                "distributed=ddp, or launch one process"
+            )
         from accelerate import Accelerator, DistributedDataParallelKwargs
 
         # No buffer broadcast in DDP's forward: ranks may run different numbers of forward passes (uneven shares,
         # halved micro-batches), and a collective there would wait for a forward that never comes.
-        processes = cls(Accelerator(cpu=device_name == "cpu", step_scheduler_with_optimizer=False,
-                                    kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)]))
+        processes = cls(
+            Accelerator(
+                cpu=device_name == "cpu",
+                step_scheduler_with_optimizer=False,
+                kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
+            )
+        )
         if engine == "fsdp" and processes.kind == "MULTI_CPU":
             processes._shard_on_cpu()
         if engine == "auto":
@@ -110,7 +116,8 @@ class Processes:
             raise ConfigError(
                 f"distributed.engine={engine} is invalid for this launch: accelerate set up {kind}. Launch with the "
                 "accelerate config file of conf/accelerate/ that matches this engine (README, More than "
-                "one GPU), or choose the distributed option that matches your launch")
+                "one GPU), or choose the distributed option that matches your launch"
+            )
         return processes
 
     def _shard_on_cpu(self) -> None:
@@ -121,8 +128,9 @@ class Processes:
 
         state = self.accelerator.state
         # as conf/accelerate/fsdp.yaml: rank 0's weights are loaded into every rank's shards
-        state.fsdp_plugin = FullyShardedDataParallelPlugin(fsdp_version=2, auto_wrap_policy="transformer_based_wrap",
-                                                           cpu_ram_efficient_loading=True)
+        state.fsdp_plugin = FullyShardedDataParallelPlugin(
+            fsdp_version=2, auto_wrap_policy="transformer_based_wrap", cpu_ram_efficient_loading=True
+        )
         # accelerate's own FSDP set-up writes both states (every AcceleratorState() copies the partial one's)
         state.distributed_type = PartialState().distributed_type = DistributedType.FSDP
         self.shards_on_cpu = True
@@ -234,8 +242,9 @@ class Processes:
         with self.accelerator.main_process_first():
             yield
 
-    def prepare(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                scheduler: Any) -> tuple[torch.nn.Module, Any, Any]:
+    def prepare(
+        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
+    ) -> tuple[torch.nn.Module, Any, Any]:
         """Model, optimizer and scheduler through ``Accelerator.prepare``: DDP wraps the model; FSDP2 shards it in
         place, after every rank took the main rank's weights (as DDP does), and shards a LoRA model's base model,
         the one module every forward (generation included) enters through."""
@@ -243,8 +252,12 @@ class Processes:
             return model, optimizer, scheduler
         if not self.sharded_weights:
             return self.accelerator.prepare(model, optimizer, scheduler)
-        require(self.kind == "FSDP" and self.accelerator.is_fsdp2, "distributed.engine", self.kind,
-                "sharded weights need FSDP2 here: launch with conf/accelerate/fsdp.yaml (fsdp_version: 2)")
+        require(
+            self.kind == "FSDP" and self.accelerator.is_fsdp2,
+            "distributed.engine",
+            self.kind,
+            "sharded weights need FSDP2 here: launch with conf/accelerate/fsdp.yaml (fsdp_version: 2)",
+        )
         if not self.accelerator.state.fsdp_plugin.cpu_ram_efficient_loading:  # else accelerate loads rank 0's
             for tensor in [*model.parameters(), *model.buffers()]:
                 torch.distributed.broadcast(tensor.data, src=0)
@@ -259,8 +272,9 @@ class Processes:
             return contextlib.nullcontext()
         return self.accelerator.no_sync(model)
 
-    def state_dicts(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    trainable_only: bool) -> tuple[dict, dict]:
+    def state_dicts(
+        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, trainable_only: bool
+    ) -> tuple[dict, dict]:
         """Whole (unsharded) model and optimizer state on the main rank, keyed by parameter name; every rank calls
         this (it gathers sharded weights), the others get empty dicts. ``trainable_only`` keeps only trained
         weights (LoRA adapters)."""
@@ -268,8 +282,14 @@ class Processes:
 
         return get_state_dict(model, _plain(optimizer), options=_whole(trainable_only))
 
-    def load_state_dicts(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, weights: dict,
-                         optimizer_state: dict, trainable_only: bool) -> None:
+    def load_state_dicts(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        weights: dict,
+        optimizer_state: dict,
+        trainable_only: bool,
+    ) -> None:
         """Every rank loads what :meth:`state_dicts` returned on the main rank (sharding it again under FSDP).
         Optimizer state keyed by position (torch's own format, in checkpoints written before 3f24bcd) loads as
         torch loads it, where weights are whole."""
@@ -277,12 +297,17 @@ class Processes:
 
         options = StateDictOptions(full_state_dict=True, strict=not trainable_only)
         if not _keyed_by_position(optimizer_state):
-            set_state_dict(model, _plain(optimizer), model_state_dict=weights, optim_state_dict=optimizer_state,
-                           options=options)
+            set_state_dict(
+                model, _plain(optimizer), model_state_dict=weights, optim_state_dict=optimizer_state, options=options
+            )
             return
-        require(not self.sharded_weights, "distributed.engine", self.kind,
-                "this checkpoint predates sharded training (its optimizer state is keyed by position): continue it "
-                "on one process or under DDP, or start over with checkpoint.resume=never")
+        require(
+            not self.sharded_weights,
+            "distributed.engine",
+            self.kind,
+            "this checkpoint predates sharded training (its optimizer state is keyed by position): continue it "
+            "on one process or under DDP, or start over with checkpoint.resume=never",
+        )
         set_model_state_dict(model, weights, options=options)
         _plain(optimizer).load_state_dict(optimizer_state)
 

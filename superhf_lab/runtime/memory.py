@@ -51,5 +51,10 @@ class HalvingBatchSize:
             clear_device_cache(garbage_collection=True)
             self.size = max(1, self.size // 2)
             self.halvings += 1
-            log.warning("out of memory: %s halved to %d (halving %d of at most %d)", self.key, self.size,
-                        self.halvings, self.max_halvings)
+            log.warning(
+                "out of memory: %s halved to %d (halving %d of at most %d)",
+                self.key,
+                self.size,
+                self.halvings,
+                self.max_halvings,
+            )

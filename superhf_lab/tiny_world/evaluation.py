@@ -54,9 +54,7 @@ def sample_completions(
     for start in range(0, len(prompts), batch_size):
         batch = tokenizer(list(prompts[start : start + batch_size]), return_tensors="pt", padding=True)
         batch = batch.to(_device_of(model))
-        output = model.generate(
-            **batch, do_sample=True, temperature=1.0, top_p=0.9, max_new_tokens=max_new_tokens
-        )
+        output = model.generate(**batch, do_sample=True, temperature=1.0, top_p=0.9, max_new_tokens=max_new_tokens)
         new_tokens = output[:, batch["input_ids"].shape[1] :]
         completions.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
         stopped.extend((new_tokens == tokenizer.eos_token_id).any(dim=1).tolist())

@@ -140,7 +140,9 @@ def _helpful_answer(topic: HelpfulTopic, quality: Quality, rng: random.Random) -
         return [intro, *_with_connectors(_ordered_sample(topic.tips, 3, rng), rng), *closing]
     if quality == "okay":
         tip = rng.choice(topic.tips)
-        return rng.choice([[intro, tip], [intro, tip, rng.choice(bank.VAGUE_SENTENCES)], [tip, rng.choice(bank.VAGUE_SENTENCES)]])
+        return rng.choice(
+            [[intro, tip], [intro, tip, rng.choice(bank.VAGUE_SENTENCES)], [tip, rng.choice(bank.VAGUE_SENTENCES)]]
+        )
     if quality == "vague":
         return _vague_answer(rng)
     failure = rng.choice(("off_topic", "rambling", "rude", "over_refusal"))
@@ -321,9 +323,19 @@ def _joined_content(sentences: Sequence[str]) -> set[str]:
 def _template_words() -> set[str]:
     """Words of the topic-independent answer templates, which say nothing about what a text is on."""
     templates = (
-        *bank.HELPFUL_INTROS, *bank.HELPFUL_CLOSINGS, *bank.VAGUE_SENTENCES, *bank.RUDE_SENTENCES,
-        *bank.REFUSALS, *bank.REFUSAL_REASONS, *bank.ALTERNATIVE_LEADS, *bank.COMPLIANCE_LEADS,
-        *bank.OPEN_INTROS, *bank.OPEN_CONCLUSIONS, *bank.OPEN_ONE_SIDED_LEADS, *bank.RANTS, *bank.SIGN_OFFS,
+        *bank.HELPFUL_INTROS,
+        *bank.HELPFUL_CLOSINGS,
+        *bank.VAGUE_SENTENCES,
+        *bank.RUDE_SENTENCES,
+        *bank.REFUSALS,
+        *bank.REFUSAL_REASONS,
+        *bank.ALTERNATIVE_LEADS,
+        *bank.COMPLIANCE_LEADS,
+        *bank.OPEN_INTROS,
+        *bank.OPEN_CONCLUSIONS,
+        *bank.OPEN_ONE_SIDED_LEADS,
+        *bank.RANTS,
+        *bank.SIGN_OFFS,
         *(connector for connectors in bank.HELPFUL_CONNECTORS for connector in connectors),
     )
     return _joined_content([re.sub(r"\{\w+\}", " ", template) for template in templates])
@@ -372,7 +384,7 @@ def _inverse_topic_frequency() -> dict[str, float]:
 def _last_human_turn(prompt: str) -> str:
     """The final human message; any conversation preamble before it is ignored."""
     start = prompt.rfind("Human:")
-    text = prompt[start + len("Human:"):] if start >= 0 else prompt
+    text = prompt[start + len("Human:") :] if start >= 0 else prompt
     end = text.find("Assistant:")
     return text[:end] if end >= 0 else text
 

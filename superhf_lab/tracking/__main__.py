@@ -10,8 +10,10 @@ from superhf_lab.tracking.spool import sync_spool
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m superhf_lab.tracking",
-                                     description="Send what a run could not log to MLflow while its server was down.")
+    parser = argparse.ArgumentParser(
+        prog="python -m superhf_lab.tracking",
+        description="Send what a run could not log to MLflow while its server was down.",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     sync = commands.add_parser("sync", help="send a spool file's metrics, completions and run status to its run")
     sync.add_argument("spool_file", type=Path, help="mlflow-unsynced-<run id>.jsonl in the run's output folder")

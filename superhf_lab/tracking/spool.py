@@ -67,8 +67,10 @@ def read_spool(path: Path) -> tuple[dict, list[dict]]:
             records.append(json.loads(line))
         except ValueError:
             if number < len(lines) or text.endswith("\n"):
-                raise ValueError(f"{path}:{number}: not a JSON record; the spool is damaged beyond a torn last line "
-                                 "(edit that line out to sync the rest)") from None
+                raise ValueError(
+                    f"{path}:{number}: not a JSON record; the spool is damaged beyond a torn last line "
+                    "(edit that line out to sync the rest)"
+                ) from None
             log.warning("%s: dropping its torn last line (a process killed while appending it): %.80s", path, line)
     if not records or records[0].get("kind") != "run":
         raise ValueError(f"{path} is not a spool file written by superhf_lab.tracking (no run header)")
@@ -82,6 +84,8 @@ def sync_spool(path: Path, tracking_uri: str | None = None) -> int:
     sent, error = send_records(mlflow.MlflowClient(tracking_uri=uri), header["run_id"], records)
     write_spool(path, header["run_id"], header["tracking_uri"], records[sent:])
     if error is not None:
-        raise ConnectionError(f"MLflow at {uri} took {sent} of {len(records)} records ({str(error).splitlines()[0]}); "
-                              f"the rest stay in {path}")
+        raise ConnectionError(
+            f"MLflow at {uri} took {sent} of {len(records)} records ({str(error).splitlines()[0]}); "
+            f"the rest stay in {path}"
+        )
     return sent

@@ -81,8 +81,8 @@ def check_tracking_store(config: MlflowConfig) -> str:
     error = _health_error(uri)
     if error is not None:
         raise ConfigError(
-                f"mlflow.tracking_uri={uri!r} is unreachable ({type(error).__name__}). Start the server "
-                "(mlflow server --backend-store-uri sqlite:///mlflow.db --port 5000), or set "
+            f"mlflow.tracking_uri={uri!r} is unreachable ({type(error).__name__}). Start the server "
+            "(mlflow server --backend-store-uri sqlite:///mlflow.db --port 5000), or set "
             "mlflow.tracking_uri (or MLFLOW_TRACKING_URI) to a reachable server or a local sqlite:/// file"
         ) from None
     try:
@@ -160,8 +160,11 @@ def child_runs(parent_id: str) -> list:
     client = mlflow.MlflowClient()
     with bounded_http():
         experiment_id = client.get_run(parent_id).info.experiment_id
-        return client.search_runs([experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'",
-                                  order_by=["attributes.start_time ASC"])
+        return client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'",
+            order_by=["attributes.start_time ASC"],
+        )
 
 
 def metric_history(run_id: str, key: str, client: mlflow.MlflowClient | None = None) -> list[float]:

@@ -64,8 +64,14 @@ class Tracker:
     append rewrites the artifact), at checkpoints (:meth:`flush`) and when the run closes.
     """
 
-    def __init__(self, run_id: str | None = None, spool_dir: str | Path = ".", retry_every_s: float = 30.0,
-                 table_flush_every: int = 25, experiment_id: str | None = None) -> None:
+    def __init__(
+        self,
+        run_id: str | None = None,
+        spool_dir: str | Path = ".",
+        retry_every_s: float = 30.0,
+        table_flush_every: int = 25,
+        experiment_id: str | None = None,
+    ) -> None:
         self.experiment_id = experiment_id
         self._values: dict[str, dict[int, float]] = defaultdict(dict)  # each metric's value per step
         self.table_flush_every = table_flush_every
@@ -111,14 +117,24 @@ class Tracker:
         sent twice. Asks the server, so a dead one stops the run here, before training."""
         if self.spool_path.exists():
             _, self._unsynced = read_spool(self.spool_path)
-            log.info("continuing run %s with the %d records its spool %s holds", self.run_id, len(self._unsynced),
-                     self.spool_path)
+            log.info(
+                "continuing run %s with the %d records its spool %s holds",
+                self.run_id,
+                len(self._unsynced),
+                self.spool_path,
+            )
             self._retry_backlog(force=True)
         with bounded_http():
-            held = [metric for key in self.client.get_run(self.run_id).data.metrics
-                    for metric in self.client.get_metric_history(self.run_id, key)]
-        held += [Metric(record["key"], record["value"], record["timestamp"], record["step"])
-                 for record in self._unsynced if record["kind"] == "metric"]
+            held = [
+                metric
+                for key in self.client.get_run(self.run_id).data.metrics
+                for metric in self.client.get_metric_history(self.run_id, key)
+            ]
+        held += [
+            Metric(record["key"], record["value"], record["timestamp"], record["step"])
+            for record in self._unsynced
+            if record["kind"] == "metric"
+        ]
         for metric in held:
             self._values[metric.key][metric.step] = metric.value
             self._held.add((metric.key, metric.step))
@@ -128,8 +144,11 @@ class Tracker:
         for name, value in metrics.items():
             self._values[name][step] = float(value)
         timestamp = now_ms()
-        records = [{"kind": "metric", "key": name, "value": float(value), "step": step, "timestamp": timestamp}
-                   for name, value in metrics.items() if (name, step) not in self._held]
+        records = [
+            {"kind": "metric", "key": name, "value": float(value), "step": step, "timestamp": timestamp}
+            for name, value in metrics.items()
+            if (name, step) not in self._held
+        ]
         self._held.update((name, step) for name in metrics)
         if records:
             self._send(records)
@@ -139,9 +158,11 @@ class Tracker:
         items = [(key, str(value)) for key, value in params.items()]
         with bounded_http():
             for start in range(0, len(items), PARAMS_PER_BATCH):
-                self.client.log_batch(self.run_id, params=[Param(key, value) for key, value in
-                                                           items[start : start + PARAMS_PER_BATCH]],
-                                      synchronous=True)
+                self.client.log_batch(
+                    self.run_id,
+                    params=[Param(key, value) for key, value in items[start : start + PARAMS_PER_BATCH]],
+                    synchronous=True,
+                )
 
     def log_completions(self, rows: list[dict[str, Any]]) -> None:
         """Queue sample rows (prompt, completion, rewards...) for the run's completions table."""
@@ -184,9 +205,15 @@ class Tracker:
         if self._unsynced:
             log.error(
                 "MLflow at %s is unreachable; %d records of run %s that it has not got (metrics, tables, artifacts, "
-                "tags or the run's end status) are kept in %s. Sync them once the server is back: %s %s --tracking-uri %s",
-                mlflow.get_tracking_uri(), len(self._unsynced), self.run_id, self.spool_path,
-                SYNC_COMMAND, self.spool_path, mlflow.get_tracking_uri(),
+                "tags or the run's end status) are kept in %s. Sync them once the server is back: "
+                "%s %s --tracking-uri %s",
+                mlflow.get_tracking_uri(),
+                len(self._unsynced),
+                self.run_id,
+                self.spool_path,
+                SYNC_COMMAND,
+                self.spool_path,
+                mlflow.get_tracking_uri(),
             )
 
     def _send(self, records: list[dict]) -> None:
@@ -201,7 +228,11 @@ class Tracker:
         log.warning(
             "MLflow at %s stopped answering (%s). Training goes on; run %s's metrics and artifacts are kept in "
             "%s and sent again at most every %.0f s and at the end of the run",
-            mlflow.get_tracking_uri(), str(error).splitlines()[0], self.run_id, self.spool_path, self.retry_every_s,
+            mlflow.get_tracking_uri(),
+            str(error).splitlines()[0],
+            self.run_id,
+            self.spool_path,
+            self.retry_every_s,
         )
         self._next_retry = time.monotonic() + self.retry_every_s
         self._queue(records[sent:])
@@ -232,8 +263,12 @@ class Tracker:
         self._unsynced = self._unsynced[sent:]
         write_spool(self.spool_path, self.run_id, mlflow.get_tracking_uri(), self._unsynced)
         if error is None:
-            log.info("MLflow at %s answers again: synced %d buffered records of run %s",
-                     mlflow.get_tracking_uri(), sent, self.run_id)
+            log.info(
+                "MLflow at %s answers again: synced %d buffered records of run %s",
+                mlflow.get_tracking_uri(),
+                sent,
+                self.run_id,
+            )
 
 
 class ReplicaTracker(Tracker):
@@ -270,8 +305,14 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def tracked_run(resolved: DictConfig, tags: dict[str, str], run_name: str | None, spool_dir: str | Path = ".",
-                retry_every_s: float = 30.0, run_id: str | None = None) -> Iterator[Tracker]:
+def tracked_run(
+    resolved: DictConfig,
+    tags: dict[str, str],
+    run_name: str | None,
+    spool_dir: str | Path = ".",
+    retry_every_s: float = 30.0,
+    run_id: str | None = None,
+) -> Iterator[Tracker]:
     """An MLflow run holding the flattened config as params and the resolved YAML as an artifact.
 
     Opening the run needs the server (it was probed just before, so failing here fails before training);
@@ -298,4 +339,3 @@ def tracked_run(resolved: DictConfig, tags: dict[str, str], run_name: str | None
         raise
     finally:
         tracker.finish(status)  # what was sampled before a crash is kept too
-

@@ -1,4 +1,4 @@
-"""The shared training layer: the run context, prompts, models and policies, sampling, scoring, sequences and losses, evaluation.
+"""The shared training layer: run context, prompts, models, policies, sampling, scoring, sequences, losses, evaluation.
 
 May import: core, runtime, config, tracking, metrics, tiny_world.
 """

@@ -27,10 +27,17 @@ class Completion:
 
 # What completion_metrics logs (a METEOR similarity only where it has pairs to measure), for plugins' names.
 COMPLETION_METRIC_NAMES = (
-    "reward/mean", "reward/std", "heldout_reward/mean", "heldout_reward/std",
-    "diversity/meteor_similarity", "diversity/meteor_similarity_within_prompt",
-    "diversity/distinct_1", "diversity/distinct_2",
-    "completion/length_tokens_mean", "completion/empty_fraction", "completion/truncated_fraction",
+    "reward/mean",
+    "reward/std",
+    "heldout_reward/mean",
+    "heldout_reward/std",
+    "diversity/meteor_similarity",
+    "diversity/meteor_similarity_within_prompt",
+    "diversity/distinct_1",
+    "diversity/distinct_2",
+    "completion/length_tokens_mean",
+    "completion/empty_fraction",
+    "completion/truncated_fraction",
 )
 PROGRESS_METRIC_NAMES = ("progress/prompts_seen", "progress/completions_generated")
 
@@ -84,15 +91,24 @@ def diversity_metrics(completions: list[Completion]) -> dict[str, float]:
         "diversity/distinct_1": distinct_n(texts, 1),
         "diversity/distinct_2": distinct_n(texts, 2),
     }
-    return {name: value for name, value in metrics.items() if not name.startswith("diversity/meteor")
-            or not math.isnan(value)}
+    return {
+        name: value
+        for name, value in metrics.items()
+        if not name.startswith("diversity/meteor") or not math.isnan(value)
+    }
 
 
 def completion_rows(step: int, completions: list[Completion], kept_indices: list[int], limit: int) -> list[dict]:
     """Sample rows for the run's completions table: the first ``limit`` completions of the step."""
     kept = set(kept_indices)
     return [
-        {"step": step, "prompt": c.prompt, "completion": c.text, "reward": c.reward,
-         "heldout_reward": c.heldout_reward, "kept": i in kept}
+        {
+            "step": step,
+            "prompt": c.prompt,
+            "completion": c.text,
+            "reward": c.reward,
+            "heldout_reward": c.heldout_reward,
+            "kept": i in kept,
+        }
         for i, c in enumerate(completions[:limit])
     ]

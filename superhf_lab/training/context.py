@@ -77,23 +77,29 @@ def training_prompts(context: RunContext) -> PromptSet:
 
 
 def training_pairs(context: RunContext) -> PairSet:
-    """The training split of the ``preferences`` mix; each source's count is logged as ``preferences.count.<source>``."""
+    """The training split of the ``preferences`` mix; each source's count is logged as ``preferences.count.*``."""
     pairs = load_pairs(context.config.preferences, "train", context.config.seed)
     context.tracker.log_params({f"preferences.count.train.{name}": count for name, count in pairs.counts.items()})
     context.tracker.log_params({f"preferences.skipped.train.{name}": count for name, count in pairs.skipped.items()})
     return pairs
 
 
-def training_setup(context: RunContext, max_new_tokens: int, scoring_batch_size: int, lora: LoraSettings | None,
-                   conversation_prompt: str = "") -> TrainingSetup:
+def training_setup(
+    context: RunContext,
+    max_new_tokens: int,
+    scoring_batch_size: int,
+    lora: LoraSettings | None,
+    conversation_prompt: str = "",
+) -> TrainingSetup:
     """Prompts first (cheap to validate), then the policy (checked against its context length), with LoRA
     adapters and its starting policy, and the reward models. ``lora=None`` leaves the policy as loaded for
     trainers that apply adapters and keep a reference themselves (TRL's)."""
     run = context.config
     prompts = training_prompts(context)
     policy, tokenizer = load_policy(run.model, context.device)
-    check_context_fits(tokenizer, policy.config, prompts.prompts, max_new_tokens, run.data.max_prompt_chars,
-                       conversation_prompt)
+    check_context_fits(
+        tokenizer, policy.config, prompts.prompts, max_new_tokens, run.data.max_prompt_chars, conversation_prompt
+    )
     starting = None
     if lora is not None:
         policy, starting = with_starting_policy(policy, lora)
@@ -102,12 +108,19 @@ def training_setup(context: RunContext, max_new_tokens: int, scoring_batch_size:
 
 
 def evaluator_for(context: RunContext, setup: TrainingSetup) -> PolicyEvaluator:
-    return PolicyEvaluator(context.config, setup.tokenizer, setup.reward_scorer, setup.heldout_scorer, context.device,
-                           context.processes)
+    return PolicyEvaluator(
+        context.config, setup.tokenizer, setup.reward_scorer, setup.heldout_scorer, context.device, context.processes
+    )
 
 
-def finish_training(context: RunContext, setup: TrainingSetup, policy: PreTrainedModel, starting: StartingPolicy,
-                    last_step: int, evaluator: PolicyEvaluator | None = None) -> None:
+def finish_training(
+    context: RunContext,
+    setup: TrainingSetup,
+    policy: PreTrainedModel,
+    starting: StartingPolicy,
+    last_step: int,
+    evaluator: PolicyEvaluator | None = None,
+) -> None:
     """Evaluate the final policy on the test prompts (``eval.at_end``), then save it as the run's artifact."""
     if context.config.eval.at_end:
         evaluator = evaluator or evaluator_for(context, setup)
@@ -117,8 +130,9 @@ def finish_training(context: RunContext, setup: TrainingSetup, policy: PreTraine
         save_policy_artifact(context.tracker, policy, setup.tokenizer)
 
 
-def save_policy_artifact(tracker: Tracker, policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                         weights: dict | None = None) -> str:
+def save_policy_artifact(
+    tracker: Tracker, policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, weights: dict | None = None
+) -> str:
     """The trained policy (adapter weights only with LoRA) as the run's ``policy`` artifact; returns its URI.
     ``weights``: the policy's whole state dict when its own is sharded (FSDP)."""
     with tempfile.TemporaryDirectory() as folder:

@@ -101,10 +101,14 @@ def _instruction(prompt: Any) -> str:
 ROW_FORMATS: dict[str, tuple[str, Callable[[Any], str]]] = {
     "hh_rlhf": ("a 'chosen' conversation", lambda row: _first_turn(row["chosen"])),
     "hh_red_team": ("a 'transcript' conversation", lambda row: _first_turn(row["transcript"])),
-    "webgpt": ("a 'question' object with a 'full_text' string",
-               lambda row: f"{HUMAN} {_non_empty(row['question']['full_text'])}{ASSISTANT}"),
-    "self_instruct": ("a 'prompt' string with an instruction before 'Output:'",
-                      lambda row: f"{HUMAN} {_instruction(row['prompt'])}{ASSISTANT}"),
+    "webgpt": (
+        "a 'question' object with a 'full_text' string",
+        lambda row: f"{HUMAN} {_non_empty(row['question']['full_text'])}{ASSISTANT}",
+    ),
+    "self_instruct": (
+        "a 'prompt' string with an instruction before 'Output:'",
+        lambda row: f"{HUMAN} {_instruction(row['prompt'])}{ASSISTANT}",
+    ),
     "prompts": ("a non-empty 'prompt' string", lambda row: _non_empty(row["prompt"])),
 }
 
@@ -257,8 +261,9 @@ def _hub_rows(source: DataSourceConfig, split: str, key: str) -> Iterator[Row]:
     from datasets import load_dataset
 
     try:
-        rows = load_dataset(source.hub_name, data_dir=source.hub_data_dir, revision=source.hub_revision, split=split,
-                            streaming=True)
+        rows = load_dataset(
+            source.hub_name, data_dir=source.hub_data_dir, revision=source.hub_revision, split=split, streaming=True
+        )
     except (ConnectionError, FileNotFoundError, RuntimeError) as error:
         failure = _hub_failure(error, source, key)
         if failure is None:
@@ -280,26 +285,39 @@ def _hub_failure(error: Exception, source: DataSourceConfig, key: str) -> Config
 
     name, revision, cause = source.hub_name, source.hub_revision, f"({type(error).__name__}: {error})"
     local = f"set {key}.path to a local copy in the hub's row format"
-    other_revision = (f"set {key}.hub_revision to another revision (null: the main branch; {_PARQUET_BRANCH}: "
-                      "the Hub's parquet conversion)")
+    other_revision = (
+        f"set {key}.hub_revision to another revision (null: the main branch; {_PARQUET_BRANCH}: "
+        "the Hub's parquet conversion)"
+    )
     if isinstance(error, ConnectionError):
         return ConfigError(f"{key}.hub_name={name!r} is unreachable ({error}); connect to the internet, or {local}")
     if isinstance(error, RuntimeError):
         if "Dataset scripts are no longer supported" not in str(error):
             return None
-        parquet = "" if revision == _PARQUET_BRANCH else (
-            f"set {key}.hub_revision={_PARQUET_BRANCH} (the Hub's parquet conversion of it), or ")
-        return ConfigError(f"{key}.hub_revision={revision!r} is invalid: {name} at this revision is a loading "
-                           f"script, which datasets>=4 cannot run {cause}; {parquet}{local}")
+        parquet = (
+            ""
+            if revision == _PARQUET_BRANCH
+            else (f"set {key}.hub_revision={_PARQUET_BRANCH} (the Hub's parquet conversion of it), or ")
+        )
+        return ConfigError(
+            f"{key}.hub_revision={revision!r} is invalid: {name} at this revision is a loading "
+            f"script, which datasets>=4 cannot run {cause}; {parquet}{local}"
+        )
     if "is a gated dataset" in str(error):
-        return ConfigError(f"{key}.hub_name={name!r} is invalid: it is a gated dataset {cause}; accept its terms at "
-                           f"https://huggingface.co/datasets/{name} and log in (hf auth login), or {local}")
+        return ConfigError(
+            f"{key}.hub_name={name!r} is invalid: it is a gated dataset {cause}; accept its terms at "
+            f"https://huggingface.co/datasets/{name} and log in (hf auth login), or {local}"
+        )
     if isinstance(error, (EmptyDatasetError, DataFilesNotFoundError)):
-        return ConfigError(f"{key}.hub_data_dir={source.hub_data_dir!r} is invalid: {name} holds no data files there "
-                           f"{cause}; check the folder name, {other_revision}, or {local}")
+        return ConfigError(
+            f"{key}.hub_data_dir={source.hub_data_dir!r} is invalid: {name} holds no data files there "
+            f"{cause}; check the folder name, {other_revision}, or {local}"
+        )
     if str(error).startswith("Revision"):
-        return ConfigError(f"{key}.hub_revision={revision!r} is invalid: {name} has no such revision {cause}; "
-                           f"{other_revision}, or {local}")
+        return ConfigError(
+            f"{key}.hub_revision={revision!r} is invalid: {name} has no such revision {cause}; "
+            f"{other_revision}, or {local}"
+        )
     return ConfigError(f"{key}.hub_name={name!r} is invalid: no such dataset {cause}; check the name, or {local}")
 
 
@@ -321,8 +339,9 @@ class _SourceReader:
     """One source's items (prompts, or preference pairs) for one split, read lazily, with the tallies that
     explain a shortfall or a skipped row. ``section`` is the config section the source sits in, for messages."""
 
-    def __init__(self, name: str, source: DataSourceConfig, split: str, config: DataConfig, formats: dict,
-                 section: str) -> None:
+    def __init__(
+        self, name: str, source: DataSourceConfig, split: str, config: DataConfig, formats: dict, section: str
+    ) -> None:
         self.section = section
         self.key = f"{section}.sources.{name}"
         self.source = source
@@ -403,8 +422,7 @@ class _SourceReader:
                 f"or replace the source ({self.key}.path: a local copy in the row format), or raise "
                 f"{self.section}.max_malformed_fraction to skip them"
             )
-        log.warning("%s: skipped %s malformed (within %s); the first, %s", self.key, share, limit,
-                    self.first_malformed)
+        log.warning("%s: skipped %s malformed (within %s); the first, %s", self.key, share, limit, self.first_malformed)
 
     def take(self, wanted: Optional[int], wanted_key: str, wanted_value: Any) -> list:
         """``wanted`` items (all when None); too few raises a ConfigError naming the key to change."""
@@ -448,18 +466,20 @@ def _take_weighted(readers: dict[str, _SourceReader], config: DataConfig, sectio
     weights = {name: reader.source.weight for name, reader in readers.items()}
     if config.total_prompts is not None:
         counts = _apportion(config.total_prompts, weights)
-        return {name: reader.take(counts[name], f"{section}.total_prompts", config.total_prompts)
-                for name, reader in readers.items()}
+        return {
+            name: reader.take(counts[name], f"{section}.total_prompts", config.total_prompts)
+            for name, reader in readers.items()
+        }
     # No total: the largest mix with these proportions, which the scarcest source (for its weight) limits.
-    available = {name: reader.take(None, f"{reader.key}.weight", reader.source.weight)
-                 for name, reader in readers.items()}
+    available = {
+        name: reader.take(None, f"{reader.key}.weight", reader.source.weight) for name, reader in readers.items()
+    }
     weight_sum = sum(weights.values())
     total = math.floor(min(len(available[name]) * weight_sum / weight for name, weight in weights.items()))
     return {name: available[name][:count] for name, count in _apportion(total, weights).items()}
 
 
-def _load_mix(config: DataConfig, split: str, seed: int, formats: dict,
-              section: str) -> tuple[list, list, dict, dict]:
+def _load_mix(config: DataConfig, split: str, seed: int, formats: dict, section: str) -> tuple[list, list, dict, dict]:
     """Items, the source of each, the count per source and the malformed rows each skipped, of one split of a
     configured mix (see load_prompts)."""
     if split not in SPLITS:
@@ -470,8 +490,9 @@ def _load_mix(config: DataConfig, split: str, seed: int, formats: dict,
         taken = _take_weighted(readers, config, section)
     else:
         counts = {name: source.count if split == "train" else None for name, source in active.items()}
-        taken = {name: reader.take(counts[name], f"{reader.key}.count", counts[name])
-                 for name, reader in readers.items()}
+        taken = {
+            name: reader.take(counts[name], f"{reader.key}.count", counts[name]) for name, reader in readers.items()
+        }
     mixed = [(item, name) for name, items in taken.items() for item in items]
     if config.shuffle:
         random.Random(seed).shuffle(mixed)

@@ -44,8 +44,14 @@ from superhf_lab.training.sampling import sample_completions
 from superhf_lab.training.sequences import completion_batch, completion_ce_and_kl
 
 EVAL_METRIC_NAMES = (
-    "reward/mean", "heldout_reward/mean", "diversity/meteor_similarity", "diversity/meteor_similarity_ci95",
-    "kl", "kl_sequence", "completion/length_tokens_mean", "prompts",
+    "reward/mean",
+    "heldout_reward/mean",
+    "diversity/meteor_similarity",
+    "diversity/meteor_similarity_ci95",
+    "kl",
+    "kl_sequence",
+    "completion/length_tokens_mean",
+    "prompts",
 )
 BOUND_METRIC_NAMES = ("kl_sequence_bound",)  # in place of kl and kl_sequence, for policies known only by a bound
 # The overall evaluation numbers that algorithms without training steps (best-of-N, evaluate) also log under
@@ -56,7 +62,8 @@ SHARED_NAMES = ("reward/mean", "heldout_reward/mean", "diversity/meteor_similari
 def evaluation_metric_names(kl_names: tuple[str, ...] = ("kl", "kl_sequence")) -> tuple[str, ...]:
     """The overall ``eval/all/*`` names an evaluation logs (per-source names depend on the data mix)."""
     return tuple(eval_metric(name) for name in EVAL_METRIC_NAMES if name not in ("kl", "kl_sequence")) + tuple(
-        eval_metric(name) for name in kl_names)
+        eval_metric(name) for name in kl_names
+    )
 
 
 def shared_view(metrics: dict[str, float]) -> dict[str, float]:
@@ -94,8 +101,9 @@ def completion_kl(
     policy.eval()
     per_token, per_sequence = [], []
     for start in range(0, len(completions), batch_size):
-        inputs, completion_mask = completion_batch(tokenizer, conversation_prompt, completions[start : start + batch_size],
-                                                   device)
+        inputs, completion_mask = completion_batch(
+            tokenizer, conversation_prompt, completions[start : start + batch_size], device
+        )
         with autocast(device, precision):
             logits = policy(**inputs).logits
         reference = starting.logits(device, precision, **inputs)
@@ -145,22 +153,39 @@ def evaluation_metrics(
     return metrics
 
 
-def completion_table(step: int, completions: list[Completion], sources: list[str],
-                     kl: dict[str, list[float]]) -> pd.DataFrame:
+def completion_table(
+    step: int, completions: list[Completion], sources: list[str], kl: dict[str, list[float]]
+) -> pd.DataFrame:
     """One row per test prompt: its completion, rewards and per-completion KL values."""
-    return pd.DataFrame([
-        {"step": step, "source": source, "prompt": c.prompt, "completion": c.text, "reward": c.reward,
-         "heldout_reward": c.heldout_reward, **{name: values[i] for name, values in kl.items()},
-         "num_tokens": c.num_tokens}
-        for i, (c, source) in enumerate(zip(completions, sources, strict=True))
-    ])
+    return pd.DataFrame(
+        [
+            {
+                "step": step,
+                "source": source,
+                "prompt": c.prompt,
+                "completion": c.text,
+                "reward": c.reward,
+                "heldout_reward": c.heldout_reward,
+                **{name: values[i] for name, values in kl.items()},
+                "num_tokens": c.num_tokens,
+            }
+            for i, (c, source) in enumerate(zip(completions, sources, strict=True))
+        ]
+    )
 
 
 class PolicyEvaluator:
     """Samples, scores and measures a policy on the run's evaluation prompts; logs under ``eval/``."""
 
-    def __init__(self, config: RunConfig, tokenizer: PreTrainedTokenizerBase, reward_scorer: RewardScorer,
-                 heldout_scorer: RewardScorer | None, device: torch.device, processes: Processes = ONE_PROCESS) -> None:
+    def __init__(
+        self,
+        config: RunConfig,
+        tokenizer: PreTrainedTokenizerBase,
+        reward_scorer: RewardScorer,
+        heldout_scorer: RewardScorer | None,
+        device: torch.device,
+        processes: Processes = ONE_PROCESS,
+    ) -> None:
         self.config = config
         self.processes = processes
         self.tokenizer = tokenizer
@@ -169,8 +194,9 @@ class PolicyEvaluator:
         self.device = device
         self.prompts = evaluation_prompts(config)
 
-    def evaluate(self, policy: PreTrainedModel, starting: StartingPolicy | None, tracker: Tracker, step: int
-                 ) -> dict[str, float]:
+    def evaluate(
+        self, policy: PreTrainedModel, starting: StartingPolicy | None, tracker: Tracker, step: int
+    ) -> dict[str, float]:
         """One completion per prompt; ``starting`` None means the policy is the starting policy (KL 0).
 
         Sampling draws from its own generator, seeded by ``eval.seed`` and the step: every policy is judged with the
@@ -181,9 +207,19 @@ class PolicyEvaluator:
         run, settings, processes = self.config, self.config.eval.sampling, self.processes
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(int(np.random.SeedSequence([run.eval.seed, step, processes.rank]).generate_state(1)[0]))
-            completions = sample_completions(policy, self.tokenizer, self.prompts.prompts, 1, settings,
-                                             run.eval.batch_size, self.device, run.precision, run.eval.cut,
-                                             progress="evaluation", processes=processes)
+            completions = sample_completions(
+                policy,
+                self.tokenizer,
+                self.prompts.prompts,
+                1,
+                settings,
+                run.eval.batch_size,
+                self.device,
+                run.precision,
+                run.eval.cut,
+                progress="evaluation",
+                processes=processes,
+            )
         score_completions(completions, run.eval.reward_input, self.reward_scorer, self.heldout_scorer)
         reach("evaluation")
         completions = processes.gather(completions)
@@ -191,12 +227,20 @@ class PolicyEvaluator:
             kl = {"kl": [0.0] * len(completions), "kl_sequence": [0.0] * len(completions)}
         else:
             share, real = processes.even_share(completions)
-            kl_token, kl_sequence = completion_kl(self.tokenizer, policy, starting, share,
-                                                  settings.conversation_prompt, run.eval.batch_size, self.device,
-                                                  run.precision)
+            kl_token, kl_sequence = completion_kl(
+                self.tokenizer,
+                policy,
+                starting,
+                share,
+                settings.conversation_prompt,
+                run.eval.batch_size,
+                self.device,
+                run.precision,
+            )
             kl = {"kl": processes.gather(kl_token[:real]), "kl_sequence": processes.gather(kl_sequence[:real])}
-        metrics = evaluation_metrics(completions, self.prompts.sources, kl, run.eval.meteor_pairs_per_source,
-                                     run.eval.seed)
+        metrics = evaluation_metrics(
+            completions, self.prompts.sources, kl, run.eval.meteor_pairs_per_source, run.eval.seed
+        )
         tracker.log_metrics(metrics, step=step)
         log_evaluation_table(tracker, completion_table(step, completions, self.prompts.sources, kl), step)
         return metrics

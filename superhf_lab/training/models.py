@@ -73,7 +73,10 @@ def check_model_sources(config: RunConfig) -> None:
     the Hub. Only configs are read here, never weights.
     """
     check_model_source(config.model.name_or_path, config.model.revision, "model")
-    for key, reward_model in (("reward_model", config.reward_model), ("heldout_reward_model", config.heldout_reward_model)):
+    for key, reward_model in (
+        ("reward_model", config.reward_model),
+        ("heldout_reward_model", config.heldout_reward_model),
+    ):
         if reward_model is not None and reward_model.kind == "hf":
             check_model_source(reward_model.name_or_path, reward_model.revision, key)
             with _loading(reward_model.name_or_path, f"{key}.name_or_path"):
@@ -110,8 +113,10 @@ def check_model_source(name_or_path: str, revision: str | None, section: str) ->
     try:
         HfApi().model_info(name_or_path, revision=revision, timeout=10)
     except RevisionNotFoundError:
-        raise ConfigError(f"{section}.revision={revision!r} is invalid: {name_or_path} has no such branch, tag or "
-                          "commit on the Hugging Face Hub; use null for the default branch") from None
+        raise ConfigError(
+            f"{section}.revision={revision!r} is invalid: {name_or_path} has no such branch, tag or "
+            "commit on the Hugging Face Hub; use null for the default branch"
+        ) from None
     except RepositoryNotFoundError as error:  # gated and private repositories too
         raise ConfigError(
             f"{key}={name_or_path!r} is invalid: the Hugging Face Hub has no such model, or it is private or gated "
@@ -131,7 +136,8 @@ def _require_single_score(num_labels: int, name_or_path: str, key: str) -> None:
         raise ConfigError(
             f"{key}.name_or_path={name_or_path!r} is invalid: its head has {num_labels} outputs, a reward model "
             "needs a single score (num_labels=1). Use a reward model trained with one output (e.g. TRL's "
-            "RewardTrainer), or set the key to a hub reward model such as OpenAssistant/reward-model-deberta-v3-large-v2"
+            "RewardTrainer), or set the key to a hub reward model such as "
+            "OpenAssistant/reward-model-deberta-v3-large-v2"
         )
 
 
@@ -152,7 +158,9 @@ def load_policy(
     tokenizer.padding_side = "left"
     with _loading(config.name_or_path, key):
         model = AutoModelForCausalLM.from_pretrained(
-            config.name_or_path, revision=config.revision, trust_remote_code=config.trust_remote_code,
+            config.name_or_path,
+            revision=config.revision,
+            trust_remote_code=config.trust_remote_code,
             dtype=torch.float32,
         )
     if model.config.pad_token_id is None:
@@ -187,8 +195,12 @@ def context_length(model_config: PretrainedConfig, tokenizer: PreTrainedTokenize
 
 
 def check_context_fits(
-    tokenizer: PreTrainedTokenizerBase, model_config: PretrainedConfig, prompts: list[str], max_new_tokens: int,
-    max_prompt_chars: int, conversation_prompt: str = "",
+    tokenizer: PreTrainedTokenizerBase,
+    model_config: PretrainedConfig,
+    prompts: list[str],
+    max_new_tokens: int,
+    max_prompt_chars: int,
+    conversation_prompt: str = "",
 ) -> None:
     """Every training prompt (after ``conversation_prompt``) plus ``max_new_tokens`` must fit the policy's context.
 
@@ -210,8 +222,10 @@ def check_context_fits(
         fixes.append(f"lower algorithm.max_new_tokens to {context - longest} or less")
     chars = min(min(len(prompts[index]) for index in too_long), max_prompt_chars) - 1  # drops every misfit
     if any(len(prompt) <= chars for prompt in prompts):
-        fixes.append(f"lower data.max_prompt_chars (now {max_prompt_chars}) to {chars} to drop the "
-                     f"{len(too_long)} of {len(prompts)} training prompts that do not fit")
+        fixes.append(
+            f"lower data.max_prompt_chars (now {max_prompt_chars}) to {chars} to drop the "
+            f"{len(too_long)} of {len(prompts)} training prompts that do not fit"
+        )
     fixes = fixes or [f"lower both algorithm.max_new_tokens and data.max_prompt_chars (now {max_prompt_chars})"]
     name = getattr(model_config, "name_or_path", "") or "the policy"
     raise ConfigError(

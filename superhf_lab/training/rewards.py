@@ -35,15 +35,18 @@ class ModelRewardScorer:
     def score(self, prompts: list[str], completions: list[str], reward_input: str) -> list[float]:
         """Scores in minibatches of texts of similar token length (less padding); each text's score does not
         depend on its minibatch, so the order only saves time."""
-        texts = [reward_model_input(reward_input, prompt, completion)
-                 for prompt, completion in zip(prompts, completions, strict=True)]
+        texts = [
+            reward_model_input(reward_input, prompt, completion)
+            for prompt, completion in zip(prompts, completions, strict=True)
+        ]
         encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length)
         by_length = sorted(range(len(texts)), key=lambda index: len(encoded["input_ids"][index]))
         scores = [0.0] * len(texts)
         for start in range(0, len(texts), self.batch_size):
             chosen = by_length[start : start + self.batch_size]
-            batch = self.tokenizer.pad({name: [values[i] for i in chosen] for name, values in encoded.items()},
-                                       return_tensors="pt").to(self.device)
+            batch = self.tokenizer.pad(
+                {name: [values[i] for i in chosen] for name, values in encoded.items()}, return_tensors="pt"
+            ).to(self.device)
             with autocast(self.device, self.precision):
                 logits = self.model(**batch).logits
             for index, score in zip(chosen, logits[:, 0].float().tolist()):

@@ -81,21 +81,34 @@ def sample_completions(
     was_training = policy.training
     policy.eval()
     completions = []
-    for start in tqdm(range(0, len(jobs), batch_size), desc=progress, unit="minibatch",
-                      disable=progress is None or not processes.is_main, leave=False):
+    for start in tqdm(
+        range(0, len(jobs), batch_size),
+        desc=progress,
+        unit="minibatch",
+        disable=progress is None or not processes.is_main,
+        leave=False,
+    ):
         batch = jobs[start : start + batch_size]
         encoded = tokenizer(
             [with_conversation_prompt(settings.conversation_prompt, prompt) for _, prompt in batch],
-            return_tensors="pt", padding=True,
+            return_tensors="pt",
+            padding=True,
         ).to(device)
         prompt_length = encoded["input_ids"].shape[1]
         stopping = StoppingCriteriaList([StopAtNextTurn(tokenizer, prompt_length, cut)] if stop_at_cut else [])
         with autocast(device, precision):
             output = policy.generate(
-                **encoded, do_sample=True, temperature=settings.temperature, top_p=settings.top_p,
-                top_k=settings.generation_top_k, repetition_penalty=settings.repetition_penalty,
-                no_repeat_ngram_size=settings.no_repeat_ngram_size, max_new_tokens=settings.max_new_tokens,
-                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, stopping_criteria=stopping,
+                **encoded,
+                do_sample=True,
+                temperature=settings.temperature,
+                top_p=settings.top_p,
+                top_k=settings.generation_top_k,
+                repetition_penalty=settings.repetition_penalty,
+                no_repeat_ngram_size=settings.no_repeat_ngram_size,
+                max_new_tokens=settings.max_new_tokens,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                stopping_criteria=stopping,
             )
         new_tokens = output[:, prompt_length:].tolist()
         for (prompt_index, prompt), tokens in zip(batch, new_tokens):
@@ -104,13 +117,20 @@ def sample_completions(
     return completions[:real]
 
 
-def decoded_completion(tokenizer: PreTrainedTokenizerBase, prompt: str, prompt_index: int, tokens: list[int],
-                       cut: str) -> Completion:
+def decoded_completion(
+    tokenizer: PreTrainedTokenizerBase, prompt: str, prompt_index: int, tokens: list[int], cut: str
+) -> Completion:
     """A generated row as a :class:`Completion`: its text cut at EOS or the next turn, the text's own length in
     policy tokens, and how many tokens were generated for it (up to EOS or where generation stopped)."""
     text, generated, finished = decode_completion(tokenizer, tokens, cut)
-    return Completion(prompt, prompt_index, text, num_tokens=completion_length(tokenizer, text), finished=finished,
-                      generated_tokens=generated)
+    return Completion(
+        prompt,
+        prompt_index,
+        text,
+        num_tokens=completion_length(tokenizer, text),
+        finished=finished,
+        generated_tokens=generated,
+    )
 
 
 def completion_length(tokenizer: PreTrainedTokenizerBase, text: str) -> int:

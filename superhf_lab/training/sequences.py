@@ -62,7 +62,11 @@ def completion_batch(
     input_ids, attention_mask, completion_mask = (
         t.to(device) for t in pad_examples(list(prompt_ids), list(completion_ids), tokenizer.pad_token_id, "right")
     )
-    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids_for(attention_mask)}
+    inputs = {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "position_ids": position_ids_for(attention_mask),
+    }
     return inputs, completion_mask
 
 
@@ -83,9 +87,14 @@ class LossTerms:
         return LossTerms(self.ce_sum * weight, self.tokens, self.kl * weight, self.kl_loss * weight)
 
 
-def loss_terms(logits: torch.Tensor, reference_logits: torch.Tensor, input_ids: torch.Tensor,
-               completion_mask: torch.Tensor, kl_direction: str = "policy_to_reference",
-               kl_mask: str = "shifted") -> LossTerms:
+def loss_terms(
+    logits: torch.Tensor,
+    reference_logits: torch.Tensor,
+    input_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    kl_direction: str = "policy_to_reference",
+    kl_mask: str = "shifted",
+) -> LossTerms:
     """What both loss reductions are built from (see the module docstring).
 
     Logits at position t predict token t+1, so the shifted mask selects the logits that predict completion
