@@ -3,6 +3,9 @@
 Adding an algorithm is adding a module (or an entry point in the ``superhf_lab.algorithms`` group of an
 installed package); run.py and the configs never change: the config dataclass's defaults become the
 ``algorithm=<name>`` config group option (:func:`store_algorithm_configs`).
+
+:func:`_discover` imports this folder's modules through ``importlib``: the lab's one import that runs from the
+registry to the algorithms that import it, named here and in ``tools/check_layers.py`` as the single exception.
 """
 
 from __future__ import annotations
