@@ -13,7 +13,7 @@ import torch
 from torch.distributed.tensor import DTensor
 from transformers import set_seed
 
-from superhf_lab.algorithms import superhf
+from superhf_lab.algorithms.superhf_trainer import SuperHFTrainer, build_trainer
 from superhf_lab.launch.compose import compose_run_config, validate_config
 from superhf_lab.runtime.distributed import Processes, exit_launched_process
 from superhf_lab.tracking.tracker import ReplicaTracker
@@ -32,7 +32,7 @@ TEXTS = [
 ]
 
 
-def inject(trainer: superhf.SuperHFTrainer, scenario: str, rank: int) -> None:
+def inject(trainer: SuperHFTrainer, scenario: str, rank: int) -> None:
     """Make rank 1's first minibatch run out of memory, or its loss NaN, once."""
     if rank != 1 or scenario == "clean":
         return
@@ -59,7 +59,7 @@ def whole(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
 
 
-def record_steps(trainer: superhf.SuperHFTrainer, trained: list) -> list[dict[str, torch.Tensor]]:
+def record_steps(trainer: SuperHFTrainer, trained: list) -> list[dict[str, torch.Tensor]]:
     """The gradients every optimizer step is given (summed over the ranks, clipped), whole, one dict per step."""
     steps, step = [], trainer.grad_scaler.step
 
@@ -86,7 +86,7 @@ def main(tiny_world: str, out: str, scenario: str = "clean", *extra_overrides: s
     processes = Processes.launched(config.distributed.engine, config.device)
     set_seed(processes.rank)  # as run.py (seed + rank): each engine must give every rank the main rank's weights
     context = RunContext(config, ReplicaTracker(), processes.device(torch.device("cpu")), processes=processes)
-    trainer, stream = superhf.build_trainer(context)
+    trainer, stream = build_trainer(context)
     prompts = stream.take(2)
     kept = [Completion(prompts[i % 2], i % 2, text, num_tokens=0, finished=True) for i, text in enumerate(TEXTS)]
     inject(trainer, scenario, processes.rank)
