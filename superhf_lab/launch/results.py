@@ -30,6 +30,7 @@ from rich.progress import Progress
 from superhf_lab.config.fingerprint import run_fingerprint
 from superhf_lab.config.resources import resource_dir
 from superhf_lab.launch.compose import compose_run_config
+from superhf_lab.reporting.readme import write_block
 from superhf_lab.reporting.report import TEST_METRICS, SeedGroup, plot_kl_ablation, summarise
 from superhf_lab.tracking.provenance import CODE_TAG, CONFIG_TAG, code_version
 
@@ -165,12 +166,7 @@ def markdown_table(spec: ResultsSpec, groups: list[SeedGroup]) -> str:
 
 def update_readme(readme: Path, name: str, block: str) -> None:
     """Replace what stands between the README's ``<!-- results: name -->`` markers with ``block``."""
-    begin, end = f"<!-- results: {name} -->", f"<!-- /results: {name} -->"
-    text = readme.read_text()
-    if begin not in text or end not in text:
-        raise SystemExit(f"{readme} has no '{begin}' ... '{end}' markers to put the table between")
-    head, rest = text.split(begin, 1)
-    readme.write_text(f"{head}{begin}\n{block}{end}{rest.split(end, 1)[1]}")
+    write_block(readme, f"<!-- results: {name} -->", f"<!-- /results: {name} -->", block)
 
 
 def main(argv: list[str] | None = None) -> str:
