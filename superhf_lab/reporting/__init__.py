@@ -1,4 +1,4 @@
-"""Reading finished runs back: the end-of-run and sweep summaries, the report's tables and plots, the README's generated blocks.
+"""Reading finished runs back: the end-of-run and sweep summaries, the report's tables and plots, README blocks.
 
 May import: core, runtime, config, tracking, metrics.
 """
