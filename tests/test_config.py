@@ -50,6 +50,7 @@ def test_paper_ppo_experiment_carries_table_3():
     )
     assert (algo.gamma, algo.lam, config.kl_coef) == (1.0, 0.95, 0.2)
     assert (algo.adaptive_kl.enabled, algo.adaptive_kl.target, algo.adaptive_kl.horizon) == (True, 6.0, 10000.0)
+    assert (algo.top_p, algo.max_grad_norm, algo.kl_estimator, algo.value_model) == (1.0, None, "k1", "shared_backbone")
 
 
 def test_paper_table2_carries_the_reports_hyperparameters():

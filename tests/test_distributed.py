@@ -25,6 +25,7 @@ from superhf_lab.runtime.checkpoint import CheckpointStore
 from superhf_lab.runtime.distributed import Processes, launch_time
 
 WORKER = ROOT / "tests" / "distributed_worker.py"
+PPO_WORKER = ROOT / "tests" / "ppo_worker.py"
 LR = 1e-3  # the tiny preset's learning rate: Adam's first step moves every weight with a gradient by about this
 KL_COEF = 0.1  # the worker's
 
@@ -59,6 +60,14 @@ def _update(tiny_world, tmp_path: Path, processes: int, scenario: str = "clean",
     out = tmp_path / f"update-{processes}-{scenario}-{'-'.join(overrides)}.pt"
     args = [str(tiny_world.root), str(out), scenario, *overrides]
     _run([sys.executable, str(WORKER), *args] if processes == 1 else _torchrun(WORKER, args, processes), tmp_path)
+    return torch.load(out)
+
+
+def _ppo_update(tiny_world, tmp_path: Path, processes: int, scenario: str = "clean", *overrides: str) -> dict:
+    out = tmp_path / f"ppo-{processes}-{scenario}-{'-'.join(overrides)}.pt"
+    args = [str(tiny_world.root), str(out), scenario, *overrides]
+    command = [sys.executable, str(PPO_WORKER), *args] if processes == 1 else _torchrun(PPO_WORKER, args, processes)
+    _run(command, tmp_path)
     return torch.load(out)
 
 
@@ -181,6 +190,33 @@ def test_one_update_on_two_processes_equals_the_update_on_one(tiny_world, tmp_pa
     for name, weight in one["weights"].items():
         assert (weight - start[name]).abs().max() > LR / 2, f"{name} moved"
     assert_same_update(two, one, gradient_length)
+
+
+@pytest.mark.slow
+def test_one_ppo_update_on_two_processes_equals_the_update_on_one(tiny_world, tmp_path):
+    """Ten completions, minibatches of 5 split 3 + 2 over the ranks, two epochs: each rank computes its share of the
+    rollout's statistics and of every minibatch's gradients; the update is the one-process update."""
+    one, two = _ppo_update(tiny_world, tmp_path, 1), _ppo_update(tiny_world, tmp_path, 2, "clean", "distributed=ddp")
+    assert two["world_size"] == 2 and len(one["steps"]) == 4
+    loss_length, gradient_length = _reduction_lengths(tiny_world, minibatch=5)
+    assert_same_update(two, one, gradient_length)
+    for name in ("loss/policy", "loss/value", "ppo/entropy", "kl_estimate/k3"):
+        expected = one["metrics"][name]
+        assert two["metrics"][name] == pytest.approx(
+            expected, abs=fp32_tolerance(loss_length, max(abs(expected), 1))
+        ), name
+
+
+@pytest.mark.slow
+def test_out_of_memory_or_a_nan_on_one_rank_of_ppo_is_handled_on_both(tiny_world, tmp_path):
+    ddp = "distributed=ddp"
+    clean = _ppo_update(tiny_world, tmp_path, 2, "clean", ddp)
+    halved = _ppo_update(tiny_world, tmp_path, 2, "oom_on_rank_1", ddp)
+    assert halved["optimisation_size"] == clean["optimisation_size"] // 2, "rank 0 halved with rank 1"
+    assert_same_update(halved, clean, _reduction_lengths(tiny_world, minibatch=5)[1])
+    skipped = _ppo_update(tiny_world, tmp_path, 2, "nan_on_rank_1", ddp)
+    assert skipped["nonfinite_losses"] == 1 and clean["nonfinite_losses"] == 0, "rank 0 counted rank 1's NaN"
+    assert len(skipped["steps"]) == len(clean["steps"]) - 1, "that minibatch's step is skipped on both"
 
 
 @pytest.mark.slow

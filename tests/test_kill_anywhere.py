@@ -37,6 +37,15 @@ CONFIGS = {
         "algorithm.superbatch_size=4",
         "checkpoint.every_n_superbatches=2",
     ],
+    # One optimizer step per update, as SuperHF's configuration takes, so the points land on the same steps.
+    "ppo": [
+        "algorithm=ppo",
+        "algorithm.num_updates=6",
+        "algorithm.batch_size=4",
+        "algorithm.num_mini_batches=1",
+        "algorithm.num_ppo_epochs=1",
+        "checkpoint.every_n_superbatches=2",
+    ],
     "grpo": ["algorithm=grpo", *TRL_STEPS, "algorithm.prompts_per_step=2", "algorithm.group_size=4"],
     "rloo": ["algorithm=rloo", *TRL_STEPS, "algorithm.prompts_per_step=2", "algorithm.group_size=4"],
     # DPO and FeedME sample (their probe) after a step's update, so a SIGTERM there stops after the next step: two
@@ -105,6 +114,8 @@ class Chain:
 CHAINS = [
     Chain("superhf", "kill", tuple(TRAINING_KILLS)),
     Chain("superhf", "term", tuple(TRAINING_TERMS)),
+    Chain("ppo", "kill", tuple(TRAINING_KILLS)),
+    Chain("ppo", "term", tuple(TRAINING_TERMS)),
     Chain("grpo", "kill", tuple(TRAINING_KILLS)),
     Chain("grpo", "term", tuple(TRAINING_TERMS)),
     Chain("rloo", "kill", tuple(TRAINING_KILLS)),

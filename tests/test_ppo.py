@@ -1,60 +1,87 @@
-"""The PPO plugin: TRL's reward path over decoded text, adaptive KL, and a short run logged like SuperHF."""
+"""The lab's PPO trainer: its pieces against hand computations, one update against TRL 1.12's PPOTrainer on the same
+rollout (the committed fixture of tools/ppo_trl_fixture.py), and a short run logged like SuperHF."""
+
+import math
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import compose_config, run_cli
-from tolerances import fp32_tolerance, fp64_tolerance
+from tolerances import adam_tolerance, assert_within, fp32_tolerance, fp64_tolerance
+from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, GPTNeoXForSequenceClassification
 
+from superhf_lab.algorithms.ppo_config import PPOAlgorithmConfig
 from superhf_lab.algorithms.ppo_trainer import METRIC_NAMES as PPO_METRICS
-from superhf_lab.algorithms.ppo_trainer import AdaptiveKLController, TextRewardModel
+from superhf_lab.algorithms.ppo_trainer import (
+    ActorCritic,
+    AdaptiveKLController,
+    PPOTrainer,
+    Rollout,
+    generalised_advantages,
+    kl_estimates,
+    per_token_rewards,
+)
 from superhf_lab.algorithms.superhf_trainer import METRIC_NAMES as SUPERHF_METRICS
-from superhf_lab.config.schema import RewardModelConfig, TextConfig
-from superhf_lab.training.models import load_tokenizer
-from superhf_lab.training.rewards import ModelRewardScorer
+from superhf_lab.config.schema import TextConfig
+from superhf_lab.training.policies import StartingPolicy
 
-PROMPTS = [
-    "\n\nHuman: How do I bake bread?\n\nAssistant:",
-    "\n\nHuman: What do you think about remote work for young parents?\n\nAssistant:",
-]
-COMPLETIONS = [" Mix flour, water and yeast, then knead the dough.", " It has good and bad sides."]
+FIXTURE = Path(__file__).parent / "fixtures" / "ppo_trl_1_12.pt"
+CPU = torch.device("cpu")
+# TRL's statistics of the update (its log) and the lab's names for them
+TRL_STATISTICS = {
+    "objective/kl": "kl_sequence_estimate",
+    "objective/entropy": "ppo/entropy",
+    "loss/policy_avg": "loss/policy",
+    "loss/value_avg": "loss/value",
+    "policy/clipfrac_avg": "ppo/clipfrac",
+    "val/clipfrac_avg": "ppo/value_clipfrac",
+    "policy/approxkl_avg": "ppo/approx_kl",
+}
 
 
-def test_trl_reward_path_scores_the_same_text_as_superhf(tiny_world):
-    """TRL's get_reward on policy token ids equals the reward model on the decoded, trimmed text."""
-    from trl.experimental.utils import get_reward
+def test_kl_estimators_on_a_hand_made_distribution():
+    """p = (0.5, 0.25, 0.25), q = (0.25, 0.25, 0.5): exact KL(p || q) = 0.5 ln 2 - 0.25 ln 2 = 0.25 ln 2. Averaged over
+    the tokens weighted by p, k1 and k3 are unbiased (their expectations are the KL); k2's is 0.5 E[r^2]."""
+    p, q = torch.tensor([0.5, 0.25, 0.25], dtype=torch.float64), torch.tensor([0.25, 0.25, 0.5], dtype=torch.float64)
+    estimates = kl_estimates(p.log(), q.log())
+    log2 = math.log(2)
+    expected = {"k1": 0.25 * log2, "k3": 0.25 * log2}
+    expected["k2"] = 0.5 * (0.5 * log2**2 + 0.25 * log2**2)  # r = ln 2, 0, -ln 2 with weights 0.5, 0.25, 0.25
+    for name, value in expected.items():
+        assert (p * estimates[name]).sum().item() == pytest.approx(value, abs=fp64_tolerance(10)), name
+    assert (estimates["k3"] >= 0).all(), "k3 is never negative, token by token"
+    assert estimates["k1"][2] < 0, "k1 is negative where the reference is more likely"
 
-    policy_tokenizer = load_tokenizer(str(tiny_world.policy), None, "model.name_or_path")
-    policy_tokenizer.padding_side = "left"
-    scorer = ModelRewardScorer(
-        RewardModelConfig(name_or_path=str(tiny_world.reward_model)),
-        "reward_model",
-        torch.device("cpu"),
-        "fp32",
-        batch_size=8,
+
+def test_rewards_and_gae_follow_the_hand_computation():
+    """Two completions of 3 and 2 tokens; score on the last token, -kl_coef x KL on every token; GAE backwards."""
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    kl = torch.tensor([[0.1, 0.2, 0.3], [0.4, 0.5, 9.0]], dtype=torch.float64)
+    rewards = per_token_rewards(torch.tensor([1.0, -1.0], dtype=torch.float64), kl, 0.5, mask)
+    assert rewards.tolist() == [[-0.05, -0.1, 1.0 - 0.15], [-0.2, -0.25 - 1.0, 0.0]]
+    values = torch.tensor([[0.3, 0.2, 0.1], [0.5, 0.4, 7.0]], dtype=torch.float64)
+    gamma, lam = 0.9, 0.8
+    advantages, returns = generalised_advantages(rewards, values, mask, gamma, lam)
+    for row, length in enumerate((3, 2)):
+        expected, running = [0.0] * length, 0.0
+        for t in reversed(range(length)):
+            next_value = values[row, t + 1].item() if t + 1 < length else 0.0
+            running = rewards[row, t].item() + gamma * next_value - values[row, t].item() + gamma * lam * running
+            expected[t] = running
+        assert advantages[row, :length].tolist() == pytest.approx(expected, abs=fp64_tolerance(20))
+        assert returns[row, :length].tolist() == pytest.approx(
+            [a + v for a, v in zip(expected, values[row, :length].tolist())], abs=fp64_tolerance(20)
+        )
+    assert advantages[1, 2] == returns[1, 2] == 0, "exact: nothing past a completion's end"
+
+
+def test_a_rollout_holds_each_completion_token_and_the_logits_that_predict_it():
+    rollout = Rollout.from_token_ids(
+        [[5, 6], [7]], [[8, 9, 0], [3]], pad_token_id=1, scores=torch.zeros(2), finished=torch.ones(2), device=CPU
     )
-    assert policy_tokenizer(PROMPTS[0]).input_ids != scorer.tokenizer(PROMPTS[0], add_special_tokens=False).input_ids
-    adapter = TextRewardModel(policy_tokenizer, scorer, None, PROMPTS, TextConfig())
-
-    queries = policy_tokenizer(PROMPTS, return_tensors="pt", padding=True).input_ids
-    # The first response runs on into a next turn, which both algorithms cut; both end with EOS, then padding.
-    generated = [COMPLETIONS[0] + "\n\nHuman: thanks!", COMPLETIONS[1]]
-    responses = [
-        policy_tokenizer(text, add_special_tokens=False).input_ids + [policy_tokenizer.eos_token_id]
-        for text in generated
-    ]
-    width = max(map(len, responses)) + 2
-    responses = torch.tensor([r + [policy_tokenizer.pad_token_id] * (width - len(r)) for r in responses])
-    adapter.context_length = queries.shape[1]
-    _, trl_scores, _ = get_reward(
-        adapter, torch.cat([queries, responses], 1), policy_tokenizer.pad_token_id, queries.shape[1]
-    )
-
-    expected = scorer.score(PROMPTS, COMPLETIONS, TextConfig().reward_input)
-    # Exact: both paths run the same reward model on the same two texts in one batch; TRL only reads the value back.
-    torch.testing.assert_close(trl_scores, torch.tensor(expected), rtol=0, atol=0)
-    scored, _ = adapter.take_scored()
-    assert [c.text for c in scored] == COMPLETIONS and [c.prompt for c in scored] == PROMPTS
-    assert all(c.finished for c in scored)
+    assert rollout.inputs["input_ids"].tolist() == [[5, 6, 8, 9, 0], [7, 3, 1, 1, 1]]
+    assert rollout.actions.tolist() == [[8, 9, 0], [3, 0, 0]] and rollout.mask.tolist()[1] == [True, False, False]
+    assert rollout.positions.tolist()[0] == [1, 2, 3] and rollout.positions.tolist()[1][0] == 0
 
 
 def test_adaptive_kl_moves_the_coefficient_towards_the_target():
@@ -65,20 +92,107 @@ def test_adaptive_kl_moves_the_coefficient_towards_the_target():
     assert controller.update(0.2, 6.0) == 0.2, "exact: on target the error is exactly 0 and the factor exactly 1"
 
 
+def _fixture_trainer(fixture: dict, settings: dict) -> PPOTrainer:
+    config = GPTNeoXConfig.from_dict(fixture["config"])
+    models = {}
+    for name, kind in (("policy", GPTNeoXForCausalLM), ("value_model", GPTNeoXForSequenceClassification)):
+        models[name] = kind(config)
+        models[name].load_state_dict(fixture["initial"][name])
+    reference = GPTNeoXForCausalLM(config)
+    reference.load_state_dict(fixture["initial"]["reference"])
+    algorithm = PPOAlgorithmConfig(
+        num_updates=1,
+        batch_size=16,
+        num_mini_batches=settings["num_mini_batches"],
+        num_ppo_epochs=settings["num_ppo_epochs"],
+        learning_rate=settings["learning_rate"],
+        lr_schedule="linear",
+        temperature=settings["effective_temperature"],  # TRL divides the logits by temperature + 1e-7 throughout
+        cliprange=settings["cliprange"],
+        cliprange_value=settings["cliprange_value"],
+        vf_coef=settings["vf_coef"],
+        gamma=settings["gamma"],
+        lam=settings["lam"],
+        kl_estimator=settings["kl_estimator"],
+        whiten_rewards=settings["whiten_rewards"],
+        missing_eos_penalty=settings["missing_eos_penalty"],
+    )
+    starting = StartingPolicy(reference.eval().requires_grad_(False), adapters_disabled=False)
+    actor_critic = ActorCritic(models["policy"], models["value_model"], None)
+    return PPOTrainer(
+        algorithm, settings["kl_coef"], TextConfig(), actor_critic, starting, None, None, None, CPU, "fp32"
+    )
+
+
+def _reduction_length(config: dict, minibatch: int, positions: int) -> int:
+    """The longest chain of float32 additions into one gradient entry, to first order: per layer a layer norm's and a
+    projection's over the hidden size, the attention's over the positions and the MLP's, forwards and back; two
+    vocabulary-long sums (the log-softmax, the output layer); the token sums of the minibatch."""
+    layers = config["num_hidden_layers"] * (2 * config["hidden_size"] + config["intermediate_size"] + positions)
+    return 2 * layers + 2 * config["vocab_size"] + minibatch * positions + 2
+
+
+@pytest.mark.parametrize("case", ["k3", "k1_whitened_eos_penalty"])
+def test_one_update_equals_trl_1_12_ppo_on_the_same_rollout(case):
+    """Same weights, rollout (tokens, scores, minibatch orders) and settings as TRL 1.12's PPOTrainer update in the
+    fixture: every optimizer step's gradients agree to float32 rounding of their reductions, the weights to what Adam
+    makes of those differences (tolerances.adam_tolerance), TRL's logged statistics to float32 rounding. The
+    completions fill the width (see tools/ppo_trl_fixture.py), where TRL's score position and the lab's coincide."""
+    fixture = torch.load(FIXTURE, weights_only=True)
+    recorded = fixture["cases"][case]
+    trainer = _fixture_trainer(fixture, recorded["settings"])
+    finished = torch.tensor([response[-1] == fixture["eos"] for response in recorded["responses"]])
+    scores = trainer.scores_for(torch.tensor(recorded["scores"]), finished)
+    rollout = Rollout.from_token_ids(recorded["queries"], recorded["responses"], fixture["pad"], scores, finished, CPU)
+    named = list(trainer.actor_critic.named_parameters())
+    steps, step = [], trainer.grad_scaler.step
+
+    def recording(optimizer):
+        steps.append({name: p.grad.detach().clone() for name, p in named if p.grad is not None})
+        return step(optimizer)
+
+    trainer.grad_scaler.step = recording
+    metrics = trainer.update(rollout, permutations=recorded["orders"])
+
+    assert len(steps) == len(recorded["steps"]) == 4
+    positions = rollout.inputs["input_ids"].shape[1]
+    length = _reduction_length(fixture["config"], 16 // recorded["settings"]["num_mini_batches"], positions)
+    for index, (gradients, reference) in enumerate(zip(steps, recorded["steps"])):
+        assert gradients.keys() == reference.keys()
+        for name, gradient in reference.items():
+            tolerance = fp32_tolerance(length, gradient.abs().max().item())
+            torch.testing.assert_close(gradients[name], gradient, rtol=0, atol=tolerance, msg=f"step {index}: {name}")
+    after = {name: p.detach() for name, p in named}
+    bounds = adam_tolerance(recorded["steps"], steps, recorded["after"], recorded["settings"]["learning_rate"])
+    assert_within(after, recorded["after"], bounds)
+    moved = max((after[n] - fixture["initial"]["policy"][n.removeprefix("policy.")]).abs().max() for n in after if
+                n.startswith("policy."))  # fmt: skip
+    assert moved > recorded["settings"]["learning_rate"] / 2, "the update moved the policy"
+    for trl_name, name in TRL_STATISTICS.items():
+        expected = recorded["logs"][trl_name]
+        assert metrics[name] == pytest.approx(expected, abs=fp32_tolerance(length, max(abs(expected), 1.0))), name
+
+
 def test_ppo_and_superhf_share_their_comparison_metrics():
     shared = {
         "reward/mean",
         "reward/std",
         "heldout_reward/mean",
+        "kl",
         "loss/total",
         "lr",
         "diversity/meteor_similarity",
         "diversity/distinct_1",
         "diversity/distinct_2",
         "completion/length_tokens_mean",
+        "time/generation_s",
+        "time/scoring_s",
+        "time/finetuning_s",
         "time/step_s",
         "progress/prompts_seen",
         "progress/completions_generated",
+        "train/nonfinite_losses_skipped",
+        "memory/oom_halvings",
     }
     assert shared <= set(PPO_METRICS) and shared <= set(SUPERHF_METRICS)
 
@@ -110,17 +224,51 @@ def test_ppo_run_logs_every_metric_per_update(tiny_world, tmp_path):
         expected = [2] if name.startswith("eval/") else [0, 1, 2]  # the final policy is evaluated once
         assert sorted(m.step for m in client.get_metric_history(run.info.run_id, name)) == expected, name
     assert run.data.metrics["eval/all/kl"] > 0 and "superhf_lab.policy_uri" in run.data.tags
-    kl = [
-        m.value
-        for m in sorted(client.get_metric_history(run.info.run_id, "kl_sequence_estimate"), key=lambda m: m.step)
-    ]
-    coef = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "kl_coef"), key=lambda m: m.step)]
+    history = {
+        name: [m.value for m in sorted(client.get_metric_history(run.info.run_id, name), key=lambda m: m.step)]
+        for name in ("kl_sequence_estimate", "kl_coef", "kl")
+    }
     # Before the first update the policy is its own reference, so each token's log-ratio r is float error alone and
-    # k3 = (exp(r) - 1) - r (r^2 / 2, below 1e-12) is computed from exp(r) rounded near 1: off by up to eps / 2 per
+    # k3 = (exp(-r) - 1) + r (r^2 / 2, below 1e-12) is computed from exp(-r) rounded near 1: off by up to eps / 2 per
     # token, either sign; summed over at most max_new_tokens. Another reference model: 0.01 nats a token or more.
     tokens = compose_config(["algorithm=ppo", f"tiny_world.dir={tiny_world.root}"]).algorithm.max_new_tokens
+    kl = history["kl_sequence_estimate"]
     assert kl[0] == pytest.approx(0.0, abs=fp32_tolerance(tokens)) and min(kl) >= -fp32_tolerance(tokens)
+    assert history["kl"][-1] > fp32_tolerance(tokens), "the exact KL of later rollouts is measured"
+    coef = history["kl_coef"]
     assert coef[0] == 0.1, "exact: the configured coefficient itself penalised the first rollout"
     assert coef[1] < coef[0], "KL far below the target of 6 lowers the coefficient"
     samples = [m.value for m in client.get_metric_history(run.info.run_id, "progress/completions_generated")]
     assert sorted(samples) == [8, 16, 24]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("value_model", ["separate", "shared_backbone"])
+def test_a_lora_ppo_run_measures_kl_against_the_adapter_free_policy(tiny_world, tmp_path, value_model):
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    result = run_cli(
+        [
+            "algorithm=ppo",
+            f"tiny_world.dir={tiny_world.root}",
+            "algorithm.num_updates=2",
+            "algorithm.batch_size=8",
+            "algorithm.num_mini_batches=2",
+            "algorithm.lora.enabled=true",
+            "algorithm.learning_rate=1e-2",
+            f"algorithm.value_model={value_model}",
+            "kl_coef=0",
+            "eval.at_end=false",
+            f"mlflow.tracking_uri={uri}",
+        ],
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = mlflow.MlflowClient(uri)
+    run = client.search_runs([client.get_experiment_by_name("tiny_world").experiment_id])[0]
+    kl = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "kl"), key=lambda m: m.step)]
+    assert kl[0] == pytest.approx(0.0, abs=fp32_tolerance(64)), "the first rollout is the starting policy's own"
+    assert kl[1] > 1e-4, "KL against the adapter-free policy grows once the adapters train"
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "policy")}
+    assert "policy/adapter_model.safetensors" in artifacts and "policy/model.safetensors" not in artifacts

@@ -1,14 +1,26 @@
-"""PPO's settings; the top-level ``kl_coef`` is its (initial) KL penalty coefficient."""
+"""PPO's settings; the top-level ``kl_coef`` is its (initial) KL penalty coefficient.
+
+The sampling keys (``algorithm.temperature``, ``top_p``, ...) are :class:`SamplingSettings`', shared with SuperHF;
+PPO's defaults sample from the policy's own distribution (top-p 1, no repetition penalty), so the probability
+ratios PPO optimises are those of the distribution the completions came from. The implementation details Huang et
+al. list for PPO-based RLHF ("The N Implementation Details of RLHF with PPO", 2023) are options here: reward
+whitening, reward normalisation, the penalty for completions that never end, adaptive KL control and the value
+head's initialisation.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Optional
 
-from superhf_lab.config.schema import LoraSettings
+from superhf_lab.config.schema import LoraSettings, SamplingSettings
 from superhf_lab.core.errors import require
 
-KL_ESTIMATORS = ("k1", "k3")
+KL_ESTIMATORS = ("k1", "k2", "k3", "exact")
+VALUE_MODELS = ("separate", "shared_backbone")
+VALUE_HEAD_INITS = ("model", "scaled", "zero")
+REWARD_NORMALISATIONS = ("none", "first_rollout")
+LR_SCHEDULES = ("linear", "cosine", "constant")
 
 
 @dataclass
@@ -17,7 +29,7 @@ class AdaptiveKLSettings:
 
     enabled: bool = field(default=False, metadata={"help": "move kl_coef towards the target KL after every update"})
     target: float = field(
-        default=6.0, metadata={"help": "target KL: TRL's estimate per completion (kl_sequence_estimate), in nats"}
+        default=6.0, metadata={"help": "target KL per completion (kl_sequence_estimate, the penalised one), in nats"}
     )
     horizon: float = field(
         default=10000.0,
@@ -28,9 +40,10 @@ class AdaptiveKLSettings:
 
 
 @dataclass
-class PPOAlgorithmConfig:
-    """PPO hyperparameters (names follow TRL's ``PPOConfig`` where they exist)."""
+class PPOAlgorithmConfig(SamplingSettings):
+    """PPO hyperparameters (names follow TRL's former ``PPOConfig`` where it had them)."""
 
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling; 1.0 samples the policy's distribution"})
     name: str = field(default="ppo", metadata={"help": "algorithm name: selects the PPO plugin"})
     num_updates: int = field(default=40, metadata={"help": "PPO updates (rollout, then optimisation) in the run"})
     batch_size: int = field(default=32, metadata={"help": "prompts per update over all processes, one completion each"})
@@ -39,16 +52,11 @@ class PPOAlgorithmConfig:
         metadata={"help": "minibatches each update's rollout is split into per epoch, one optimizer step each"},
     )
     num_ppo_epochs: int = field(default=4, metadata={"help": "passes over each update's rollout"})
-    learning_rate: float = field(default=1.41e-5, metadata={"help": "peak learning rate of the policy and value model"})
-    lr_schedule: str = field(
-        default="linear", metadata={"help": "learning-rate schedule over the run (transformers' lr_scheduler_type)"}
-    )
-    max_new_tokens: int = field(
-        default=64, metadata={"help": "most tokens generated per completion (TRL's response_length)"}
-    )
-    temperature: float = field(
-        default=1.0,
-        metadata={"help": "sampling temperature; TRL samples with top-p 1.0 and no top-k, as the paper's Table 3"},
+    learning_rate: float = field(default=1.41e-5, metadata={"help": "AdamW's peak learning rate (policy and value)"})
+    lr_schedule: str = field(default="linear", metadata={"help": "decay over the updates: linear, cosine, or constant"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW's weight decay"})
+    max_grad_norm: Optional[float] = field(
+        default=None, metadata={"help": "gradient norm clipped to this per optimizer step; null: no clipping"}
     )
     cliprange: float = field(default=0.2, metadata={"help": "clip range of the policy's probability ratio"})
     cliprange_value: float = field(
@@ -58,62 +66,104 @@ class PPOAlgorithmConfig:
     gamma: float = field(default=1.0, metadata={"help": "discount factor of rewards from token to token"})
     lam: float = field(default=0.95, metadata={"help": "lambda of the generalised advantage estimate (GAE)"})
     kl_estimator: str = field(
-        default="k3", metadata={"help": "per-token KL estimator of the penalty: k1 (log-ratio) or k3 (never negative)"}
+        default="k3",
+        metadata={
+            "help": "per-token KL of the penalty: k1 (log-ratio), k2 (half its square), k3 (never negative) on the "
+            "sampled token, or exact (over the vocabulary, as SuperHF's loss)"
+        },
     )
     whiten_rewards: bool = field(
-        default=False, metadata={"help": "whiten each update's rewards before computing advantages"}
+        default=False, metadata={"help": "whiten each update's per-token rewards (mean kept) before GAE"}
+    )
+    reward_normalisation: str = field(
+        default="none",
+        metadata={
+            "help": "none, or first_rollout: scores standardised by the mean and std of the first rollout's (the "
+            "starting policy's) scores"
+        },
     )
     missing_eos_penalty: Optional[float] = field(
         default=None,
-        metadata={"help": "subtracted from the reward of a completion that ends without EOS; null: no penalty"},
+        metadata={"help": "subtracted from the score of a completion that never ends (no EOS, no cut); null: none"},
+    )
+    value_model: str = field(
+        default="separate",
+        metadata={"help": "separate: a copy of the policy with a value head; shared_backbone: a head on the policy"},
+    )
+    value_head_init: str = field(
+        default="model",
+        metadata={"help": "value head weights: model (its own init), scaled (N(0, 1/(hidden+1)), bias 0), or zero"},
     )
     rollout_minibatch_size: int = field(
         default=16,
-        metadata={"help": "rows per forward pass of rollout generation (per process) and of the reward models"},
+        metadata={"help": "rows per forward pass of generation, the rollout's statistics and the reward models"},
+    )
+    max_nonfinite_losses: int = field(
+        default=10, metadata={"help": "stop the run after this many skipped NaN/inf losses"}
+    )
+    max_oom_halvings: int = field(
+        default=4, metadata={"help": "out of memory halves that phase's minibatch, at most this often per phase"}
     )
     adaptive_kl: AdaptiveKLSettings = field(
         default_factory=AdaptiveKLSettings, metadata={"help": "adaptive control of kl_coef towards a target KL"}
     )
-    lora: LoraSettings = field(
-        default_factory=LoraSettings, metadata={"help": "LoRA adapters on the policy (TRL applies them)"}
-    )
+    lora: LoraSettings = field(default_factory=LoraSettings, metadata={"help": "LoRA adapters on the policy"})
 
-    def check(self) -> None:
+    @property
+    def sampling(self) -> SamplingSettings:
+        """The sampling settings alone, as generation takes them."""
+        return SamplingSettings(**{f.name: getattr(self, f.name) for f in fields(SamplingSettings)})
+
+    def check(self, prefix: str = "algorithm") -> None:
         for name in (
             "num_updates",
             "batch_size",
             "num_mini_batches",
             "num_ppo_epochs",
-            "max_new_tokens",
             "rollout_minibatch_size",
         ):
-            require(getattr(self, name) > 0, f"algorithm.{name}", getattr(self, name), "use a positive integer")
+            require(getattr(self, name) > 0, f"{prefix}.{name}", getattr(self, name), "use a positive integer")
+        super().check(prefix)
         require(
             self.batch_size % self.num_mini_batches == 0,
-            "algorithm.num_mini_batches",
+            f"{prefix}.num_mini_batches",
             self.num_mini_batches,
-            f"must divide algorithm.batch_size={self.batch_size}",
+            f"must divide {prefix}.batch_size={self.batch_size}",
         )
-        require(self.temperature > 0, "algorithm.temperature", self.temperature, "PPO samples; use a temperature > 0")
-        require(self.learning_rate > 0, "algorithm.learning_rate", self.learning_rate, "use a value > 0")
-        require(
-            self.kl_estimator in KL_ESTIMATORS,
-            "algorithm.kl_estimator",
-            self.kl_estimator,
-            f"use one of {KL_ESTIMATORS}",
-        )
-        require(0 < self.cliprange, "algorithm.cliprange", self.cliprange, "use a value > 0")
+        require(self.learning_rate > 0, f"{prefix}.learning_rate", self.learning_rate, "use a value > 0")
+        for name, allowed in (
+            ("lr_schedule", LR_SCHEDULES),
+            ("kl_estimator", KL_ESTIMATORS),
+            ("value_model", VALUE_MODELS),
+            ("value_head_init", VALUE_HEAD_INITS),
+            ("reward_normalisation", REWARD_NORMALISATIONS),
+        ):
+            require(getattr(self, name) in allowed, f"{prefix}.{name}", getattr(self, name), f"use one of {allowed}")
+        require(0 < self.cliprange, f"{prefix}.cliprange", self.cliprange, "use a value > 0")
+        require(0 < self.cliprange_value, f"{prefix}.cliprange_value", self.cliprange_value, "use a value > 0")
         require(
             0 <= self.gamma <= 1 and 0 <= self.lam <= 1,
-            "algorithm.gamma/lam",
+            f"{prefix}.gamma/lam",
             (self.gamma, self.lam),
             "use values in [0, 1]",
+        )
+        require(
+            self.max_grad_norm is None or self.max_grad_norm > 0,
+            f"{prefix}.max_grad_norm",
+            self.max_grad_norm,
+            "use null (no clipping) or a value > 0",
+        )
+        require(
+            self.max_nonfinite_losses >= 0, f"{prefix}.max_nonfinite_losses", self.max_nonfinite_losses, "use 0 or more"
+        )
+        require(
+            self.max_oom_halvings >= 0, f"{prefix}.max_oom_halvings", self.max_oom_halvings, "use 0 (never) or more"
         )
         if self.adaptive_kl.enabled:
             require(
                 self.adaptive_kl.target > 0 and self.adaptive_kl.horizon > 0,
-                "algorithm.adaptive_kl",
+                f"{prefix}.adaptive_kl",
                 (self.adaptive_kl.target, self.adaptive_kl.horizon),
                 "use a positive target and horizon",
             )
-        self.lora.check("algorithm.lora")
+        self.lora.check(f"{prefix}.lora")

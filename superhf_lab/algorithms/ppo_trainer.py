@@ -1,174 +1,236 @@
-"""PPO-based RLHF baseline on TRL's ``PPOTrainer`` (trl 1.12, ``trl.experimental.ppo``).
+"""PPO-based RLHF (Ziegler et al. 2019; Stiennon et al. 2020; Ouyang et al. 2022), the lab's own trainer.
 
-Three things are added on top of TRL so PPO and SuperHF are comparable metric for metric:
+Per update: ``batch_size`` prompts, one completion each, sampled through the shared sampling (the same cut at the
+next turn, conversation prompt and sampling settings as SuperHF) and scored as text by each reward model through
+its own tokenizer. The completion as the lab scores it (cut, with EOS when it ended) is the action sequence. On it:
+the policy's and the starting policy's log-probabilities and the value model's values; per-token rewards
+``-kl_coef x KL_t`` plus the score on the last token; GAE advantages, whitened; then ``num_ppo_epochs`` passes over
+shuffled minibatches, one AdamW step each, on the clipped policy objective plus ``vf_coef`` x the clipped value loss.
 
-- :class:`TextRewardModel` lets TRL's reward call score *decoded text*: the policy's tokens are decoded
-  and cut at the next turn exactly as SuperHF does (:func:`superhf_lab.core.text.decode_completion`), then
-  scored by the reward model through its own tokenizer. TRL alone would feed the policy's token ids
-  into the reward model, which is wrong whenever the tokenizers differ (Pythia policy, DeBERTa RM).
-- :class:`AdaptiveKLController`, a callback, since TRL 1.12 dropped adaptive KL control: after every
-  update it moves ``kl_coef`` towards a target KL (Ziegler et al. 2019), as the paper's Table 3 used.
-- :class:`~superhf_lab.algorithms.trl_glue.TrackerBridge`, the callback every TRL plugin shares, logs every
-  update under SuperHF's metric names (``PPO_RENAMES``, and :func:`ppo_derived_metrics` for what TRL's log lacks).
+It equals one update of TRL 1.12's ``trl.experimental.ppo.PPOTrainer`` on the same rollout, weights and settings
+(``tests/test_ppo.py`` against ``tools/ppo_trl_fixture.py``'s fixture), but where it differs on purpose:
 
-The top-level ``kl_coef`` is PPO's (initial) KL penalty coefficient. ``kl_sequence_estimate`` is the quantity
-PPO penalises: TRL's sampled estimate, summed over a completion's tokens and averaged over the batch. With
-the default ``k3`` estimator every token's term is >= 0, so it is never negative; ``k1`` (log-ratio) terms
-can be negative on individual samples although their expectation is the true KL. It is not SuperHF's
-``kl`` (the exact per-token mean), which is why it has its own name; the evaluation logs the exact ``kl``
-and ``kl_sequence`` for both algorithms.
+- The score sits on a completion's last token, and values and the value loss cover the completion's tokens only.
+  TRL puts the score one position *after* a completion that ended within the batch's width (on the first
+  padding position) and learns a value there; with every completion as long as the batch's width the two agree.
+- Old log-probabilities come from a forward pass over the rollout, not from ``generate``'s scores (which the
+  sampling's logits processors changed), so the first minibatch's ratio is exactly 1.
+- Advantages are whitened over the whole update's rollout on every process (TRL: each process's share).
+- ``approx_kl`` is the mean over completion tokens (TRL's mean also counts padding as zeros).
+- The KL penalty may also be ``k2`` or the exact KL over the vocabulary; TRL had ``k1`` and ``k3``.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import time
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
-from transformers import AutoModelForSequenceClassification, TrainerCallback
-from transformers.modeling_outputs import BaseModelOutput
+from tqdm.auto import tqdm
+from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
 from superhf_lab.algorithms.ppo_config import PPOAlgorithmConfig
 from superhf_lab.algorithms.registry import register_algorithm
-from superhf_lab.algorithms.trl_glue import TrackerBridge
-from superhf_lab.config.schema import TextConfig
+from superhf_lab.config.schema import ModelConfig, TextConfig
 from superhf_lab.core.errors import require
-from superhf_lab.core.text import decode_completion
+from superhf_lab.core.faults import reach
+from superhf_lab.metrics.bookkeeping import Bookkeeping
+from superhf_lab.runtime.checkpoint import capture_rng, restore_rng
+from superhf_lab.runtime.distributed import ONE_PROCESS, Processes
+from superhf_lab.runtime.memory import HalvingBatchSize, alone
 from superhf_lab.training.completions import (
     COMPLETION_METRIC_NAMES,
     PROGRESS_METRIC_NAMES,
     Completion,
+    completion_rows,
+    diversity_metrics,
+    reward_and_length_metrics,
     score_completions,
 )
-from superhf_lab.training.context import RunContext, finish_training, training_setup
-from superhf_lab.training.evaluation import evaluation_metric_names
+from superhf_lab.training.context import RunContext, save_policy_artifact, training_setup
+from superhf_lab.training.data import PromptStream
+from superhf_lab.training.evaluation import PolicyEvaluator, evaluation_metric_names
+from superhf_lab.training.models import autocast
 from superhf_lab.training.policies import StartingPolicy
 from superhf_lab.training.rewards import RewardScorer
-from superhf_lab.training.sampling import completion_length
+from superhf_lab.training.sampling import sample_completions
+from superhf_lab.training.sequences import completion_token_ids, pad_examples, position_ids_for
 
+log = logging.getLogger(__name__)
+
+KL_ESTIMATE_NAMES = tuple(f"kl_estimate/{name}" for name in ("k1", "k2", "k3"))
+LOSS_METRIC_NAMES = ("loss/total", "loss/policy", "loss/value", "ppo/clipfrac", "ppo/value_clipfrac", "ppo/approx_kl")
 METRIC_NAMES = (
     *(name for name in COMPLETION_METRIC_NAMES if name != "diversity/meteor_similarity_within_prompt"),
+    "kl",
+    *KL_ESTIMATE_NAMES,
     "kl_sequence_estimate",
     "kl_coef",
-    "loss/total",
-    "loss/policy",
-    "loss/value",
-    "lr",
-    "ppo/clipfrac",
+    *LOSS_METRIC_NAMES,
     "ppo/entropy",
-    "ppo/approx_kl",
+    "lr",
+    "time/generation_s",
     "time/scoring_s",
+    "time/finetuning_s",
     "time/step_s",
     *PROGRESS_METRIC_NAMES,
+    "train/nonfinite_losses_skipped",
+    "memory/oom_halvings",
     *evaluation_metric_names(),
 )
 
-# TRL's per-update statistics under SuperHF's names.
-PPO_RENAMES = {
-    "objective/kl": "kl_sequence_estimate",
-    "loss/policy_avg": "loss/policy",
-    "loss/value_avg": "loss/value",
-    "lr": "lr",
-    "policy/clipfrac_avg": "ppo/clipfrac",
-    "objective/entropy": "ppo/entropy",
-    "policy/approxkl_avg": "ppo/approx_kl",
-}
 
+@dataclass
+class Rollout:
+    """One update's completions as tensors. Sequences are right-padded prompt + completion rows; ``(B, L)`` tensors
+    hold, per completion token, the logits' column that predicts it (``positions``), the token and whether it is
+    real (``mask``: rows are padded to the longest completion)."""
 
-class _DecodeAndScore(nn.Module):
-    """The 'backbone' TRL's ``get_reward`` calls: returns each row's reward at every position."""
+    inputs: dict[str, torch.Tensor]
+    positions: torch.Tensor
+    actions: torch.Tensor
+    mask: torch.Tensor
+    scores: torch.Tensor  # (B,) what the reward model gave, after normalisation and penalties
+    finished: torch.Tensor  # (B,) whether the completion ended (EOS or the cut) within max_new_tokens
 
-    def __init__(self, owner: TextRewardModel) -> None:
-        super().__init__()
-        self._owner = [owner]  # a list, so the owner is not registered as a submodule (no cycle)
+    @classmethod
+    def from_token_ids(
+        cls,
+        prompt_ids: list[list[int]],
+        completion_ids: list[list[int]],
+        pad_token_id: int,
+        scores: torch.Tensor,
+        finished: torch.Tensor,
+        device: torch.device,
+    ) -> Rollout:
+        input_ids, attention_mask, completion_mask = pad_examples(prompt_ids, completion_ids, pad_token_id, "right")
+        width = max(1, max(len(ids) for ids in completion_ids))
+        positions = torch.zeros(len(prompt_ids), width, dtype=torch.long)
+        mask = torch.zeros(len(prompt_ids), width, dtype=torch.bool)
+        for row, (prompt, completion) in enumerate(zip(prompt_ids, completion_ids)):
+            positions[row, : len(completion)] = torch.arange(len(prompt) - 1, len(prompt) + len(completion) - 1)
+            mask[row, : len(completion)] = True
+        actions = input_ids.gather(1, (positions + 1).clamp(max=input_ids.shape[1] - 1)) * mask
+        inputs = {
+            "input_ids": input_ids.to(device),
+            "attention_mask": attention_mask.to(device),
+            "position_ids": position_ids_for(attention_mask).to(device),
+        }
+        return cls(inputs, positions.to(device), actions.to(device), mask.to(device), scores.to(device), finished)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: Any) -> BaseModelOutput:
-        rewards = self._owner[0].score_token_rows(input_ids, attention_mask)
-        hidden = rewards.to(input_ids.device).view(-1, 1, 1).expand(-1, input_ids.shape[1], 1)
-        return BaseModelOutput(last_hidden_state=hidden, hidden_states=(hidden,))
-
-
-class TextRewardModel(nn.Module):
-    """Adapts a text reward function to TRL's token-level reward-model interface.
-
-    TRL calls ``get_reward(model, query_responses, pad_token_id, context_length)``, which runs
-    ``getattr(model, model.base_model_prefix)`` and then ``model.score`` on the last hidden state and
-    reads the value at each row's last token. Here the backbone decodes each row (prompt = the first
-    ``context_length`` columns, set per rollout by :class:`ContextLengthTracker`), scores the text and
-    puts that reward at every position; ``score`` is the identity.
-    """
-
-    base_model_prefix = "backbone"
-
-    def __init__(
-        self, tokenizer, scorer: RewardScorer, heldout_scorer: RewardScorer | None, prompts: list[str], text: TextConfig
-    ):
-        super().__init__()
-        self.tokenizer = tokenizer
-        self.text = text
-        self.scorer = scorer
-        self.heldout_scorer = heldout_scorer
-        self.prompt_by_ids = {tuple(tokenizer(prompt).input_ids): prompt for prompt in prompts}
-        self.backbone = _DecodeAndScore(self)
-        self.score = nn.Identity()
-        self.context_length: int | None = None
-        self.scored: list[Completion] = []  # completions scored since the metrics bridge last read them
-        self.scoring_seconds = 0.0
-
-    def split_row(self, ids: list[int], mask: list[bool]) -> Completion:
-        prompt_ids = [t for t, real in zip(ids[: self.context_length], mask[: self.context_length]) if real]
-        response_ids = [t for t, real in zip(ids[self.context_length :], mask[self.context_length :]) if real]
-        prompt = self.prompt_by_ids.get(tuple(prompt_ids)) or self.tokenizer.decode(
-            prompt_ids, skip_special_tokens=True
-        )
-        text, generated, finished = decode_completion(self.tokenizer, response_ids, self.text.cut)
-        return Completion(
-            prompt,
-            len(self.scored),
-            text,
-            completion_length(self.tokenizer, text),
-            finished,
-            generated_tokens=generated,
+    def rows(self, index: list[int] | torch.Tensor) -> Rollout:
+        """The rollout of these rows, its sequences trimmed to the longest of them (padding is on the right)."""
+        index = torch.as_tensor(index, dtype=torch.long)
+        on = index.to(self.mask.device)
+        width = int(self.inputs["attention_mask"][on].sum(1).max().item()) if len(index) else 0
+        return Rollout(
+            {name: tensor[on, :width] for name, tensor in self.inputs.items()},
+            self.positions[on],
+            self.actions[on],
+            self.mask[on],
+            self.scores[on],
+            self.finished[index],
         )
 
-    @torch.no_grad()
-    def score_token_rows(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        if self.context_length is None:
-            raise RuntimeError("TextRewardModel.context_length is unset: wrap the dataloader in ContextLengthTracker")
-        started = time.perf_counter()
-        rows = zip(input_ids.tolist(), attention_mask.bool().tolist())
-        completions = [self.split_row(ids, mask) for ids, mask in rows]
-        score_completions(completions, self.text.reward_input, self.scorer, self.heldout_scorer)
-        self.scored.extend(completions)
-        self.scoring_seconds += time.perf_counter() - started
-        return torch.tensor([c.reward for c in completions], dtype=torch.float32)
 
-    def take_scored(self) -> tuple[list[Completion], float]:
-        scored, seconds = self.scored, self.scoring_seconds
-        self.scored, self.scoring_seconds = [], 0.0
-        return scored, seconds
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (values * mask).sum() / mask.sum()
 
 
-class ContextLengthTracker:
-    """Wraps TRL's rollout dataloader to tell the reward adapter where each batch's prompts end."""
-
-    def __init__(self, dataloader, reward_model: TextRewardModel) -> None:
-        self.dataloader = dataloader
-        self.reward_model = reward_model
-
-    def __iter__(self):
-        for batch in self.dataloader:
-            self.reward_model.context_length = batch["input_ids"].shape[1]
-            yield batch
-
-    def __len__(self) -> int:
-        return len(self.dataloader)
+def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """Standardised over the masked entries (unbiased variance, as TRL); ``shift_mean=False`` keeps the mean."""
+    mean = masked_mean(values, mask)
+    count = mask.sum()
+    variance = masked_mean((values - mean) ** 2, mask) * count / (count - 1).clamp(min=1)
+    whitened = (values - mean) * torch.rsqrt(variance + 1e-8)
+    return whitened if shift_mean else whitened + mean
 
 
-class AdaptiveKLController(TrainerCallback):
-    """Proportional control of ``kl_coef`` towards a target KL, updated after every PPO batch."""
+def kl_estimates(logprobs: torch.Tensor, reference_logprobs: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Schulman's estimators of KL(policy || reference) from the sampled token's log-ratio r = log p - log q: k1 = r,
+    k2 = r^2 / 2, k3 = (q/p - 1) + r (never negative). Unbiased: k1 and k3; k2's bias is third order in r."""
+    log_ratio = logprobs - reference_logprobs
+    return {"k1": log_ratio, "k2": 0.5 * log_ratio**2, "k3": torch.expm1(-log_ratio) + log_ratio}
+
+
+def per_token_rewards(scores: torch.Tensor, kl: torch.Tensor, kl_coef: float, mask: torch.Tensor) -> torch.Tensor:
+    """``-kl_coef x KL_t`` on every completion token, plus the completion's score on its last token."""
+    rewards = -kl_coef * kl * mask
+    last = (mask.sum(1) - 1).clamp(min=0)
+    has_tokens = mask.any(1)
+    rewards[has_tokens, last[has_tokens]] += scores[has_tokens]
+    return rewards
+
+
+def generalised_advantages(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """GAE (Schulman et al. 2016) along each completion's tokens: (advantages, returns); the state after a
+    completion's last token has value 0."""
+    values = values * mask
+    advantages = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.shape[1])):
+        next_values = values[:, t + 1] if t + 1 < rewards.shape[1] else torch.zeros_like(running)
+        delta = rewards[:, t] + gamma * next_values - values[:, t]
+        running = delta + gamma * lam * running
+        advantages[:, t] = running
+    return advantages * mask, (advantages + values) * mask
+
+
+class ActorCritic(nn.Module):
+    """The policy and its value function as one module (one optimizer, one engine wrapper): a separate copy of the
+    starting policy with a linear head, or a linear head on the policy's own last hidden state."""
+
+    def __init__(self, policy: PreTrainedModel, value_model: PreTrainedModel | None, value_head: nn.Linear | None):
+        super().__init__()
+        self.policy = policy
+        self.value_model = value_model
+        self.value_head = value_head
+
+    @classmethod
+    def build(cls, policy: PreTrainedModel, model: ModelConfig, kind: str, init: str, pad_token_id: int):
+        if kind == "shared_backbone":
+            head = nn.Linear(policy.config.hidden_size, 1)
+            nn.init.normal_(head.weight, std=policy.config.initializer_range)
+            nn.init.zeros_(head.bias)
+            actor_critic = cls(policy, None, head.to(policy.device))
+        else:
+            value_model = AutoModelForSequenceClassification.from_pretrained(
+                model.name_or_path, revision=model.revision, num_labels=1, trust_remote_code=model.trust_remote_code
+            ).to(policy.device)
+            value_model.config.pad_token_id = pad_token_id
+            actor_critic = cls(policy, value_model, None)
+        head = actor_critic.head
+        with torch.no_grad():
+            if init == "scaled":  # lm-human-preferences' head: N(0, 1 / sqrt(hidden + 1)), bias 0
+                nn.init.normal_(head.weight, std=1 / math.sqrt(head.in_features + 1))
+            elif init == "zero":
+                nn.init.zeros_(head.weight)
+            if init != "model" and head.bias is not None:
+                nn.init.zeros_(head.bias)
+        return actor_critic
+
+    @property
+    def head(self) -> nn.Linear:
+        return self.value_head if self.value_model is None else self.value_model.score
+
+    def forward(self, **inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the policy's logits, the value at every position)."""
+        if self.value_model is None:
+            output = self.policy(**inputs, output_hidden_states=True)
+            return output.logits, self.value_head(output.hidden_states[-1]).squeeze(-1)
+        backbone = getattr(self.value_model, self.value_model.base_model_prefix)
+        hidden = backbone(**inputs).last_hidden_state
+        return self.policy(**inputs).logits, self.value_model.score(hidden).squeeze(-1)
+
+
+class AdaptiveKLController:
+    """Proportional control of ``kl_coef`` towards a target KL, updated after every update (Ziegler et al. 2019)."""
 
     def __init__(self, target: float, horizon: float, batch_size: int) -> None:
         self.target = target
@@ -179,134 +241,514 @@ class AdaptiveKLController(TrainerCallback):
         error = min(max(current_kl / self.target - 1, -0.2), 0.2)
         return coef * (1 + error * self.batch_size / self.horizon)
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and "objective/kl" in logs:
-            args.kl_coef = self.update(args.kl_coef, logs["objective/kl"])
+
+def action_log_probs(logits: torch.Tensor, rollout: Rollout, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-probabilities of the completion tokens at ``temperature``, the full log-softmax at those positions)."""
+    at = rollout.positions.unsqueeze(-1).expand(-1, -1, logits.shape[-1])
+    log_probs = F.log_softmax(logits.gather(1, at).float() / temperature, dim=-1)
+    return log_probs.gather(-1, rollout.actions.unsqueeze(-1)).squeeze(-1), log_probs
 
 
-def ppo_derived_metrics(args, logs: dict[str, float]) -> dict[str, float]:
-    """What PPO logs beyond TRL's renamed statistics: the total loss and the KL coefficient that penalised this
-    update's rollout (read before :class:`AdaptiveKLController` moves it)."""
-    return {"kl_coef": args.kl_coef, "loss/total": logs["loss/policy_avg"] + args.vf_coef * logs["loss/value_avg"]}
+class PPOTrainer:
+    """PPO's trainer: owns the policy with its value function, optimizer and schedule, the update loop
+    (:meth:`train`), its checkpoints and resume. One update is :meth:`step`: :meth:`generate`, :meth:`score`,
+    :meth:`make_rollout`, :meth:`rollout_statistics`, :meth:`advantages` and :meth:`optimise`."""
 
+    def __init__(
+        self,
+        config: PPOAlgorithmConfig,
+        kl_coef: float,
+        text: TextConfig,
+        actor_critic: ActorCritic,
+        starting: StartingPolicy,
+        tokenizer: PreTrainedTokenizerBase,
+        reward_scorer: RewardScorer | None,
+        heldout_scorer: RewardScorer | None,
+        device: torch.device,
+        precision: str,
+        processes: Processes = ONE_PROCESS,
+        seed: int = 0,
+    ) -> None:
+        self.processes = processes
+        require(
+            not processes.sharded_weights,
+            "distributed.engine",
+            processes.kind,
+            "PPO's trainer runs on one process or under DDP (distributed=ddp); sharded weights serve SuperHF",
+        )
+        self.config = config
+        self.kl_coef = kl_coef
+        self.text = text
+        self.actor_critic = actor_critic
+        self.policy = actor_critic.policy
+        self.starting = starting
+        self.tokenizer = tokenizer
+        self.reward_scorer = reward_scorer
+        self.heldout_scorer = heldout_scorer
+        self.device = device
+        self.precision = precision
+        for module in actor_critic.modules():  # PPO's ratios compare forward passes: no dropout (TRL, Huang et al.)
+            if isinstance(module, nn.Dropout):
+                module.p = 0.0
+        self.trainable = [p for p in actor_critic.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(self.trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
+        scheduler = get_scheduler(
+            config.lr_schedule, optimizer, num_warmup_steps=0, num_training_steps=config.num_updates
+        )
+        self.trained, self.optimizer, self.scheduler = processes.prepare(actor_critic, optimizer, scheduler)
+        self.grad_scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+        self.adaptive_kl = (
+            AdaptiveKLController(config.adaptive_kl.target, config.adaptive_kl.horizon, config.batch_size)
+            if config.adaptive_kl.enabled
+            else None
+        )
+        self.score_normaliser: tuple[float, float] | None = None  # (mean, std) of the first rollout's scores
+        self.shuffling = torch.Generator().manual_seed(seed)  # the minibatch orders: the same on every process
+        self.nonfinite_losses = 0
+        self.agree_on_oom = processes.any if processes.world_size > 1 else alone
+        minibatch = config.batch_size // config.num_mini_batches
+        self.batch_sizes = {
+            "rollout": HalvingBatchSize(
+                "algorithm.rollout_minibatch_size", config.rollout_minibatch_size, config.max_oom_halvings
+            ),
+            "scoring": HalvingBatchSize(
+                "algorithm.rollout_minibatch_size", config.rollout_minibatch_size, config.max_oom_halvings
+            ),
+            "optimisation": HalvingBatchSize("algorithm.num_mini_batches", minibatch, config.max_oom_halvings),
+        }
 
-def rollout_measure(context: RunContext, reward_model: TextRewardModel):
-    """The :class:`TrackerBridge` measure of PPO's rollouts: the completions every process scored since the last
-    update, gathered, and the seconds this process spent scoring them."""
+    # -- rollout -----------------------------------------------------------------------------------------------
 
-    def measure() -> tuple[list[Completion], dict[str, float]]:
-        completions, scoring_seconds = reward_model.take_scored()
-        return context.processes.gather(completions), {"time/scoring_s": scoring_seconds}
+    def generate(self, prompts: list[str]) -> list[Completion]:
+        """One sampled completion per prompt (this process's share), cut where the model starts a new turn."""
+        return self.batch_sizes["rollout"].run(
+            lambda size: sample_completions(
+                self.policy,
+                self.tokenizer,
+                prompts,
+                1,
+                self.config.sampling,
+                size,
+                self.device,
+                self.precision,
+                self.text.cut,
+                processes=self.processes,
+            ),
+            self.agree_on_oom,
+        )
 
-    return measure
+    def score(self, completions: list[Completion]) -> None:
+        """Reward (and held-out reward) of each completion as text, each scorer through its own tokenizer."""
+
+        def score_in_minibatches_of(size: int) -> None:
+            for scorer in (self.reward_scorer, self.heldout_scorer):
+                if hasattr(scorer, "batch_size"):
+                    scorer.batch_size = size
+            score_completions(completions, self.text.reward_input, self.reward_scorer, self.heldout_scorer)
+
+        self.batch_sizes["scoring"].run(score_in_minibatches_of, self.agree_on_oom)
+
+    def scores_for(self, rewards: torch.Tensor, finished: torch.Tensor) -> torch.Tensor:
+        """The scores PPO optimises: the reward model's, normalised (``reward_normalisation``: by the first rollout's
+        mean and std, kept for the run) and penalised where a completion never ended (``missing_eos_penalty``)."""
+        cfg = self.config
+        scores = rewards.float()
+        if cfg.reward_normalisation == "first_rollout":
+            if self.score_normaliser is None:
+                self.score_normaliser = (scores.mean().item(), scores.std().item())
+            mean, std = self.score_normaliser
+            scores = (scores - mean) / max(std, 1e-8)
+        if cfg.missing_eos_penalty is not None:
+            scores = scores - cfg.missing_eos_penalty * (~finished).float()
+        return scores
+
+    def make_rollout(self, completions: list[Completion]) -> Rollout:
+        """The completions as PPO's actions (tokenised as SuperHF's fine-tuning does) with their scores."""
+        ids = [completion_token_ids(self.tokenizer, self.config.conversation_prompt, c) for c in completions]
+        finished = torch.tensor([c.finished for c in completions])
+        scores = self.scores_for(torch.tensor([c.reward for c in completions]), finished)
+        prompt_ids, completion_ids = (list(part) for part in zip(*ids))
+        return Rollout.from_token_ids(
+            prompt_ids, completion_ids, self.tokenizer.pad_token_id, scores, finished, self.device
+        )
+
+    @torch.no_grad()
+    def rollout_statistics(self, rollout: Rollout) -> dict[str, torch.Tensor]:
+        """Per completion token, before any update: the policy's and the starting policy's log-probabilities at the
+        sampling temperature, the exact KL between them there and at temperature 1 (the logged ``kl``), and the
+        values. Each process computes its share of the rows; every process gets all of them."""
+        rows = list(range(rollout.mask.shape[0]))
+        share, real = self.processes.even_share(rows)
+
+        def compute(size: int) -> list[dict[str, torch.Tensor]]:
+            parts = []
+            for start in range(0, len(share), size):
+                part = rollout.rows(share[start : start + size])
+                parts.append(self._statistics_of(part))
+            return parts
+
+        self.actor_critic.eval()
+        parts = self.batch_sizes["rollout"].run(compute, self.agree_on_oom)
+        self.actor_critic.train()
+        local = {name: torch.cat([part[name] for part in parts])[:real] for name in parts[0]} if parts else {}
+        if self.processes.world_size == 1:
+            return local
+        gathered = self.processes.gather([{name: tensor.cpu() for name, tensor in local.items()}])
+        return {name: torch.cat([part[name] for part in gathered]).to(self.device) for name in gathered[0]}
+
+    def _statistics_of(self, part: Rollout) -> dict[str, torch.Tensor]:
+        temperature = self.config.temperature
+        with autocast(self.device, self.precision):
+            logits, values = self.actor_critic(**part.inputs)
+        reference_logits = self.starting.logits(self.device, self.precision, **part.inputs)
+        logprobs, log_probs = action_log_probs(logits, part, temperature)
+        reference_logprobs, reference_log_probs = action_log_probs(reference_logits, part, temperature)
+        exact = (log_probs.exp() * (log_probs - reference_log_probs)).sum(-1)
+        if temperature != 1:
+            _, plain = action_log_probs(logits, part, 1.0)
+            _, plain_reference = action_log_probs(reference_logits, part, 1.0)
+            exact_plain = (plain.exp() * (plain - plain_reference)).sum(-1)
+        else:
+            exact_plain = exact
+        values = values.float().gather(1, part.positions)
+        return {
+            "logprobs": logprobs * part.mask,
+            "reference_logprobs": reference_logprobs * part.mask,
+            "exact_kl": exact * part.mask,
+            "exact_kl_plain": exact_plain * part.mask,
+            "values": values * part.mask,
+        }
+
+    def penalty_kl(self, statistics: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The per-token KL the penalty uses (``kl_estimator``)."""
+        if self.config.kl_estimator == "exact":
+            return statistics["exact_kl"]
+        return kl_estimates(statistics["logprobs"], statistics["reference_logprobs"])[self.config.kl_estimator]
+
+    def advantages(
+        self, rollout: Rollout, statistics: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(per-token rewards, whitened advantages, returns) of the rollout."""
+        cfg, mask = self.config, rollout.mask
+        rewards = per_token_rewards(rollout.scores, self.penalty_kl(statistics), self.kl_coef, mask)
+        if cfg.whiten_rewards:
+            rewards = masked_whiten(rewards, mask, shift_mean=False) * mask
+        advantages, returns = generalised_advantages(rewards, statistics["values"], mask, cfg.gamma, cfg.lam)
+        return rewards, masked_whiten(advantages, mask) * mask, returns
+
+    # -- optimisation ------------------------------------------------------------------------------------------
+
+    def optimise(
+        self,
+        rollout: Rollout,
+        statistics: dict[str, torch.Tensor],
+        advantages: torch.Tensor,
+        returns: torch.Tensor,
+        permutations: list[torch.Tensor] | None = None,
+    ) -> dict[str, float]:
+        """``num_ppo_epochs`` passes over the rollout in ``num_mini_batches`` shuffled minibatches, one optimizer step
+        each (``permutations``: each epoch's order; by default drawn from the trainer's own seeded generator).
+        Returns the losses and statistics averaged over the steps taken."""
+        cfg = self.config
+        size = rollout.mask.shape[0] // cfg.num_mini_batches
+        sums = dict.fromkeys(LOSS_METRIC_NAMES, 0.0)
+        steps = 0
+        for epoch in range(cfg.num_ppo_epochs):
+            order = (
+                permutations[epoch]
+                if permutations is not None
+                else torch.randperm(rollout.mask.shape[0], generator=self.shuffling)
+            )
+            for start in range(0, len(order), size):
+                minibatch = order[start : start + size].tolist()
+                losses = self.batch_sizes["optimisation"].run(
+                    lambda micro: self._accumulate_gradients(
+                        rollout, statistics, advantages, returns, minibatch, micro
+                    ),
+                    self.agree_on_oom,
+                )
+                if self.processes.any(losses is None):
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self._skip_nonfinite_loss()
+                    continue
+                self.processes.sum_gradients(self.trainable)
+                losses = self.processes.sum(losses)
+                if cfg.max_grad_norm is not None:
+                    self.grad_scaler.unscale_(self.optimizer)
+                    torch.nn.utils.clip_grad_norm_(self.trainable, cfg.max_grad_norm)
+                reach("finetuning")
+                self.grad_scaler.step(self.optimizer)
+                self.grad_scaler.update()
+                self.optimizer.zero_grad(set_to_none=True)
+                for name, value in losses.items():
+                    sums[name] += value
+                steps += 1
+        return {name: total / steps if steps else math.nan for name, total in sums.items()}
+
+    def _accumulate_gradients(
+        self,
+        rollout: Rollout,
+        statistics: dict[str, torch.Tensor],
+        advantages: torch.Tensor,
+        returns: torch.Tensor,
+        minibatch: list[int],
+        micro_size: int,
+    ) -> dict[str, float] | None:
+        """Gradients of this process's share of the minibatch's loss, summed over micro-batches of ``micro_size``:
+        the policy loss and the value loss are means over the minibatch's completion tokens, so shares and
+        micro-batches add up to it exactly. None, with no gradients left, when the loss is not finite."""
+        cfg = self.config
+        self.optimizer.zero_grad(set_to_none=True)
+        tokens = rollout.mask[minibatch].sum().clamp(min=1)
+        share, _ = self.processes.even_share(minibatch)
+        totals = dict.fromkeys(LOSS_METRIC_NAMES, 0.0)
+        for start in range(0, len(share), micro_size):
+            rows = share[start : start + micro_size]
+            part, mask = rollout.rows(rows), rollout.mask[rows]
+            old_logprobs, old_values = statistics["logprobs"][rows], statistics["values"][rows]
+            advantage, target = advantages[rows], returns[rows]
+            with self.processes.no_sync(self.trained):
+                with autocast(self.device, self.precision):
+                    logits, values = self.trained(**part.inputs)
+                logprobs, _ = action_log_probs(logits, part, cfg.temperature)
+                values = values.float().gather(1, part.positions)
+                log_ratio = (logprobs - old_logprobs) * mask
+                ratio = torch.exp(log_ratio)
+                policy_losses = -advantage * ratio
+                clipped_policy_losses = -advantage * ratio.clamp(1 - cfg.cliprange, 1 + cfg.cliprange)
+                policy_loss = (torch.max(policy_losses, clipped_policy_losses) * mask).sum() / tokens
+                clipped_values = torch.clamp(values, old_values - cfg.cliprange_value, old_values + cfg.cliprange_value)
+                value_losses = (values - target) ** 2
+                clipped_value_losses = (clipped_values - target) ** 2
+                value_loss = 0.5 * (torch.max(value_losses, clipped_value_losses) * mask).sum() / tokens
+                loss = policy_loss + cfg.vf_coef * value_loss
+                if not bool(torch.isfinite(loss)):
+                    self.optimizer.zero_grad(set_to_none=True)
+                    return None
+                self.grad_scaler.scale(loss * self.processes.gradient_sum_scale).backward()
+            with torch.no_grad():
+                totals["loss/total"] += loss.item()
+                totals["loss/policy"] += policy_loss.item()
+                totals["loss/value"] += value_loss.item()
+                totals["ppo/clipfrac"] += ((clipped_policy_losses > policy_losses) * mask).sum().item() / tokens.item()
+                totals["ppo/value_clipfrac"] += (
+                    (clipped_value_losses > value_losses) * mask
+                ).sum().item() / tokens.item()
+                totals["ppo/approx_kl"] += 0.5 * (log_ratio**2).sum().item() / tokens.item()
+        return totals
+
+    def _skip_nonfinite_loss(self) -> None:
+        self.nonfinite_losses += 1
+        if self.nonfinite_losses > self.config.max_nonfinite_losses:
+            raise FloatingPointError(
+                f"{self.nonfinite_losses} PPO losses were NaN or infinite, more than "
+                f"algorithm.max_nonfinite_losses={self.config.max_nonfinite_losses}. Lower algorithm.learning_rate, "
+                "use precision=fp32 or bf16, or raise the limit"
+            )
+
+    # -- one update and the loop -------------------------------------------------------------------------------
+
+    def update(self, rollout: Rollout, permutations: list[torch.Tensor] | None = None) -> dict[str, float]:
+        """PPO's update on a rollout: statistics, advantages, the epochs of minibatch steps, then the schedule and the
+        adaptive KL coefficient move. Returns the update's metrics (the KL ones of the rollout, before it)."""
+        statistics = self.rollout_statistics(rollout)
+        _, advantages, returns = self.advantages(rollout, statistics)
+        learning_rate, kl_coef = self.scheduler.get_last_lr()[0], self.kl_coef
+        losses = self.optimise(rollout, statistics, advantages, returns, permutations)
+        self.scheduler.step()
+        mask = rollout.mask
+        completions = mask.sum(1).clamp(min=1)
+        penalised = (self.penalty_kl(statistics) * mask).sum(1).mean().item()
+        estimates = kl_estimates(statistics["logprobs"], statistics["reference_logprobs"])
+        metrics = {
+            **losses,
+            "kl": ((statistics["exact_kl_plain"] * mask).sum(1) / completions).mean().item(),
+            **{f"kl_estimate/{k}": ((v * mask).sum(1) / completions).mean().item() for k, v in estimates.items()},
+            "kl_sequence_estimate": penalised,
+            "kl_coef": kl_coef,
+            "ppo/entropy": (-statistics["logprobs"] * mask).sum(1).mean().item(),
+            "lr": learning_rate,
+        }
+        if self.adaptive_kl is not None:
+            self.kl_coef = self.adaptive_kl.update(self.kl_coef, penalised)
+        return metrics
+
+    def step(self, prompts: list[str]) -> tuple[dict[str, float], list[Completion]]:
+        """One update on ``prompts``; returns its metrics (but progress and diversity) and its completions."""
+        started = time.perf_counter()
+        completions = self.generate(prompts)
+        generated = time.perf_counter()
+        self.score(completions)
+        completions = self.processes.gather(completions)
+        scored = time.perf_counter()
+        metrics = {**reward_and_length_metrics(completions), **self.update(self.make_rollout(completions))}
+        metrics.update(
+            {
+                "time/generation_s": generated - started,
+                "time/scoring_s": scored - generated,
+                "time/finetuning_s": time.perf_counter() - scored,
+                "train/nonfinite_losses_skipped": self.nonfinite_losses,
+                "memory/oom_halvings": sum(b.halvings for b in self.batch_sizes.values()),
+            }
+        )
+        metrics["time/step_s"] = time.perf_counter() - started
+        return metrics, completions
+
+    def run_update(
+        self, step: int, stream: PromptStream, context: RunContext, bookkeeping: Bookkeeping
+    ) -> tuple[dict[str, float], list[Completion]]:
+        """Update ``step`` as training runs it: :meth:`step` on the stream's next prompts, its metrics and sample
+        completions logged, its diversity metrics handed to ``bookkeeping``."""
+        cfg, tracker = self.config, context.tracker
+        metrics, completions = self.step(stream.take(cfg.batch_size))
+        metrics["progress/prompts_seen"] = stream.position
+        metrics["progress/completions_generated"] = (step + 1) * cfg.batch_size
+        tracker.log_metrics(metrics, step=step)
+        if self.processes.is_main:
+            bookkeeping.submit(step, lambda completions=completions: diversity_metrics(completions))
+        tracker.log_completions(
+            completion_rows(step, completions, [], context.config.mlflow.completions_logged_per_superbatch)
+        )
+        bookkeeping.log_ready()
+        return metrics, completions
+
+    def train(self, stream: PromptStream, context: RunContext, evaluator: PolicyEvaluator | None) -> None:
+        """Every update, logged; evaluation on the way when asked; checkpoints, resume and SIGTERM as SuperHF's
+        trainer (:meth:`superhf_lab.algorithms.superhf_trainer.SuperHFTrainer.train`)."""
+        cfg, run, tracker = self.config, context.config, context.tracker
+        first_step = self.resume(context, stream) if context.resume else 0
+        progress = tqdm(
+            range(first_step, cfg.num_updates),
+            desc="PPO updates",
+            unit="update",
+            initial=first_step,
+            total=cfg.num_updates,
+            disable=not self.processes.is_main,
+        )
+        with Bookkeeping(tracker) as bookkeeping:
+            for step in progress:
+                metrics, _ = self.run_update(step, stream, context, bookkeeping)
+                progress.set_postfix(reward=f"{metrics['reward/mean']:.3f}", kl=f"{metrics['kl']:.4f}")
+                last = step == cfg.num_updates - 1
+                due = run.eval.every_n_superbatches and (step + 1) % run.eval.every_n_superbatches == 0
+                if evaluator is not None and (due or (last and run.eval.at_end)):
+                    evaluator.evaluate(self.policy, self.starting, tracker, step)
+                every = run.checkpoint.every_n_superbatches
+                stop = self.processes.any(context.stop.requested)
+                if context.checkpoints and (last or stop or (every and (step + 1) % every == 0)):
+                    bookkeeping.log_all()
+                    self.save_checkpoint(context, stream, step)
+                if stop:
+                    context.stop_if_requested(f"update {step}")
+
+    def save_checkpoint(self, context: RunContext, stream: PromptStream, step: int) -> None:
+        rng = self.processes.gather([capture_rng()])
+        trainer_state = self.state_dict()
+        if self.processes.is_main:
+            state = {"trainer": trainer_state, "stream_position": stream.position, "rng": rng}
+            context.checkpoints.save(
+                state, {"step": step, "run_id": context.tracker.run_id, "world_size": self.processes.world_size}
+            )
+            context.tracker.flush()
+        self.processes.barrier()
+
+    def resume(self, context: RunContext, stream: PromptStream) -> int:
+        """Restore the newest whole checkpoint; returns the first update still to run."""
+        loaded = context.checkpoints.load()
+        if loaded is None:
+            return 0
+        state, meta = loaded
+        saved_by = len(state["rng"])
+        require(
+            saved_by == self.processes.world_size,
+            "checkpoint.resume",
+            context.config.checkpoint.resume,
+            f"the checkpoint in {context.checkpoints.folder} was saved by {saved_by} process(es): launch "
+            f"{saved_by} to continue it exactly, or start over with checkpoint.resume=never",
+        )
+        self.load_state_dict(state["trainer"])
+        stream.position = state["stream_position"]
+        restore_rng(state["rng"][self.processes.rank])
+        log.info("resumed from the checkpoint after update %d in %s", meta["step"], context.checkpoints.folder)
+        return meta["step"] + 1
+
+    def state_dict(self) -> dict:
+        """Weights (the policy's adapters with LoRA, and the value function), optimizer, schedule, loss scaler, the
+        KL coefficient (adaptive control moves it), the score normaliser and the counters."""
+        weights, optimizer = self.processes.state_dicts(self.actor_critic, self.optimizer, self.config.lora.enabled)
+        return {
+            "weights": weights,
+            "optimizer": optimizer,
+            "scheduler": self.scheduler.state_dict(),
+            "grad_scaler": self.grad_scaler.state_dict(),
+            "kl_coef": self.kl_coef,
+            "score_normaliser": self.score_normaliser,
+            "shuffling": self.shuffling.get_state(),
+            "nonfinite_losses": self.nonfinite_losses,
+            "batch_sizes": {phase: (b.size, b.halvings) for phase, b in self.batch_sizes.items()},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.processes.load_state_dicts(
+            self.actor_critic, self.optimizer, state["weights"], state["optimizer"], self.config.lora.enabled
+        )
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.grad_scaler.load_state_dict(state["grad_scaler"])
+        self.kl_coef = state["kl_coef"]
+        self.score_normaliser = state["score_normaliser"]
+        self.shuffling.set_state(state["shuffling"])
+        self.nonfinite_losses = state["nonfinite_losses"]
+        for phase, (size, halvings) in state["batch_sizes"].items():
+            self.batch_sizes[phase].size, self.batch_sizes[phase].halvings = size, halvings
 
 
 def per_process_batch_size(cfg: PPOAlgorithmConfig, world_size: int) -> int:
-    """Prompts per update on each process; every process's share must split into ``num_mini_batches``."""
+    """Prompts per update on each process (a share of the global ``batch_size``)."""
     require(
-        cfg.batch_size % (world_size * cfg.num_mini_batches) == 0,
+        cfg.batch_size % world_size == 0,
         "algorithm.batch_size",
         cfg.batch_size,
-        f"use a multiple of {world_size} processes x algorithm.num_mini_batches={cfg.num_mini_batches}",
+        f"use a multiple of the {world_size} processes",
     )
     return cfg.batch_size // world_size
 
 
-def build_ppo_trainer(context: RunContext):
-    """TRL's PPOTrainer on the shared setup (prompts, policy, scorers), with a value model initialised from the
-    policy; TRL applies the LoRA adapters and keeps the reference itself."""
-    from datasets import Dataset
-    from trl.experimental.ppo import PPOConfig, PPOTrainer
-
-    run = context.config
-    cfg: PPOAlgorithmConfig = run.algorithm
-    per_process = per_process_batch_size(cfg, context.processes.world_size)
-    setup = training_setup(context, cfg.max_new_tokens, cfg.rollout_minibatch_size, lora=None)
-    prompts, policy, tokenizer = setup.prompts.prompts, setup.policy, setup.tokenizer
-    value_model = AutoModelForSequenceClassification.from_pretrained(
-        run.model.name_or_path,
-        revision=run.model.revision,
-        num_labels=1,
-        trust_remote_code=run.model.trust_remote_code,
+def build_trainer(context: RunContext) -> tuple[PPOTrainer, PromptStream]:
+    """The trainer on the shared setup (prompts, policy with its starting policy, scorers) and its prompt stream."""
+    run, cfg = context.config, context.algorithm
+    per_process_batch_size(cfg, context.processes.world_size)
+    setup = training_setup(context, cfg.max_new_tokens, cfg.rollout_minibatch_size, cfg.lora, cfg.conversation_prompt)
+    actor_critic = ActorCritic.build(
+        setup.policy, run.model, cfg.value_model, cfg.value_head_init, setup.tokenizer.pad_token_id
     )
-    value_model.config.pad_token_id = tokenizer.pad_token_id
-    reward_model = TextRewardModel(tokenizer, setup.reward_scorer, setup.heldout_scorer, prompts, run.text)
-    args = PPOConfig(
-        output_dir=str(Path(run.output_dir) / "ppo"),
-        report_to="none",
-        save_strategy="no",
-        logging_steps=1,
-        seed=run.seed,
-        bf16=run.precision == "bf16",
-        fp16=run.precision == "fp16",
-        use_cpu=context.device.type == "cpu",
-        gradient_checkpointing=False,
-        disable_tqdm=False,
-        # One optimizer step per minibatch: TRL's micro-batch loop then takes each whole minibatch at once,
-        # and accelerate's accumulation (which TRL also uses to size its statistics) stays at 1. Several processes
-        # share an update's prompts, so batch_size stays the global number of prompts per update.
-        per_device_train_batch_size=per_process,
-        gradient_accumulation_steps=1,
-        num_mini_batches=cfg.num_mini_batches,
-        total_episodes=cfg.num_updates * cfg.batch_size,
-        num_ppo_epochs=cfg.num_ppo_epochs,
-        learning_rate=cfg.learning_rate,
-        lr_scheduler_type=cfg.lr_schedule,
-        response_length=cfg.max_new_tokens,
-        temperature=cfg.temperature,
-        stop_token="eos",
-        missing_eos_penalty=cfg.missing_eos_penalty,
-        kl_coef=run.kl_coef,
-        kl_estimator=cfg.kl_estimator,
-        cliprange=cfg.cliprange,
-        cliprange_value=cfg.cliprange_value,
-        vf_coef=cfg.vf_coef,
-        gamma=cfg.gamma,
-        lam=cfg.lam,
-        whiten_rewards=cfg.whiten_rewards,
-        local_rollout_forward_batch_size=cfg.rollout_minibatch_size,
-        num_sample_generations=0,
-    )
-    peft_config = cfg.lora.to_peft() if cfg.lora.enabled else None
-    dataset = Dataset.from_dict({"input_ids": [tokenizer(prompt).input_ids for prompt in prompts]})
-    # One completion per prompt; non-finite values are logged, as SuperHF logs them.
-    bridge = TrackerBridge(
-        context,
-        rollout_measure(context, reward_model),
-        PPO_RENAMES,
-        cfg.batch_size,
-        cfg.batch_size,
-        derive=ppo_derived_metrics,
-        finite_only=False,
-    )
-    callbacks: list[TrainerCallback] = [bridge]
-    if cfg.adaptive_kl.enabled:  # after the bridge, so each update logs the coefficient it was penalised with
-        callbacks.append(AdaptiveKLController(cfg.adaptive_kl.target, cfg.adaptive_kl.horizon, cfg.batch_size))
     trainer = PPOTrainer(
-        args=args,
-        processing_class=tokenizer,
-        model=policy,
-        ref_model=None,
-        reward_model=reward_model,
-        train_dataset=dataset,
-        value_model=value_model,
-        eval_dataset=dataset.select(range(1)),
-        callbacks=callbacks,
-        peft_config=peft_config,
+        cfg,
+        run.kl_coef,
+        run.text,
+        actor_critic,
+        setup.starting,
+        setup.tokenizer,
+        setup.reward_scorer,
+        setup.heldout_scorer,
+        context.device,
+        run.precision,
+        context.processes,
+        seed=run.seed,
     )
-    trainer.dataloader = ContextLengthTracker(trainer.dataloader, reward_model)
-    return trainer, setup
+    return trainer, PromptStream(setup.prompts.prompts, seed=run.seed, shuffle=run.data.shuffle)
 
 
-@register_algorithm("ppo", PPOAlgorithmConfig, METRIC_NAMES, transformers_trainer=True)
+@register_algorithm("ppo", PPOAlgorithmConfig, METRIC_NAMES, checkpoints=True, build=build_trainer)
 def train_ppo(context: RunContext) -> None:
-    """Run TRL's PPO loop (the callbacks log every update), then evaluate and save the final policy."""
-    trainer, setup = build_ppo_trainer(context)
-    trainer.train()
-    policy = trainer.accelerator.unwrap_model(trainer.model).policy
-    starting = (
-        StartingPolicy(trainer.ref_model, adapters_disabled=False)
-        if trainer.ref_model is not None
-        else StartingPolicy(policy, adapters_disabled=True)
-    )  # with LoRA TRL keeps no copy
-    finish_training(context, setup, policy, starting, last_step=context.algorithm.num_updates - 1)
+    """Train (evaluating on the way and at the end, before the last checkpoint), then save the policy."""
+    trainer, stream = build_trainer(context)
+    run = context.config
+    evaluator = None
+    if run.eval.at_end or run.eval.every_n_superbatches:
+        evaluator = PolicyEvaluator(
+            run, trainer.tokenizer, trainer.reward_scorer, trainer.heldout_scorer, context.device, context.processes
+        )
+    trainer.train(stream, context, evaluator)
+    context.stop_if_requested("the last update")
+    if context.processes.is_main:
+        save_policy_artifact(context.tracker, trainer.policy, trainer.tokenizer)
