@@ -7,7 +7,8 @@ VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
-# torch first: the CPU wheel of 2.13.0 where one is at hand, the default build elsewhere.
+# torch first: the CPU wheel of 2.13.0, which this lab's machines and CI hold on disk (their pip caps torch at
+# 2.14.1); elsewhere `make install TORCH_SPEC=torch==2.15.0` (on PyPI for Linux the 3 GB CUDA build) works too.
 TORCH_SPEC ?= torch==2.13.0
 TRACKING_PORT ?= 5000
 

@@ -219,14 +219,23 @@ class ActorCritic(nn.Module):
     def head(self) -> nn.Linear:
         return self.value_head if self.value_model is None else self.value_model.score
 
-    def forward(self, **inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(the policy's logits, the value at every position)."""
+    def forward(self, positions: torch.Tensor, **inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the policy's logits, the values) at ``positions`` (``(B, L)`` column indices): the output layer runs
+        only there (transformers' ``logits_to_keep``), not over the prompts."""
         if self.value_model is None:
-            output = self.policy(**inputs, output_hidden_states=True)
-            return output.logits, self.value_head(output.hidden_states[-1]).squeeze(-1)
+            output = self.policy(**inputs, logits_to_keep=positions, output_hidden_states=True)
+            hidden = output.hidden_states[-1]
+            values = self.value_head(_at(hidden, positions)).squeeze(-1)
+            return output.logits, values
         backbone = getattr(self.value_model, self.value_model.base_model_prefix)
         hidden = backbone(**inputs).last_hidden_state
-        return self.policy(**inputs).logits, self.value_model.score(hidden).squeeze(-1)
+        values = self.value_model.score(_at(hidden, positions)).squeeze(-1)
+        return self.policy(**inputs, logits_to_keep=positions).logits, values
+
+
+def _at(hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """``hidden`` (B, T, H) at each row's ``positions`` (B, L): (B, L, H)."""
+    return hidden.gather(1, positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
 
 
 class AdaptiveKLController:
@@ -242,11 +251,13 @@ class AdaptiveKLController:
         return coef * (1 + error * self.batch_size / self.horizon)
 
 
-def action_log_probs(logits: torch.Tensor, rollout: Rollout, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log-probabilities of the completion tokens at ``temperature``, the full log-softmax at those positions)."""
-    at = rollout.positions.unsqueeze(-1).expand(-1, -1, logits.shape[-1])
-    log_probs = F.log_softmax(logits.gather(1, at).float() / temperature, dim=-1)
-    return log_probs.gather(-1, rollout.actions.unsqueeze(-1)).squeeze(-1), log_probs
+def action_log_probs(
+    logits: torch.Tensor, actions: torch.Tensor, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-probabilities of ``actions`` at ``temperature``, the whole log-softmax) from the logits predicting them."""
+    logits = logits.float()
+    log_probs = F.log_softmax(logits / temperature if temperature != 1 else logits, dim=-1)
+    return log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1), log_probs
 
 
 class PPOTrainer:
@@ -291,7 +302,10 @@ class PPOTrainer:
             if isinstance(module, nn.Dropout):
                 module.p = 0.0
         self.trainable = [p for p in actor_critic.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(self.trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
+        # fused: one kernel per step instead of one per tensor (the default on accelerators, and TRL's)
+        optimizer = torch.optim.AdamW(
+            self.trainable, lr=config.learning_rate, weight_decay=config.weight_decay, fused=_fused_adam(self.trainable)
+        )
         scheduler = get_scheduler(
             config.lr_schedule, optimizer, num_warmup_steps=0, num_training_steps=config.num_updates
         )
@@ -399,24 +413,25 @@ class PPOTrainer:
     def _statistics_of(self, part: Rollout) -> dict[str, torch.Tensor]:
         temperature = self.config.temperature
         with autocast(self.device, self.precision):
-            logits, values = self.actor_critic(**part.inputs)
-        reference_logits = self.starting.logits(self.device, self.precision, **part.inputs)
-        logprobs, log_probs = action_log_probs(logits, part, temperature)
-        reference_logprobs, reference_log_probs = action_log_probs(reference_logits, part, temperature)
+            logits, values = self.actor_critic(part.positions, **part.inputs)
+        reference_logits = self.starting.logits(
+            self.device, self.precision, **part.inputs, logits_to_keep=part.positions
+        )
+        logprobs, log_probs = action_log_probs(logits, part.actions, temperature)
+        reference_logprobs, reference_log_probs = action_log_probs(reference_logits, part.actions, temperature)
         exact = (log_probs.exp() * (log_probs - reference_log_probs)).sum(-1)
         if temperature != 1:
-            _, plain = action_log_probs(logits, part, 1.0)
-            _, plain_reference = action_log_probs(reference_logits, part, 1.0)
+            _, plain = action_log_probs(logits, part.actions, 1.0)
+            _, plain_reference = action_log_probs(reference_logits, part.actions, 1.0)
             exact_plain = (plain.exp() * (plain - plain_reference)).sum(-1)
         else:
             exact_plain = exact
-        values = values.float().gather(1, part.positions)
         return {
             "logprobs": logprobs * part.mask,
             "reference_logprobs": reference_logprobs * part.mask,
             "exact_kl": exact * part.mask,
             "exact_kl_plain": exact_plain * part.mask,
-            "values": values * part.mask,
+            "values": values.float() * part.mask,
         }
 
     def penalty_kl(self, statistics: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -509,9 +524,9 @@ class PPOTrainer:
             advantage, target = advantages[rows], returns[rows]
             with self.processes.no_sync(self.trained):
                 with autocast(self.device, self.precision):
-                    logits, values = self.trained(**part.inputs)
-                logprobs, _ = action_log_probs(logits, part, cfg.temperature)
-                values = values.float().gather(1, part.positions)
+                    logits, values = self.trained(part.positions, **part.inputs)
+                logprobs, _ = action_log_probs(logits, part.actions, cfg.temperature)
+                values = values.float()
                 log_ratio = (logprobs - old_logprobs) * mask
                 ratio = torch.exp(log_ratio)
                 policy_losses = -advantage * ratio
@@ -700,6 +715,12 @@ class PPOTrainer:
         self.nonfinite_losses = state["nonfinite_losses"]
         for phase, (size, halvings) in state["batch_sizes"].items():
             self.batch_sizes[phase].size, self.batch_sizes[phase].halvings = size, halvings
+
+
+def _fused_adam(parameters: list[torch.nn.Parameter]) -> bool:
+    """Whether torch's fused AdamW takes these parameters (float ones on a CPU or an accelerator it supports)."""
+    supported = ("cpu", "cuda", "xpu", "mps")
+    return all(p.is_floating_point() and p.device.type in supported for p in parameters)
 
 
 def per_process_batch_size(cfg: PPOAlgorithmConfig, world_size: int) -> int:
