@@ -1,4 +1,5 @@
 # make run    install (if needed), build the tiny world (if needed), run SuperHF on it
+# make world-check  build the tiny world twice from scratch and compare every file (it must be identical)
 # make test   install (if needed), check format, lint and import layers (make lint), run the test suite
 # make bench  time one superbatch's phases on the tiny world (one JSON line)
 # make results  the README's results table: each row x seed on the tiny world (about 35 minutes on 2 cores)
@@ -12,7 +13,7 @@ INSTALLED := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 TRACKING_PORT ?= 5000
 
-.PHONY: install tracking-server wordnet browser world run lint test bench results ui clean
+.PHONY: install tracking-server wordnet browser world world-check run lint test bench results ui clean
 
 install: $(INSTALLED)
 
@@ -42,6 +43,10 @@ wordnet:
 
 world: install
 	$(PY) -m superhf_lab.tiny_world
+
+# Two builds of the tiny world from scratch, compared file by file (about 4 minutes on 2 cores).
+world-check: install
+	$(PY) -m superhf_lab.tiny_world --check-reproducible
 
 run: install
 	$(PY) run.py $(ARGS)

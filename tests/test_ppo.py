@@ -272,3 +272,16 @@ def test_a_lora_ppo_run_measures_kl_against_the_adapter_free_policy(tiny_world, 
     assert kl[1] > 1e-4, "KL against the adapter-free policy grows once the adapters train"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "policy")}
     assert "policy/adapter_model.safetensors" in artifacts and "policy/model.safetensors" not in artifacts
+
+
+def test_sharded_weights_are_refused_naming_the_key():
+    """PPO's update runs a policy and a value function that FSDP2 would shard as separate roots; until it does, a
+    sharded launch is refused before anything runs."""
+    from types import SimpleNamespace
+
+    from superhf_lab.core.errors import ConfigError
+    from superhf_lab.runtime.distributed import Processes
+
+    fsdp = Processes(SimpleNamespace(process_index=0, num_processes=2, distributed_type=SimpleNamespace(value="FSDP")))
+    with pytest.raises(ConfigError, match=r"distributed\.engine.*distributed=ddp"):
+        PPOTrainer(PPOAlgorithmConfig(), 0.1, TextConfig(), None, None, None, None, None, CPU, "fp32", fsdp)

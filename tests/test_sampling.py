@@ -110,3 +110,51 @@ def test_scoring_in_length_sorted_minibatches_gives_each_text_its_own_score(tiny
     )
     assert bucketed == pytest.approx(alone, abs=fp32_tolerance(length, max(map(abs, alone))))
     assert len(set(round(score, 3) for score in alone)) > 3, "the texts get different scores"
+
+
+SETTINGS = [
+    SamplingSettings(top_p=0.9),
+    SamplingSettings(temperature=0.8, top_p=0.95, generation_top_k=50),
+    SamplingSettings(generation_top_k=20),
+    SamplingSettings(temperature=1.3, top_p=0.5),
+    SamplingSettings(top_p=1.0),
+]
+
+
+@pytest.mark.parametrize("settings", SETTINGS, ids=["top-p", "all-warpers", "top-k", "hot-top-p", "plain"])
+def test_the_lean_sampler_draws_from_generates_distribution(tiny_policy, tiny_world, settings):
+    """Per step, the distribution the lean loop draws from (its candidates and their probabilities) is the one
+    generate's warpers leave, token for token, on the tiny policy's next-token logits and on flat random ones (where
+    top-p reaches past the ranked candidates and the whole vocabulary is ranked). Not the same draws for a seed: it
+    draws among fewer candidates than generate's softmax over the vocabulary."""
+    from superhf_lab.training.sampling import truncated_distribution, warpers
+
+    policy, tokenizer = tiny_policy
+    prompts = [json.loads(line)["prompt"] for line in (tiny_world.root / "prompts" / "test.jsonl").open()][:8]
+    encoded = tokenizer(prompts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        policy_logits = policy(**encoded).logits[:, -1].float()
+    flat = torch.randn(8, policy_logits.shape[-1], generator=torch.Generator().manual_seed(0)) * 0.05
+    for scores in (policy_logits, flat):
+        expected = torch.softmax(warpers(settings)(encoded["input_ids"], scores.clone()), dim=-1)
+        candidates, probabilities = truncated_distribution(scores.clone(), settings)
+        actual = torch.zeros_like(expected).scatter(1, candidates, probabilities)
+        # a softmax over V terms and a renormalisation: float32 rounding of sums of that length, on probabilities <= 1
+        torch.testing.assert_close(actual, expected, rtol=0, atol=fp32_tolerance(2 * scores.shape[-1]))
+        assert ((actual > 0) == (expected > 0)).all(), "the same tokens are kept"
+
+
+def test_the_lean_sampler_is_reproducible_and_ends_rows_as_generate_does(tiny_policy, tiny_world):
+    policy, tokenizer = tiny_policy
+    prompts = [json.loads(line)["prompt"] for line in (tiny_world.root / "prompts" / "test.jsonl").open()][:4]
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        runs.append(
+            sample_completions(
+                policy, tokenizer, prompts, 8, SamplingSettings(max_new_tokens=48), 16, CPU, "fp32", "next_turn"
+            )
+        )
+    assert runs[0] == runs[1], "the same seed, the same completions"
+    assert any(c.finished for c in runs[0]) and len({c.text for c in runs[0]}) > 16
+    assert all(c.generated_tokens <= 48 for c in runs[0])

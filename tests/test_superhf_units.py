@@ -379,7 +379,8 @@ def test_generation_and_scoring_out_of_memory_halve_and_go_on(tiny_world):
     policy, tokenizer = load_policy(ModelConfig(name_or_path=str(tiny_world.policy)), torch.device("cpu"))
     config = SuperHFConfig(superbatch_size=4, minibatch_size_generating=8, minibatch_size_scoring=32, max_new_tokens=4)
     trainer = _trainer(config, policy, tokenizer, _BatchLimitedScorer())
-    policy.generate = _fails_above(policy.generate, 2, lambda **inputs: inputs["input_ids"].shape[0])
+    # the sampler's forward passes (the prompt's, then one per token) run out of memory above 2 rows
+    policy.forward = _fails_above(policy.forward, 2, lambda **inputs: inputs["input_ids"].shape[0])
     completions = trainer.generate(["\n\nHuman: How do I bake bread?\n\nAssistant:"] * 2)
     assert len(completions) == 8 and trainer.batch_sizes["generating"].size == 2
     trainer.score(completions)

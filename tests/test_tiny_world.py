@@ -272,3 +272,54 @@ def test_changing_the_recipe_changes_the_fingerprint():
     assert recipe_fingerprint(recipe) == recipe_fingerprint(TinyWorldRecipe())
     assert recipe_fingerprint(recipe) != recipe_fingerprint(dataclasses.replace(recipe, label_noise=0.2))
     assert recipe_fingerprint(recipe) != recipe_fingerprint(dataclasses.replace(recipe, seed=1))
+
+
+def test_other_library_versions_change_the_fingerprint():
+    """A world built elsewhere with other versions of what trains it is rebuilt, not silently reused."""
+    from superhf_lab.tiny_world.build import library_versions
+
+    recipe, versions = TinyWorldRecipe(), library_versions()
+    assert recipe_fingerprint(recipe, versions) == recipe_fingerprint(recipe)
+    for name in ("torch", "transformers", "trl", "tokenizers"):
+        assert recipe_fingerprint(recipe, {**versions, name: "0.0.1"}) != recipe_fingerprint(recipe), name
+    assert recipe_fingerprint(dataclasses.replace(recipe, build_threads=1)) != recipe_fingerprint(recipe)
+
+
+TOKENIZERS_IN_A_PROCESS = """
+import hashlib, sys
+from superhf_lab.tiny_world import synthetic, training
+from superhf_lab.tiny_world.recipe import TinyWorldRecipe
+recipe = TinyWorldRecipe()
+examples = synthetic.make_sft_examples(1500, recipe.seed_for("sft"), sign_off_rate=recipe.sft_sign_off_rate)
+texts = [example["prompt"] + example["completion"] for example in examples]
+for train in (training.train_policy_tokenizer, training.train_reward_tokenizer):
+    print(hashlib.sha256(train(texts, recipe).backend_tokenizer.to_str().encode()).hexdigest())
+"""
+
+
+def test_both_tokenizers_come_out_the_same_in_two_processes():
+    """Each process seeds its hash maps differently, which made tokenizers' WordPiece trainer learn another
+    vocabulary in every build (huggingface/tokenizers#1794); both tokenizers must now be the same, byte for byte."""
+    import subprocess
+    import sys
+
+    runs = [
+        subprocess.run([sys.executable, "-c", TOKENIZERS_IN_A_PROCESS], capture_output=True, text=True, check=True)
+        for _ in range(2)
+    ]
+    first, second = (run.stdout.split() for run in runs)
+    assert len(first) == 2 and first == second
+
+
+def test_the_learned_wordpiece_vocabulary_splits_unknown_words_into_known_pieces():
+    from tokenizers import normalizers, pre_tokenizers
+
+    from superhf_lab.tiny_world.training import REWARD_SPECIAL_TOKENS, learn_wordpiece_vocabulary
+
+    texts = ["the cat sat on the mat", "the cats sat", "a mat"] * 3
+    vocabulary = learn_wordpiece_vocabulary(
+        texts, 40, normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+    )
+    assert list(vocabulary)[: len(REWARD_SPECIAL_TOKENS)] == list(REWARD_SPECIAL_TOKENS)
+    assert sorted(vocabulary.values()) == list(range(len(vocabulary))) and len(vocabulary) <= 40
+    assert {"t", "##h", "##e", "the", "##at"} <= set(vocabulary), "first characters, continuations and merges"

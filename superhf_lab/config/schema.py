@@ -440,6 +440,9 @@ class LoraSettings:
         )
 
 
+SAMPLERS = ("lean", "generate")
+
+
 @dataclass
 class SamplingSettings:
     """How completions are sampled: ``generate`` keyword arguments plus the policy-only conversation prompt."""
@@ -458,8 +461,16 @@ class SamplingSettings:
     conversation_prompt: str = field(
         default="", metadata={"help": "prepended to every prompt the policy sees, never shown to a reward model"}
     )
+    sampler: str = field(
+        default="lean",
+        metadata={
+            "help": "lean: the lab's loop over cached forward passes; generate: transformers' generate() (the same "
+            "tokens for a seed, slower)"
+        },
+    )
 
     def check(self, prefix: str) -> None:
+        require(self.sampler in SAMPLERS, f"{prefix}.sampler", self.sampler, f"use one of {SAMPLERS}")
         require(self.max_new_tokens > 0, f"{prefix}.max_new_tokens", self.max_new_tokens, "use a positive integer")
         require(self.temperature > 0, f"{prefix}.temperature", self.temperature, "sampling needs a temperature > 0")
         require(0 < self.top_p <= 1, f"{prefix}.top_p", self.top_p, "use a value in (0, 1]")

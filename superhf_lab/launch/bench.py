@@ -4,6 +4,9 @@
   bookkeeping on the training loop's path), with METEOR and distinct-n computed inline and then in the
   background as training runs them, and throughput;
 - ``generation``: generated tokens per kept token, with generation stopping at the cut (now) and without (before);
+  ``tiny_world`` and ``pythia_160m_shape``: transformers' ``generate()`` against the lean sampling loop on the same
+  prompts and seeds (their ``speedup``, and whether they drew the same completions), on the tiny policy and on a
+  random-weight policy of Pythia-160M's shape;
 - ``meteor``: the superbatch's METEOR similarity pairs, :class:`superhf_lab.metrics.meteor.MeteorTexts` against nltk;
 - ``algorithms`` (``--algorithms``): seconds per 1,000 completions (preference pairs for DPO and FeedME) of each
   algorithm on the tiny world at the same 32 per step, and the ratio to SuperHF;
@@ -17,16 +20,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 
 import mlflow
 import torch
-from transformers import set_seed
+from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, set_seed
 
 from superhf_lab.algorithms.registry import get_algorithm
 from superhf_lab.config.schema import MlflowConfig
@@ -38,6 +43,7 @@ from superhf_lab.tracking.store import check_tracking_store
 from superhf_lab.tracking.tracker import tracked_run
 from superhf_lab.training.context import RunContext
 from superhf_lab.training.models import resolve_device
+from superhf_lab.training.sampling import sample_completions
 from superhf_lab.training.sequences import completion_token_ids
 
 PHASES = ("generation_s", "scoring_s", "finetuning_s")
@@ -118,6 +124,60 @@ def generation_saving(trainer, prompts: list[str], rounds: int = 2) -> dict:
                 sum(c.generated_tokens for c in completions) / max(kept, 1), 4
             )
     return result
+
+
+def sampler_speedup(
+    policy, tokenizer, prompts: list[str], per_prompt: int, settings, batch: int, device, precision: str, cut: str
+) -> dict:
+    """Seconds of transformers' ``generate()`` and of the lean loop (the best of two rounds, alternating) on the same
+    prompts and seeds, their ratio, and whether they drew the same completions."""
+    seconds: dict[str, float] = {}
+    drawn: dict[str, list] = {}
+    for _ in range(2):
+        for sampler in ("generate", "lean"):
+            torch.manual_seed(0)
+            started = time.perf_counter()
+            completions = sample_completions(
+                policy,
+                tokenizer,
+                prompts,
+                per_prompt,
+                replace(settings, sampler=sampler),
+                batch,
+                device,
+                precision,
+                cut,
+            )
+            seconds[sampler] = min(time.perf_counter() - started, seconds.get(sampler, math.inf))
+            drawn[sampler] = [(c.text, c.generated_tokens) for c in completions]
+    return {
+        "generate_s": round(seconds["generate"], 3),
+        "lean_s": round(seconds["lean"], 3),
+        "speedup": round(seconds["generate"] / seconds["lean"], 2),
+        "identical": drawn["generate"] == drawn["lean"],
+    }
+
+
+def pythia_160m_sampling(tokenizer, prompts: list[str], settings, device, precision: str, cut: str) -> dict:
+    """:func:`sampler_speedup` on a random-weight policy of Pythia-160M's shape (hidden 768, 12 layers, its
+    vocabulary size), where the arithmetic, not the loop, dominates: 4 prompts x 2 completions of 32 tokens."""
+    config = GPTNeoXConfig(
+        vocab_size=50304,
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        max_position_embeddings=2048,
+        rotary_pct=0.25,
+        tie_word_embeddings=False,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    policy = GPTNeoXForCausalLM(config).to(device).eval()
+    return sampler_speedup(
+        policy, tokenizer, prompts[:4], 2, replace(settings, max_new_tokens=32), 8, device, precision, cut
+    )
 
 
 def seconds_per_1000(
@@ -228,6 +288,22 @@ def main() -> None:
             trainer, stream = get_algorithm("superhf").build(context)
             phases = superbatch_phases(trainer, stream, context, args.superbatches)
             generation = generation_saving(trainer, stream.take(config.algorithm.prompt_accumulation_steps))
+            algorithm, cut = config.algorithm, config.text.cut
+            prompts = stream.take(algorithm.prompt_accumulation_steps)
+            generation["tiny_world"] = sampler_speedup(
+                trainer.policy,
+                trainer.tokenizer,
+                prompts,
+                algorithm.superbatch_size,
+                algorithm.sampling,
+                algorithm.minibatch_size_generating,
+                device,
+                config.precision,
+                cut,
+            )
+            generation["pythia_160m_shape"] = pythia_160m_sampling(
+                trainer.tokenizer, stream.take(4), algorithm.sampling, device, config.precision, cut
+            )
             texts = [c.text for c in trainer.generate(stream.take(config.algorithm.prompt_accumulation_steps))]
     meteor = benchmark_against_nltk(texts)
     names = [name for name in args.algorithms.split(",") if name]

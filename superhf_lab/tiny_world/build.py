@@ -66,13 +66,51 @@ class TinyWorldPaths:
         ]
 
 
-def recipe_fingerprint(recipe: TinyWorldRecipe) -> str:
-    """Hash of the recipe and of this package's source: editing either invalidates a cached world."""
+# The libraries whose versions decide what a build computes (training loops, kernels, tokenizer training).
+BUILD_LIBRARIES = ("torch", "transformers", "trl", "tokenizers", "datasets", "accelerate", "numpy")
+
+
+def library_versions() -> dict[str, str]:
+    """The installed versions of :data:`BUILD_LIBRARIES` (read from package metadata: nothing is imported)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for name in BUILD_LIBRARIES:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = "absent"
+    return versions
+
+
+def recipe_fingerprint(recipe: TinyWorldRecipe, versions: dict[str, str] | None = None) -> str:
+    """Hash of what decides a build: the recipe (its thread count too), this package's source and the library
+    versions; a world built elsewhere with other versions is rebuilt rather than silently reused."""
     digest = hashlib.sha256(json.dumps(asdict(recipe), sort_keys=True).encode())
+    digest.update(json.dumps(versions if versions is not None else library_versions(), sort_keys=True).encode())
     for source in sorted(_PACKAGE_DIR.glob("*.py")):
         digest.update(source.name.encode())
         digest.update(source.read_bytes())
     return digest.hexdigest()[:16]
+
+
+def world_digest(root: str | Path) -> dict[str, str]:
+    """SHA-256 of every file of a built world by its path, but the build report (it holds the build's timings):
+    two builds of one recipe with the same libraries, on machines of one architecture, give the same digest."""
+    root = Path(root)
+    return {
+        str(path.relative_to(root)): _file_sha256(path)
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and path.name != REPORT_FILE
+    }
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _cached_fingerprint(paths: TinyWorldPaths) -> str | None:
@@ -153,6 +191,17 @@ class _StageTimer:
 
 def _build(paths: TinyWorldPaths, recipe: TinyWorldRecipe, fingerprint: str) -> None:
     # Imported here so that using an already-built world never pays for torch/transformers/TRL.
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(recipe.build_threads)  # float reductions split by thread count: fixed, so is the result
+    try:
+        _build_steps(paths, recipe, fingerprint)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _build_steps(paths: TinyWorldPaths, recipe: TinyWorldRecipe, fingerprint: str) -> None:
     from transformers import set_seed
 
     from superhf_lab.tiny_world import evaluation, synthetic, training
@@ -228,4 +277,7 @@ def _build(paths: TinyWorldPaths, recipe: TinyWorldRecipe, fingerprint: str) -> 
     }
     paths.report_file.write_text(json.dumps(report, indent=2) + "\n")
     # Written last: its presence with a matching fingerprint is what marks a world as complete.
-    paths.recipe_file.write_text(json.dumps({"fingerprint": fingerprint, "recipe": asdict(recipe)}, indent=2) + "\n")
+    paths.recipe_file.write_text(
+        json.dumps({"fingerprint": fingerprint, "recipe": asdict(recipe), "libraries": library_versions()}, indent=2)
+        + "\n"
+    )

@@ -10,6 +10,7 @@ class TinyWorldRecipe:
     """Every knob of the tiny world; changing any of them gives a different world (and a rebuild)."""
 
     seed: int = 0
+    build_threads: int = 2  # torch threads while building: float sums split by thread count, so results depend on it
     # Data
     sft_examples: int = 5000
     preference_pairs: int = 4000

@@ -7,6 +7,7 @@ so code that passes decoded text between them is exercised for real.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -60,16 +61,49 @@ def train_policy_tokenizer(texts: Iterable[str], recipe: TinyWorldRecipe) -> Pre
     )
 
 
+def learn_wordpiece_vocabulary(texts: Iterable[str], size: int, normalizer, pre_tokenizer) -> dict[str, int]:
+    """WordPiece's vocabulary as tokenizers' WordPieceTrainer learns it (BPE over words split into a first character
+    and ``##``-marked continuations, until ``size`` pieces), with every tie broken by the pieces' text.
+
+    The trainer itself is not reproducible: it keeps pieces in hash maps, so which pieces it learns, and their ids,
+    change from process to process (huggingface/tokenizers#1794). Here words are counted, merged and numbered in
+    sorted order, so the same texts give the same vocabulary on every run and machine.
+    """
+    counts: Counter[str] = Counter()
+    for text in texts:
+        counts.update(word for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    words = [([word[0], *(f"##{c}" for c in word[1:])], count) for word, count in sorted(counts.items())]
+    pieces = list(REWARD_SPECIAL_TOKENS) + sorted({piece for symbols, _ in words for piece in symbols})
+    known = set(pieces)
+    while len(pieces) < size:
+        pairs: Counter[tuple[str, str]] = Counter()
+        for symbols, count in words:
+            for pair in zip(symbols, symbols[1:]):
+                pairs[pair] += count
+        if not pairs:
+            break
+        (left, right), _ = min(pairs.items(), key=lambda item: (-item[1], item[0]))
+        merged = left + right.removeprefix("##")
+        for symbols, _ in words:
+            i = 0
+            while i < len(symbols) - 1:
+                if symbols[i] == left and symbols[i + 1] == right:
+                    symbols[i : i + 2] = [merged]
+                i += 1
+        if merged not in known:
+            known.add(merged)
+            pieces.append(merged)
+    return {piece: index for index, piece in enumerate(pieces)}
+
+
 def train_reward_tokenizer(texts: Iterable[str], recipe: TinyWorldRecipe) -> PreTrainedTokenizerFast:
     """A BERT-style lower-cased WordPiece that wraps every text as ``[CLS] text [SEP]``."""
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    vocabulary = learn_wordpiece_vocabulary(texts, recipe.reward_vocab_size, normalizer, pre_tokenizer)
+    tokenizer = Tokenizer(models.WordPiece(vocabulary, unk_token="[UNK]"))
+    tokenizer.normalizer, tokenizer.pre_tokenizer = normalizer, pre_tokenizer
     tokenizer.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=recipe.reward_vocab_size, special_tokens=list(REWARD_SPECIAL_TOKENS), show_progress=False
-    )
-    tokenizer.train_from_iterator(texts, trainer)
     cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",

@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
+from transformers import (
+    LogitsProcessorList,
+    NoRepeatNGramLogitsProcessor,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    RepetitionPenaltyLogitsProcessor,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from superhf_lab.config.schema import SamplingSettings
 from superhf_lab.core.faults import reach
 from superhf_lab.core.text import CUT_LAST_CHARACTERS, CUT_PATTERNS, decode_completion, with_conversation_prompt
 from superhf_lab.runtime.distributed import ONE_PROCESS, Processes
+from superhf_lab.runtime.memory import alone
 from superhf_lab.training.completions import Completion
 from superhf_lab.training.models import autocast
 
@@ -78,6 +93,8 @@ def sample_completions(
     reach("generation")
     jobs = [(index, prompt) for index, prompt in enumerate(prompts) for _ in range(per_prompt)]
     jobs, real = processes.even_share(jobs)
+    # Sharded weights: a forward pass is a collective, so every rank steps until all ranks' rows have ended.
+    any_unfinished = processes.any if processes.sharded_weights else alone
     was_training = policy.training
     policy.eval()
     completions = []
@@ -95,26 +112,139 @@ def sample_completions(
             padding=True,
         ).to(device)
         prompt_length = encoded["input_ids"].shape[1]
-        stopping = StoppingCriteriaList([StopAtNextTurn(tokenizer, prompt_length, cut)] if stop_at_cut else [])
+        stop = StopAtNextTurn(tokenizer, prompt_length, cut) if stop_at_cut else None
         with autocast(device, precision):
-            output = policy.generate(
-                **encoded,
-                do_sample=True,
-                temperature=settings.temperature,
-                top_p=settings.top_p,
-                top_k=settings.generation_top_k,
-                repetition_penalty=settings.repetition_penalty,
-                no_repeat_ngram_size=settings.no_repeat_ngram_size,
-                max_new_tokens=settings.max_new_tokens,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                stopping_criteria=stopping,
-            )
+            output = SAMPLERS[settings.sampler](policy, encoded, settings, tokenizer, stop, any_unfinished)
         new_tokens = output[:, prompt_length:].tolist()
         for (prompt_index, prompt), tokens in zip(batch, new_tokens):
             completions.append(decoded_completion(tokenizer, prompt, prompt_index, tokens, cut))
     policy.train(was_training)
     return completions[:real]
+
+
+CANDIDATES = 512  # tokens the lean sampler ranks per row before it falls back to sorting the whole vocabulary
+
+
+def penalties(settings: SamplingSettings) -> LogitsProcessorList:
+    """The penalties ``generate`` applies for these settings (its own processors), before its warpers."""
+    processors = LogitsProcessorList()
+    if settings.repetition_penalty != 1.0:
+        processors.append(RepetitionPenaltyLogitsProcessor(settings.repetition_penalty))
+    if settings.no_repeat_ngram_size > 0:
+        processors.append(NoRepeatNGramLogitsProcessor(settings.no_repeat_ngram_size))
+    return processors
+
+
+def warpers(settings: SamplingSettings) -> LogitsProcessorList:
+    """The warpers ``generate`` applies after the penalties: temperature, then top-k, then top-p."""
+    processors = LogitsProcessorList()
+    if settings.temperature != 1.0:
+        processors.append(TemperatureLogitsWarper(settings.temperature))
+    if settings.generation_top_k != 0:
+        processors.append(TopKLogitsWarper(settings.generation_top_k))
+    if settings.top_p < 1.0:
+        processors.append(TopPLogitsWarper(settings.top_p))
+    return processors
+
+
+def truncated_distribution(scores: torch.Tensor, settings: SamplingSettings) -> tuple[torch.Tensor, torch.Tensor]:
+    """The distribution ``generate``'s warpers leave (temperature, top-k, then top-p on what top-k kept), as each
+    row's candidate tokens (``(B, C)`` ids, highest first) and their probabilities, without sorting the vocabulary:
+    only the ``generation_top_k`` (or :data:`CANDIDATES`) best tokens are ranked; a row whose top-p set reaches past
+    them is ranked in full. Returns every token (in id order) when nothing truncates.
+
+    A token is kept, as in ``TopPLogitsWarper``, unless the tokens at most as likely as it hold at most 1 - top_p of
+    the mass, i.e. when the tokens ranked above it hold less than top_p; the first is always kept."""
+    if settings.temperature != 1.0:
+        scores = scores / settings.temperature
+    vocabulary = scores.shape[-1]
+    if settings.top_p >= 1.0 and settings.generation_top_k == 0:
+        return torch.arange(vocabulary, device=scores.device).expand_as(scores), F.softmax(scores, dim=-1)
+    width = min(settings.generation_top_k or CANDIDATES, vocabulary)
+    log_normaliser = torch.logsumexp(scores, dim=-1, keepdim=True)
+    while True:
+        top_scores, top_ids = scores.topk(width, dim=-1)
+        if settings.generation_top_k:
+            log_normaliser = torch.logsumexp(top_scores, dim=-1, keepdim=True)
+        probabilities = (top_scores - log_normaliser).exp()
+        if settings.top_p >= 1.0:
+            return top_ids, probabilities / probabilities.sum(-1, keepdim=True)
+        above = probabilities.cumsum(-1) - probabilities  # the mass ranked above each candidate
+        kept = above < settings.top_p
+        kept[:, 0] = True
+        covered = (~kept[:, -1]) | (width == vocabulary) | bool(settings.generation_top_k)
+        if bool(covered.all()):
+            probabilities = probabilities * kept
+            return top_ids, probabilities / probabilities.sum(-1, keepdim=True)
+        width = vocabulary  # one ranking of the whole vocabulary, as generate's sort
+
+
+def generate_sampling(
+    policy, encoded, settings: SamplingSettings, tokenizer, stop: StopAtNextTurn | None, any_unfinished=alone
+):
+    """Prompts and sampled tokens through transformers' ``generate`` (which syncs sharded ranks itself)."""
+    return policy.generate(
+        **encoded,
+        do_sample=True,
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+        top_k=settings.generation_top_k,
+        repetition_penalty=settings.repetition_penalty,
+        no_repeat_ngram_size=settings.no_repeat_ngram_size,
+        max_new_tokens=settings.max_new_tokens,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        stopping_criteria=StoppingCriteriaList([stop] if stop is not None else []),
+    )
+
+
+def lean_sampling(
+    policy,
+    encoded,
+    settings: SamplingSettings,
+    tokenizer,
+    stop: StopAtNextTurn | None,
+    any_unfinished: Callable[[bool], bool] = alone,
+):
+    """Prompts and sampled tokens from the distribution :func:`generate_sampling` samples, by a loop over cached
+    forward passes without ``generate``'s per-step machinery.
+
+    Each step runs the model on the last token (the prompt, first), applies ``generate``'s own penalties to the last
+    position's float32 logits, draws one token per row from :func:`truncated_distribution` (the warpers' result,
+    from the best-ranked candidates rather than a sort of the vocabulary: most of a tiny policy's step), writes
+    padding into rows that have ended (EOS, or the cut when ``stop`` is given) and stops when every row has
+    (``any_unfinished``: on every rank, under sharded weights). The
+    distribution is ``generate``'s; the draws are not its draws for a seed, as they come from fewer candidates.
+    """
+    input_ids, attention_mask = encoded["input_ids"], encoded["attention_mask"]
+    processors = penalties(settings)
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    unfinished = torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+    positions = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
+    step_inputs = {"input_ids": input_ids, "position_ids": positions}
+    cache = None
+    for _ in range(settings.max_new_tokens):
+        output = policy(
+            **step_inputs, attention_mask=attention_mask, past_key_values=cache, use_cache=True, logits_to_keep=1
+        )
+        cache = output.past_key_values
+        scores = processors(input_ids, output.logits[:, -1].to(dtype=torch.float32, copy=True))
+        candidates, probabilities = truncated_distribution(scores, settings)
+        tokens = candidates.gather(1, torch.multinomial(probabilities, num_samples=1)).squeeze(1)
+        tokens = torch.where(unfinished, tokens, torch.full_like(tokens, pad))
+        input_ids = torch.cat([input_ids, tokens[:, None]], dim=-1)
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(attention_mask.shape[0], 1)], dim=-1)
+        unfinished &= tokens != eos
+        if stop is not None:
+            unfinished &= ~stop(input_ids, scores)
+        if not any_unfinished(bool(unfinished.any())):
+            break
+        step_inputs = {"input_ids": tokens[:, None], "position_ids": positions[:, -1:] + 1}
+        positions = step_inputs["position_ids"]
+    return input_ids
+
+
+SAMPLERS = {"lean": lean_sampling, "generate": generate_sampling}
 
 
 def decoded_completion(
