@@ -30,16 +30,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
 from superhf_lab.algorithms.ppo_config import PPOAlgorithmConfig
 from superhf_lab.algorithms.registry import register_algorithm
+from superhf_lab.algorithms.step_loop import StepLoop
 from superhf_lab.config.schema import ModelConfig, TextConfig
 from superhf_lab.core.errors import require
 from superhf_lab.core.faults import reach
 from superhf_lab.metrics.bookkeeping import Bookkeeping
-from superhf_lab.runtime.checkpoint import capture_rng, restore_rng
 from superhf_lab.runtime.distributed import ONE_PROCESS, Processes
 from superhf_lab.runtime.memory import HalvingBatchSize, alone
 from superhf_lab.training.completions import (
@@ -49,7 +48,6 @@ from superhf_lab.training.completions import (
     completion_rows,
     diversity_metrics,
     reward_and_length_metrics,
-    score_completions,
 )
 from superhf_lab.training.context import RunContext, save_policy_artifact, training_setup
 from superhf_lab.training.data import PromptStream
@@ -260,10 +258,13 @@ def action_log_probs(
     return log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1), log_probs
 
 
-class PPOTrainer:
-    """PPO's trainer: owns the policy with its value function, optimizer and schedule, the update loop
-    (:meth:`train`), its checkpoints and resume. One update is :meth:`step`: :meth:`generate`, :meth:`score`,
-    :meth:`make_rollout`, :meth:`rollout_statistics`, :meth:`advantages` and :meth:`optimise`."""
+class PPOTrainer(StepLoop):
+    """PPO's trainer: owns the policy with its value function, optimizer and schedule; the update loop, its
+    checkpoints and resume are :class:`~superhf_lab.algorithms.step_loop.StepLoop`'s, as SuperHF's. One update is
+    :meth:`step`: :meth:`generate`, :meth:`score`, :meth:`make_rollout` and :meth:`update` (:meth:`rollout_statistics`,
+    :meth:`advantages` and :meth:`optimise`)."""
+
+    STEP = "update"
 
     def __init__(
         self,
@@ -350,17 +351,6 @@ class PPOTrainer:
             ),
             self.agree_on_oom,
         )
-
-    def score(self, completions: list[Completion]) -> None:
-        """Reward (and held-out reward) of each completion as text, each scorer through its own tokenizer."""
-
-        def score_in_minibatches_of(size: int) -> None:
-            for scorer in (self.reward_scorer, self.heldout_scorer):
-                if hasattr(scorer, "batch_size"):
-                    scorer.batch_size = size
-            score_completions(completions, self.text.reward_input, self.reward_scorer, self.heldout_scorer)
-
-        self.batch_sizes["scoring"].run(score_in_minibatches_of, self.agree_on_oom)
 
     def scores_for(self, rewards: torch.Tensor, finished: torch.Tensor) -> torch.Tensor:
         """The scores PPO optimises: the reward model's, normalised (``reward_normalisation``: by the first rollout's
@@ -484,7 +474,7 @@ class PPOTrainer:
                 )
                 if self.processes.any(losses is None):
                     self.optimizer.zero_grad(set_to_none=True)
-                    self._skip_nonfinite_loss()
+                    self.skip_nonfinite_loss()
                     continue
                 self.processes.sum_gradients(self.trainable)
                 losses = self.processes.sum(losses)
@@ -552,15 +542,6 @@ class PPOTrainer:
                 totals["ppo/approx_kl"] += 0.5 * (log_ratio**2).sum().item() / tokens.item()
         return totals
 
-    def _skip_nonfinite_loss(self) -> None:
-        self.nonfinite_losses += 1
-        if self.nonfinite_losses > self.config.max_nonfinite_losses:
-            raise FloatingPointError(
-                f"{self.nonfinite_losses} PPO losses were NaN or infinite, more than "
-                f"algorithm.max_nonfinite_losses={self.config.max_nonfinite_losses}. Lower algorithm.learning_rate, "
-                "use precision=fp32 or bf16, or raise the limit"
-            )
-
     # -- one update and the loop -------------------------------------------------------------------------------
 
     def update(self, rollout: Rollout, permutations: list[torch.Tensor] | None = None) -> dict[str, float]:
@@ -609,7 +590,10 @@ class PPOTrainer:
         metrics["time/step_s"] = time.perf_counter() - started
         return metrics, completions
 
-    def run_update(
+    def total_steps(self) -> int:
+        return self.config.num_updates
+
+    def run_step(
         self, step: int, stream: PromptStream, context: RunContext, bookkeeping: Bookkeeping
     ) -> tuple[dict[str, float], list[Completion]]:
         """Update ``step`` as training runs it: :meth:`step` on the stream's next prompts, its metrics and sample
@@ -627,66 +611,6 @@ class PPOTrainer:
         bookkeeping.log_ready()
         return metrics, completions
 
-    def train(self, stream: PromptStream, context: RunContext, evaluator: PolicyEvaluator | None) -> None:
-        """Every update, logged; evaluation on the way when asked; checkpoints, resume and SIGTERM as SuperHF's
-        trainer (:meth:`superhf_lab.algorithms.superhf_trainer.SuperHFTrainer.train`)."""
-        cfg, run, tracker = self.config, context.config, context.tracker
-        first_step = self.resume(context, stream) if context.resume else 0
-        progress = tqdm(
-            range(first_step, cfg.num_updates),
-            desc="PPO updates",
-            unit="update",
-            initial=first_step,
-            total=cfg.num_updates,
-            disable=not self.processes.is_main,
-        )
-        with Bookkeeping(tracker) as bookkeeping:
-            for step in progress:
-                metrics, _ = self.run_update(step, stream, context, bookkeeping)
-                progress.set_postfix(reward=f"{metrics['reward/mean']:.3f}", kl=f"{metrics['kl']:.4f}")
-                last = step == cfg.num_updates - 1
-                due = run.eval.every_n_superbatches and (step + 1) % run.eval.every_n_superbatches == 0
-                if evaluator is not None and (due or (last and run.eval.at_end)):
-                    evaluator.evaluate(self.policy, self.starting, tracker, step)
-                every = run.checkpoint.every_n_superbatches
-                stop = self.processes.any(context.stop.requested)
-                if context.checkpoints and (last or stop or (every and (step + 1) % every == 0)):
-                    bookkeeping.log_all()
-                    self.save_checkpoint(context, stream, step)
-                if stop:
-                    context.stop_if_requested(f"update {step}")
-
-    def save_checkpoint(self, context: RunContext, stream: PromptStream, step: int) -> None:
-        rng = self.processes.gather([capture_rng()])
-        trainer_state = self.state_dict()
-        if self.processes.is_main:
-            state = {"trainer": trainer_state, "stream_position": stream.position, "rng": rng}
-            context.checkpoints.save(
-                state, {"step": step, "run_id": context.tracker.run_id, "world_size": self.processes.world_size}
-            )
-            context.tracker.flush()
-        self.processes.barrier()
-
-    def resume(self, context: RunContext, stream: PromptStream) -> int:
-        """Restore the newest whole checkpoint; returns the first update still to run."""
-        loaded = context.checkpoints.load()
-        if loaded is None:
-            return 0
-        state, meta = loaded
-        saved_by = len(state["rng"])
-        require(
-            saved_by == self.processes.world_size,
-            "checkpoint.resume",
-            context.config.checkpoint.resume,
-            f"the checkpoint in {context.checkpoints.folder} was saved by {saved_by} process(es): launch "
-            f"{saved_by} to continue it exactly, or start over with checkpoint.resume=never",
-        )
-        self.load_state_dict(state["trainer"])
-        stream.position = state["stream_position"]
-        restore_rng(state["rng"][self.processes.rank])
-        log.info("resumed from the checkpoint after update %d in %s", meta["step"], context.checkpoints.folder)
-        return meta["step"] + 1
-
     def state_dict(self) -> dict:
         """Weights (the policy's adapters with LoRA, and the value function), optimizer, schedule, loss scaler, the
         KL coefficient (adaptive control moves it), the score normaliser and the counters."""
@@ -699,8 +623,7 @@ class PPOTrainer:
             "kl_coef": self.kl_coef,
             "score_normaliser": self.score_normaliser,
             "shuffling": self.shuffling.get_state(),
-            "nonfinite_losses": self.nonfinite_losses,
-            "batch_sizes": {phase: (b.size, b.halvings) for phase, b in self.batch_sizes.items()},
+            **self.loop_state(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -712,9 +635,7 @@ class PPOTrainer:
         self.kl_coef = state["kl_coef"]
         self.score_normaliser = state["score_normaliser"]
         self.shuffling.set_state(state["shuffling"])
-        self.nonfinite_losses = state["nonfinite_losses"]
-        for phase, (size, halvings) in state["batch_sizes"].items():
-            self.batch_sizes[phase].size, self.batch_sizes[phase].halvings = size, halvings
+        self.load_loop_state(state)
 
 
 def _fused_adam(parameters: list[torch.nn.Parameter]) -> bool:

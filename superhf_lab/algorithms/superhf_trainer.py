@@ -25,16 +25,15 @@ import time
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
 from superhf_lab.algorithms.registry import register_algorithm
+from superhf_lab.algorithms.step_loop import StepLoop
 from superhf_lab.algorithms.superhf_config import SuperHFConfig
 from superhf_lab.config.schema import TextConfig
 from superhf_lab.core.errors import require
 from superhf_lab.core.faults import reach
 from superhf_lab.metrics.bookkeeping import Bookkeeping
-from superhf_lab.runtime.checkpoint import capture_rng, restore_rng
 from superhf_lab.runtime.distributed import ONE_PROCESS, Processes
 from superhf_lab.runtime.memory import HalvingBatchSize, alone
 from superhf_lab.training.completions import (
@@ -44,7 +43,6 @@ from superhf_lab.training.completions import (
     completion_rows,
     diversity_metrics,
     reward_and_length_metrics,
-    score_completions,
 )
 from superhf_lab.training.context import RunContext, save_policy_artifact, training_setup
 from superhf_lab.training.data import PromptStream
@@ -117,10 +115,13 @@ def minibatch_loss(
     return ce.sum() / minibatch_size, kl_coef * terms.kl_loss.sum() / minibatch_size
 
 
-class SuperHFTrainer:
-    """SuperHF's trainer: owns the policy, optimizer and schedule, the superbatch loop (:meth:`train`), its
-    checkpoints and resume. One superbatch (:meth:`run_superbatch`, which the benchmark times) is :meth:`step`
-    (:meth:`generate`, :meth:`score`, :func:`select_top_k` and :meth:`finetune`) and its logging."""
+class SuperHFTrainer(StepLoop):
+    """SuperHF's trainer: owns the policy, optimizer and schedule; the superbatch loop, its checkpoints and resume
+    are :class:`~superhf_lab.algorithms.step_loop.StepLoop`'s. One superbatch (:meth:`run_step`, which the benchmark
+    times) is :meth:`step` (:meth:`generate`, :meth:`score`, :func:`select_top_k` and :meth:`finetune`) and its
+    logging."""
+
+    STEP = "superbatch"
 
     def __init__(
         self,
@@ -207,17 +208,6 @@ class SuperHFTrainer:
             self.agree_on_oom,
         )
 
-    def score(self, completions: list[Completion]) -> None:
-        """Reward (and held-out reward) of each completion, each scorer through its own tokenizer."""
-
-        def score_in_minibatches_of(size: int) -> None:
-            for scorer in (self.reward_scorer, self.heldout_scorer):
-                if hasattr(scorer, "batch_size"):
-                    scorer.batch_size = size
-            score_completions(completions, self.text.reward_input, self.reward_scorer, self.heldout_scorer)
-
-        self.batch_sizes["scoring"].run(score_in_minibatches_of, self.agree_on_oom)
-
     def finetune(self, kept: list[Completion]) -> dict[str, float]:
         """One optimizer step per minibatch of kept completions; non-finite losses are skipped and counted.
 
@@ -235,7 +225,7 @@ class SuperHFTrainer:
             )
             if self.processes.any(losses is None):
                 self.optimizer.zero_grad(set_to_none=True)
-                self._skip_nonfinite_loss()
+                self.skip_nonfinite_loss()
                 continue
             self.processes.sum_gradients(self.trainable)
             losses = self.processes.sum(losses)
@@ -291,18 +281,9 @@ class SuperHFTrainer:
         finite = bool(torch.isfinite(loss))
         return not self.processes.any(not finite) if self.processes.sharded_weights else finite
 
-    def _skip_nonfinite_loss(self) -> None:
-        self.nonfinite_losses += 1
-        if self.nonfinite_losses > self.config.max_nonfinite_losses:
-            raise FloatingPointError(
-                f"{self.nonfinite_losses} fine-tuning losses were NaN or infinite, more than "
-                f"algorithm.max_nonfinite_losses={self.config.max_nonfinite_losses}. Lower algorithm.learning_rate, "
-                "use precision=fp32 or bf16, or raise the limit"
-            )
-
     def step(self, prompts: list[str]) -> tuple[dict[str, float], list[Completion], list[int]]:
         """One superbatch; returns its metrics (but the progress and diversity metrics, which
-        :meth:`run_superbatch` adds), all completions and the indices of the kept ones."""
+        :meth:`run_step` adds), all completions and the indices of the kept ones."""
         started = time.perf_counter()
         completions = self.generate(prompts)
         generated = time.perf_counter()
@@ -329,7 +310,10 @@ class SuperHFTrainer:
         metrics["time/step_s"] = time.perf_counter() - started
         return metrics, completions, kept_indices
 
-    def run_superbatch(
+    def total_steps(self) -> int:
+        return self.config.num_superbatches
+
+    def run_step(
         self, step: int, stream: PromptStream, context: RunContext, bookkeeping: Bookkeeping
     ) -> tuple[dict[str, float], list[Completion], list[int]]:
         """Superbatch ``step`` as training runs it: :meth:`step` on the stream's next prompts, then, on the loop's
@@ -348,80 +332,6 @@ class SuperHFTrainer:
         bookkeeping.log_ready()
         return metrics, completions, kept_indices
 
-    def train(
-        self,
-        stream: PromptStream,
-        context: RunContext,
-        evaluator: PolicyEvaluator | None,
-        background_bookkeeping: bool = True,
-    ) -> None:
-        """Run every superbatch and log its metrics and sample completions, evaluating on the way when asked. The
-        diversity metrics are computed while the next superbatch runs (see :mod:`superhf_lab.metrics.bookkeeping`).
-
-        A continued run restores the newest whole checkpoint (if any) and re-runs the superbatches after it; the
-        tracker sends nothing MLflow already holds (logged before the kill), so the history has each step once.
-        SIGTERM ends the run after the current superbatch with a checkpoint (``Preempted``), the last one
-        included; with several processes, SIGTERM to any of them stops all after the same superbatch.
-        """
-        cfg, run, tracker = self.config, context.config, context.tracker
-        first_step = self.resume(context, stream) if context.resume else 0
-        progress = tqdm(
-            range(first_step, cfg.num_superbatches),
-            desc="SuperHF superbatches",
-            unit="superbatch",
-            initial=first_step,
-            total=cfg.num_superbatches,
-            disable=not self.processes.is_main,
-        )
-        with Bookkeeping(tracker, background_bookkeeping) as bookkeeping:
-            for step in progress:
-                metrics, _, _ = self.run_superbatch(step, stream, context, bookkeeping)
-                progress.set_postfix(reward=f"{metrics['reward/mean']:.3f}", kl=f"{metrics['kl']:.4f}")
-                last = step == cfg.num_superbatches - 1
-                due = run.eval.every_n_superbatches and (step + 1) % run.eval.every_n_superbatches == 0
-                if evaluator is not None and (due or (last and run.eval.at_end)):
-                    evaluator.evaluate(self.policy, self.starting, tracker, step)
-                every = run.checkpoint.every_n_superbatches
-                stop = self.processes.any(context.stop.requested)
-                if context.checkpoints and (last or stop or (every and (step + 1) % every == 0)):
-                    bookkeeping.log_all()  # the checkpoint's history holds every step up to it
-                    self.save_checkpoint(context, stream, step)
-                if stop:
-                    context.stop_if_requested(f"superbatch {step}")
-
-    def save_checkpoint(self, context: RunContext, stream: PromptStream, step: int) -> None:
-        """The main process writes the state (every process holds the same weights) with each process's RNG."""
-        rng = self.processes.gather([capture_rng()])
-        trainer_state = self.state_dict()  # on every process: sharded weights are gathered
-        if self.processes.is_main:
-            state = {"trainer": trainer_state, "stream_position": stream.position, "rng": rng}
-            context.checkpoints.save(
-                state, {"step": step, "run_id": context.tracker.run_id, "world_size": self.processes.world_size}
-            )
-            context.tracker.flush()
-        self.processes.barrier()
-
-    def resume(self, context: RunContext, stream: PromptStream) -> int:
-        """Restore the newest whole checkpoint; returns the first superbatch still to run (0 when there is none: the
-        run was killed before its first checkpoint)."""
-        loaded = context.checkpoints.load()
-        if loaded is None:
-            return 0
-        state, meta = loaded
-        saved_by = len(state["rng"])
-        require(
-            saved_by == self.processes.world_size,
-            "checkpoint.resume",
-            context.config.checkpoint.resume,
-            f"the checkpoint in {context.checkpoints.folder} was saved by {saved_by} process(es): launch "
-            f"{saved_by} to continue it exactly, or start over with checkpoint.resume=never",
-        )
-        self.load_state_dict(state["trainer"])
-        stream.position = state["stream_position"]
-        restore_rng(state["rng"][self.processes.rank])
-        log.info("resumed from the checkpoint after superbatch %d in %s", meta["step"], context.checkpoints.folder)
-        return meta["step"] + 1
-
     def state_dict(self) -> dict:
         """What continuing exactly needs besides RNG and the prompt stream: weights (only the adapters with
         LoRA), optimizer, schedule, loss scaler, the skipped-loss count and the halved minibatch sizes. Every
@@ -432,8 +342,7 @@ class SuperHFTrainer:
             "optimizer": optimizer,
             "scheduler": self.scheduler.state_dict(),
             "grad_scaler": self.grad_scaler.state_dict(),
-            "nonfinite_losses": self.nonfinite_losses,
-            "batch_sizes": {phase: (b.size, b.halvings) for phase, b in self.batch_sizes.items()},
+            **self.loop_state(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -442,9 +351,7 @@ class SuperHFTrainer:
         )
         self.scheduler.load_state_dict(state["scheduler"])
         self.grad_scaler.load_state_dict(state["grad_scaler"])
-        self.nonfinite_losses = state["nonfinite_losses"]
-        for phase, (size, halvings) in state["batch_sizes"].items():
-            self.batch_sizes[phase].size, self.batch_sizes[phase].halvings = size, halvings
+        self.load_loop_state(state)
 
 
 def superbatch_metrics(completions: list[Completion], kept_indices: list[int]) -> dict[str, float]:

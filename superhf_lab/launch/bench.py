@@ -61,7 +61,7 @@ WARM_UP_STEPS = 2
 
 
 def superbatch_phases(trainer, stream, context: RunContext, superbatches: int) -> dict:
-    """Time ``superbatches`` superbatches as the training loop runs them (``trainer.run_superbatch``, after a
+    """Time ``superbatches`` superbatches as the training loop runs them (``trainer.run_step``, after a
     warm-up), first with the diversity metrics computed inline, then in the background: each phase's share of the
     wall time, per mode."""
     result = {"superbatches": superbatches}
@@ -72,7 +72,7 @@ def superbatch_phases(trainer, stream, context: RunContext, superbatches: int) -
         with Bookkeeping(context.tracker, background) as bookkeeping:
             for superbatch in range(superbatches + (mode == "inline")):
                 started = time.perf_counter()
-                metrics, completions, kept = trainer.run_superbatch(step, stream, context, bookkeeping)
+                metrics, completions, kept = trainer.run_step(step, stream, context, bookkeeping)
                 finished, step = time.perf_counter(), step + 1
                 if mode == "inline" and superbatch == 0:
                     continue  # warm-up: allocator, kernels, tokenizer and WordNet caches

@@ -1,0 +1,140 @@
+"""The loop the lab's own trainers (SuperHF's and PPO's) share: their steps, evaluation on the way, checkpoints,
+resume, SIGTERM, and the counters of skipped losses and halved minibatches that a checkpoint carries."""
+
+from __future__ import annotations
+
+import logging
+
+from tqdm.auto import tqdm
+
+from superhf_lab.core.errors import require
+from superhf_lab.metrics.bookkeeping import Bookkeeping
+from superhf_lab.runtime.checkpoint import capture_rng, restore_rng
+from superhf_lab.training.completions import score_completions
+from superhf_lab.training.context import RunContext
+from superhf_lab.training.data import PromptStream
+from superhf_lab.training.evaluation import PolicyEvaluator
+
+log = logging.getLogger(__name__)
+
+
+class StepLoop:
+    """Mixed into a trainer that sets ``processes``, ``config`` (with ``max_nonfinite_losses``), ``text``, ``policy``,
+    ``starting``, ``reward_scorer``, ``heldout_scorer``, ``batch_sizes`` (with a ``scoring`` one), ``agree_on_oom`` and
+    ``nonfinite_losses``, and defines ``STEP`` (what a step is called), :meth:`total_steps`, :meth:`run_step` and
+    ``state_dict``/``load_state_dict`` (which call :meth:`loop_state`/:meth:`load_loop_state`)."""
+
+    STEP = "step"
+
+    def total_steps(self) -> int:
+        raise NotImplementedError
+
+    def run_step(self, step: int, stream: PromptStream, context: RunContext, bookkeeping: Bookkeeping) -> tuple:
+        """Step ``step`` as training runs it, logged; returns its metrics first."""
+        raise NotImplementedError
+
+    def score(self, completions: list) -> None:
+        """Reward (and held-out reward) of each completion as text, each scorer through its own tokenizer."""
+
+        def score_in_minibatches_of(size: int) -> None:
+            for scorer in (self.reward_scorer, self.heldout_scorer):
+                if hasattr(scorer, "batch_size"):
+                    scorer.batch_size = size
+            score_completions(completions, self.text.reward_input, self.reward_scorer, self.heldout_scorer)
+
+        self.batch_sizes["scoring"].run(score_in_minibatches_of, self.agree_on_oom)
+
+    def skip_nonfinite_loss(self) -> None:
+        self.nonfinite_losses += 1
+        if self.nonfinite_losses > self.config.max_nonfinite_losses:
+            raise FloatingPointError(
+                f"{self.nonfinite_losses} losses were NaN or infinite, more than "
+                f"algorithm.max_nonfinite_losses={self.config.max_nonfinite_losses}. Lower algorithm.learning_rate, "
+                "use precision=fp32 or bf16, or raise the limit"
+            )
+
+    def train(
+        self,
+        stream: PromptStream,
+        context: RunContext,
+        evaluator: PolicyEvaluator | None,
+        background_bookkeeping: bool = True,
+    ) -> None:
+        """Run every step and log its metrics and sample completions, evaluating on the way when asked. The diversity
+        metrics are computed while the next step runs (see :mod:`superhf_lab.metrics.bookkeeping`).
+
+        A continued run restores the newest whole checkpoint (if any) and re-runs the steps after it; the tracker
+        sends nothing MLflow already holds (logged before the kill), so the history has each step once. SIGTERM ends
+        the run after the current step with a checkpoint (``Preempted``), the last one included; with several
+        processes, SIGTERM to any of them stops all after the same step.
+        """
+        run, tracker, total = context.config, context.tracker, self.total_steps()
+        first_step = self.resume(context, stream) if context.resume else 0
+        progress = tqdm(
+            range(first_step, total),
+            desc=f"{self.config.name} {self.STEP}s",
+            unit=self.STEP,
+            initial=first_step,
+            total=total,
+            disable=not self.processes.is_main,
+        )
+        with Bookkeeping(tracker, background_bookkeeping) as bookkeeping:
+            for step in progress:
+                metrics = self.run_step(step, stream, context, bookkeeping)[0]
+                progress.set_postfix(reward=f"{metrics['reward/mean']:.3f}", kl=f"{metrics['kl']:.4f}")
+                last = step == total - 1
+                due = run.eval.every_n_superbatches and (step + 1) % run.eval.every_n_superbatches == 0
+                if evaluator is not None and (due or (last and run.eval.at_end)):
+                    evaluator.evaluate(self.policy, self.starting, tracker, step)
+                every = run.checkpoint.every_n_superbatches
+                stop = self.processes.any(context.stop.requested)
+                if context.checkpoints and (last or stop or (every and (step + 1) % every == 0)):
+                    bookkeeping.log_all()  # the checkpoint's history holds every step up to it
+                    self.save_checkpoint(context, stream, step)
+                if stop:
+                    context.stop_if_requested(f"{self.STEP} {step}")
+
+    def save_checkpoint(self, context: RunContext, stream: PromptStream, step: int) -> None:
+        """The main process writes the state (every process holds the same weights) with each process's RNG."""
+        rng = self.processes.gather([capture_rng()])
+        trainer_state = self.state_dict()  # on every process: sharded weights are gathered
+        if self.processes.is_main:
+            state = {"trainer": trainer_state, "stream_position": stream.position, "rng": rng}
+            context.checkpoints.save(
+                state, {"step": step, "run_id": context.tracker.run_id, "world_size": self.processes.world_size}
+            )
+            context.tracker.flush()
+        self.processes.barrier()
+
+    def resume(self, context: RunContext, stream: PromptStream) -> int:
+        """Restore the newest whole checkpoint; returns the first step still to run (0 when there is none: the run was
+        killed before its first checkpoint)."""
+        loaded = context.checkpoints.load()
+        if loaded is None:
+            return 0
+        state, meta = loaded
+        saved_by = len(state["rng"])
+        require(
+            saved_by == self.processes.world_size,
+            "checkpoint.resume",
+            context.config.checkpoint.resume,
+            f"the checkpoint in {context.checkpoints.folder} was saved by {saved_by} process(es): launch "
+            f"{saved_by} to continue it exactly, or start over with checkpoint.resume=never",
+        )
+        self.load_state_dict(state["trainer"])
+        stream.position = state["stream_position"]
+        restore_rng(state["rng"][self.processes.rank])
+        log.info("resumed from the checkpoint after %s %d in %s", self.STEP, meta["step"], context.checkpoints.folder)
+        return meta["step"] + 1
+
+    def loop_state(self) -> dict:
+        """The skipped-loss count and the halved minibatch sizes, for the trainer's state."""
+        return {
+            "nonfinite_losses": self.nonfinite_losses,
+            "batch_sizes": {phase: (b.size, b.halvings) for phase, b in self.batch_sizes.items()},
+        }
+
+    def load_loop_state(self, state: dict) -> None:
+        self.nonfinite_losses = state["nonfinite_losses"]
+        for phase, (size, halvings) in state["batch_sizes"].items():
+            self.batch_sizes[phase].size, self.batch_sizes[phase].halvings = size, halvings
