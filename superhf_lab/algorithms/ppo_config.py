@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Optional
 
-from superhf_lab.config.schema import LoraSettings, SamplingSettings
+from superhf_lab.config.schema import LoraSettings, SamplingSettings, check_training_limits
 from superhf_lab.core.errors import require
 
 KL_ESTIMATORS = ("k1", "k2", "k3", "exact")
@@ -147,18 +147,7 @@ class PPOAlgorithmConfig(SamplingSettings):
             (self.gamma, self.lam),
             "use values in [0, 1]",
         )
-        require(
-            self.max_grad_norm is None or self.max_grad_norm > 0,
-            f"{prefix}.max_grad_norm",
-            self.max_grad_norm,
-            "use null (no clipping) or a value > 0",
-        )
-        require(
-            self.max_nonfinite_losses >= 0, f"{prefix}.max_nonfinite_losses", self.max_nonfinite_losses, "use 0 or more"
-        )
-        require(
-            self.max_oom_halvings >= 0, f"{prefix}.max_oom_halvings", self.max_oom_halvings, "use 0 (never) or more"
-        )
+        check_training_limits(self, prefix)
         if self.adaptive_kl.enabled:
             require(
                 self.adaptive_kl.target > 0 and self.adaptive_kl.horizon > 0,

@@ -40,7 +40,7 @@ from superhf_lab.core.errors import require
 from superhf_lab.core.faults import reach
 from superhf_lab.metrics.bookkeeping import Bookkeeping
 from superhf_lab.runtime.distributed import ONE_PROCESS, Processes
-from superhf_lab.runtime.memory import HalvingBatchSize, alone
+from superhf_lab.runtime.memory import HalvingBatchSize
 from superhf_lab.training.completions import (
     COMPLETION_METRIC_NAMES,
     PROGRESS_METRIC_NAMES,
@@ -320,7 +320,7 @@ class PPOTrainer(StepLoop):
         self.score_normaliser: tuple[float, float] | None = None  # (mean, std) of the first rollout's scores
         self.shuffling = torch.Generator().manual_seed(seed)  # the minibatch orders: the same on every process
         self.nonfinite_losses = 0
-        self.agree_on_oom = processes.any if processes.world_size > 1 else alone
+        self.agree_on_oom = processes.any
         minibatch = config.batch_size // config.num_mini_batches
         self.batch_sizes = {
             "rollout": HalvingBatchSize(
@@ -329,7 +329,8 @@ class PPOTrainer(StepLoop):
             "scoring": HalvingBatchSize(
                 "algorithm.rollout_minibatch_size", config.rollout_minibatch_size, config.max_oom_halvings
             ),
-            "optimisation": HalvingBatchSize("algorithm.num_mini_batches", minibatch, config.max_oom_halvings),
+            # its error says "lower algorithm.batch_size": a smaller batch has smaller minibatches
+            "optimisation": HalvingBatchSize("algorithm.batch_size", minibatch, config.max_oom_halvings),
         }
 
     # -- rollout -----------------------------------------------------------------------------------------------
@@ -611,31 +612,24 @@ class PPOTrainer(StepLoop):
         bookkeeping.log_ready()
         return metrics, completions
 
+    def checkpointed(self) -> ActorCritic:
+        return self.actor_critic
+
     def state_dict(self) -> dict:
-        """Weights (the policy's adapters with LoRA, and the value function), optimizer, schedule, loss scaler, the
-        KL coefficient (adaptive control moves it), the score normaliser and the counters."""
-        weights, optimizer = self.processes.state_dicts(self.actor_critic, self.optimizer, self.config.lora.enabled)
+        """The loop's state (weights: the policy's adapters with LoRA, and the value function) and PPO's own: the KL
+        coefficient (adaptive control moves it), the score normaliser and the minibatch order generator."""
         return {
-            "weights": weights,
-            "optimizer": optimizer,
-            "scheduler": self.scheduler.state_dict(),
-            "grad_scaler": self.grad_scaler.state_dict(),
+            **super().state_dict(),
             "kl_coef": self.kl_coef,
             "score_normaliser": self.score_normaliser,
             "shuffling": self.shuffling.get_state(),
-            **self.loop_state(),
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.processes.load_state_dicts(
-            self.actor_critic, self.optimizer, state["weights"], state["optimizer"], self.config.lora.enabled
-        )
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.grad_scaler.load_state_dict(state["grad_scaler"])
+        super().load_state_dict(state)
         self.kl_coef = state["kl_coef"]
         self.score_normaliser = state["score_normaliser"]
         self.shuffling.set_state(state["shuffling"])
-        self.load_loop_state(state)
 
 
 def _fused_adam(parameters: list[torch.nn.Parameter]) -> bool:

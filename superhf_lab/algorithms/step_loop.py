@@ -19,10 +19,10 @@ log = logging.getLogger(__name__)
 
 
 class StepLoop:
-    """Mixed into a trainer that sets ``processes``, ``config`` (with ``max_nonfinite_losses``), ``text``, ``policy``,
-    ``starting``, ``reward_scorer``, ``heldout_scorer``, ``batch_sizes`` (with a ``scoring`` one), ``agree_on_oom`` and
-    ``nonfinite_losses``, and defines ``STEP`` (what a step is called), :meth:`total_steps`, :meth:`run_step` and
-    ``state_dict``/``load_state_dict`` (which call :meth:`loop_state`/:meth:`load_loop_state`)."""
+    """Mixed into a trainer that sets ``processes``, ``config`` (with ``max_nonfinite_losses`` and ``lora``), ``text``,
+    ``policy``, ``starting``, ``reward_scorer``, ``heldout_scorer``, ``optimizer``, ``scheduler``, ``grad_scaler``,
+    ``batch_sizes`` (with a ``scoring`` one), ``agree_on_oom`` and ``nonfinite_losses``, and defines ``STEP`` (what a
+    step is called), :meth:`total_steps` and :meth:`run_step`."""
 
     STEP = "step"
 
@@ -127,14 +127,30 @@ class StepLoop:
         log.info("resumed from the checkpoint after %s %d in %s", self.STEP, meta["step"], context.checkpoints.folder)
         return meta["step"] + 1
 
-    def loop_state(self) -> dict:
-        """The skipped-loss count and the halved minibatch sizes, for the trainer's state."""
+    def checkpointed(self):
+        """The module whose weights a checkpoint holds (the policy; with PPO, the policy and its value function)."""
+        return self.policy
+
+    def state_dict(self) -> dict:
+        """What continuing exactly needs besides RNG and the prompt stream: weights (only the adapters with LoRA),
+        optimizer, schedule, loss scaler, the skipped-loss count and the halved minibatch sizes. Every process calls
+        this; weights and optimizer state are whole on the main one."""
+        weights, optimizer = self.processes.state_dicts(self.checkpointed(), self.optimizer, self.config.lora.enabled)
         return {
+            "policy": weights,
+            "optimizer": optimizer,
+            "scheduler": self.scheduler.state_dict(),
+            "grad_scaler": self.grad_scaler.state_dict(),
             "nonfinite_losses": self.nonfinite_losses,
             "batch_sizes": {phase: (b.size, b.halvings) for phase, b in self.batch_sizes.items()},
         }
 
-    def load_loop_state(self, state: dict) -> None:
+    def load_state_dict(self, state: dict) -> None:
+        self.processes.load_state_dicts(
+            self.checkpointed(), self.optimizer, state["policy"], state["optimizer"], self.config.lora.enabled
+        )
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.grad_scaler.load_state_dict(state["grad_scaler"])
         self.nonfinite_losses = state["nonfinite_losses"]
         for phase, (size, halvings) in state["batch_sizes"].items():
             self.batch_sizes[phase].size, self.batch_sizes[phase].halvings = size, halvings

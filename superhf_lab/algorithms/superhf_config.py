@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Optional
 
-from superhf_lab.config.schema import LoraSettings, SamplingSettings
+from superhf_lab.config.schema import LoraSettings, SamplingSettings, check_training_limits
 from superhf_lab.core.errors import require
 
 LR_SCHEDULES = ("cosine", "linear", "constant")
@@ -110,18 +110,7 @@ class SuperHFConfig(SamplingSettings):
             self.warmup_superbatches,
             f"use 0..{prefix}.num_superbatches={self.num_superbatches}",
         )
-        require(
-            self.max_grad_norm is None or self.max_grad_norm > 0,
-            f"{prefix}.max_grad_norm",
-            self.max_grad_norm,
-            "use null (no clipping) or a value > 0",
-        )
-        require(
-            self.max_nonfinite_losses >= 0, f"{prefix}.max_nonfinite_losses", self.max_nonfinite_losses, "use 0 or more"
-        )
-        require(
-            self.max_oom_halvings >= 0, f"{prefix}.max_oom_halvings", self.max_oom_halvings, "use 0 (never) or more"
-        )
+        check_training_limits(self, prefix)
         for name, allowed in (
             ("length_penalty_form", LENGTH_PENALTY_FORMS),
             ("kl_direction", KL_DIRECTIONS),

@@ -332,27 +332,6 @@ class SuperHFTrainer(StepLoop):
         bookkeeping.log_ready()
         return metrics, completions, kept_indices
 
-    def state_dict(self) -> dict:
-        """What continuing exactly needs besides RNG and the prompt stream: weights (only the adapters with
-        LoRA), optimizer, schedule, loss scaler, the skipped-loss count and the halved minibatch sizes. Every
-        process calls this; weights and optimizer state are whole on the main one."""
-        weights, optimizer = self.processes.state_dicts(self.policy, self.optimizer, self.config.lora.enabled)
-        return {
-            "policy": weights,
-            "optimizer": optimizer,
-            "scheduler": self.scheduler.state_dict(),
-            "grad_scaler": self.grad_scaler.state_dict(),
-            **self.loop_state(),
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        self.processes.load_state_dicts(
-            self.policy, self.optimizer, state["policy"], state["optimizer"], self.config.lora.enabled
-        )
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.grad_scaler.load_state_dict(state["grad_scaler"])
-        self.load_loop_state(state)
-
 
 def superbatch_metrics(completions: list[Completion], kept_indices: list[int]) -> dict[str, float]:
     """Rewards and lengths of all completions plus the rewards of the kept ones (not the diversity metrics)."""

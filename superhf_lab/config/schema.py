@@ -403,6 +403,25 @@ class TextConfig:
         check_reward_input(self.reward_input, f"{prefix}.reward_input")
 
 
+def check_training_limits(config, prefix: str) -> None:
+    """The keys the lab's own trainers share: ``max_grad_norm``, ``max_nonfinite_losses`` and ``max_oom_halvings``."""
+    require(
+        config.max_grad_norm is None or config.max_grad_norm > 0,
+        f"{prefix}.max_grad_norm",
+        config.max_grad_norm,
+        "use null (no clipping) or a value > 0",
+    )
+    require(
+        config.max_nonfinite_losses >= 0,
+        f"{prefix}.max_nonfinite_losses",
+        config.max_nonfinite_losses,
+        "use 0 or more",
+    )
+    require(
+        config.max_oom_halvings >= 0, f"{prefix}.max_oom_halvings", config.max_oom_halvings, "use 0 (never) or more"
+    )
+
+
 @dataclass
 class LoraSettings:
     """LoRA adapters (peft) on the policy; the KL reference is then the model with adapters disabled."""
