@@ -34,7 +34,7 @@ from transformers import AutoModelForSequenceClassification, PreTrainedModel, Pr
 
 from superhf_lab.algorithms.ppo_config import PPOAlgorithmConfig
 from superhf_lab.algorithms.registry import register_algorithm
-from superhf_lab.algorithms.step_loop import StepLoop
+from superhf_lab.algorithms.step_loop import StepLoop, train_and_save_policy
 from superhf_lab.config.schema import ModelConfig, TextConfig
 from superhf_lab.core.errors import require
 from superhf_lab.core.faults import reach
@@ -49,9 +49,9 @@ from superhf_lab.training.completions import (
     diversity_metrics,
     reward_and_length_metrics,
 )
-from superhf_lab.training.context import RunContext, save_policy_artifact, training_setup
+from superhf_lab.training.context import RunContext, training_setup
 from superhf_lab.training.data import PromptStream
-from superhf_lab.training.evaluation import PolicyEvaluator, evaluation_metric_names
+from superhf_lab.training.evaluation import evaluation_metric_names
 from superhf_lab.training.models import autocast
 from superhf_lab.training.policies import StartingPolicy
 from superhf_lab.training.rewards import RewardScorer
@@ -676,15 +676,5 @@ def build_trainer(context: RunContext) -> tuple[PPOTrainer, PromptStream]:
 
 @register_algorithm("ppo", PPOAlgorithmConfig, METRIC_NAMES, checkpoints=True, build=build_trainer)
 def train_ppo(context: RunContext) -> None:
-    """Train (evaluating on the way and at the end, before the last checkpoint), then save the policy."""
-    trainer, stream = build_trainer(context)
-    run = context.config
-    evaluator = None
-    if run.eval.at_end or run.eval.every_n_superbatches:
-        evaluator = PolicyEvaluator(
-            run, trainer.tokenizer, trainer.reward_scorer, trainer.heldout_scorer, context.device, context.processes
-        )
-    trainer.train(stream, context, evaluator)
-    context.stop_if_requested("the last update")
-    if context.processes.is_main:
-        save_policy_artifact(context.tracker, trainer.policy, trainer.tokenizer)
+    """Train, evaluating on the way and at the end, then save the policy (:func:`train_and_save_policy`)."""
+    train_and_save_policy(context, *build_trainer(context))

@@ -11,7 +11,7 @@ from superhf_lab.core.errors import require
 from superhf_lab.metrics.bookkeeping import Bookkeeping
 from superhf_lab.runtime.checkpoint import capture_rng, restore_rng
 from superhf_lab.training.completions import score_completions
-from superhf_lab.training.context import RunContext
+from superhf_lab.training.context import RunContext, save_policy_artifact
 from superhf_lab.training.data import PromptStream
 from superhf_lab.training.evaluation import PolicyEvaluator
 
@@ -154,3 +154,19 @@ class StepLoop:
         self.nonfinite_losses = state["nonfinite_losses"]
         for phase, (size, halvings) in state["batch_sizes"].items():
             self.batch_sizes[phase].size, self.batch_sizes[phase].halvings = size, halvings
+
+
+def train_and_save_policy(context: RunContext, trainer: StepLoop, stream: PromptStream) -> None:
+    """Train (the loop evaluates on the way and at the end, before its last checkpoint), then save the policy as the
+    run's artifact, gathered whole first under sharded weights."""
+    run = context.config
+    evaluator = None
+    if run.eval.at_end or run.eval.every_n_superbatches:
+        evaluator = PolicyEvaluator(
+            run, trainer.tokenizer, trainer.reward_scorer, trainer.heldout_scorer, context.device, context.processes
+        )
+    trainer.train(stream, context, evaluator)
+    context.stop_if_requested(f"the last {trainer.STEP}")  # a continued run with no step left may still be asked
+    weights = context.processes.full_state_dict(trainer.policy, trainer.config.lora.enabled)
+    if context.processes.is_main:
+        save_policy_artifact(context.tracker, trainer.policy, trainer.tokenizer, weights)

@@ -28,7 +28,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
 from superhf_lab.algorithms.registry import register_algorithm
-from superhf_lab.algorithms.step_loop import StepLoop
+from superhf_lab.algorithms.step_loop import StepLoop, train_and_save_policy
 from superhf_lab.algorithms.superhf_config import SuperHFConfig
 from superhf_lab.config.schema import TextConfig
 from superhf_lab.core.errors import require
@@ -44,9 +44,9 @@ from superhf_lab.training.completions import (
     diversity_metrics,
     reward_and_length_metrics,
 )
-from superhf_lab.training.context import RunContext, save_policy_artifact, training_setup
+from superhf_lab.training.context import RunContext, training_setup
 from superhf_lab.training.data import PromptStream
-from superhf_lab.training.evaluation import PolicyEvaluator, evaluation_metric_names
+from superhf_lab.training.evaluation import evaluation_metric_names
 from superhf_lab.training.models import autocast
 from superhf_lab.training.policies import StartingPolicy
 from superhf_lab.training.rewards import RewardScorer
@@ -370,16 +370,5 @@ def build_trainer(context: RunContext) -> tuple[SuperHFTrainer, PromptStream]:
 
 @register_algorithm("superhf", SuperHFConfig, METRIC_NAMES, checkpoints=True, build=build_trainer)
 def train_superhf(context: RunContext) -> None:
-    """Train (the loop evaluates on the way and at the end, before its last checkpoint), then save the policy."""
-    trainer, stream = build_trainer(context)
-    run = context.config
-    evaluator = None
-    if run.eval.at_end or run.eval.every_n_superbatches:
-        evaluator = PolicyEvaluator(
-            run, trainer.tokenizer, trainer.reward_scorer, trainer.heldout_scorer, context.device, context.processes
-        )
-    trainer.train(stream, context, evaluator)
-    context.stop_if_requested("the last superbatch")  # a continued run with no superbatch left may still be asked
-    weights = context.processes.full_state_dict(trainer.policy, trainer.config.lora.enabled)
-    if context.processes.is_main:
-        save_policy_artifact(context.tracker, trainer.policy, trainer.tokenizer, weights)
+    """Train, evaluating on the way and at the end, then save the policy (:func:`train_and_save_policy`)."""
+    train_and_save_policy(context, *build_trainer(context))
