@@ -10,7 +10,7 @@ optimizer step was given, the optimizer's settings, the update's metrics and the
 import sys
 
 import torch
-from distributed_worker import TEXTS, whole
+from distributed_worker import TEXTS, record_steps, whole
 from transformers import set_seed
 
 from superhf_lab.algorithms.ppo_trainer import PPOTrainer, build_trainer
@@ -67,13 +67,7 @@ def main(tiny_world: str, out: str, scenario: str = "clean", *extra_overrides: s
     ]
     inject(trainer, scenario, processes.rank)
     trained = [(name, p) for name, p in trainer.actor_critic.named_parameters() if p.requires_grad]
-    steps, step = [], trainer.grad_scaler.step
-
-    def recording(optimizer):
-        steps.append({name: whole(p.grad).clone() for name, p in trained if p.grad is not None})
-        return step(optimizer)
-
-    trainer.grad_scaler.step = recording
+    steps = record_steps(trainer, trained)
     rollout = trainer.make_rollout(completions)
     metrics = trainer.update(rollout)
     weights = {name: whole(p.detach()).clone() for name, p in trained}
