@@ -10,7 +10,7 @@ head's initialisation.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Optional
 
 from superhf_lab.config.schema import LoraSettings, SamplingSettings, check_training_limits
@@ -108,11 +108,6 @@ class PPOAlgorithmConfig(SamplingSettings):
         default_factory=AdaptiveKLSettings, metadata={"help": "adaptive control of kl_coef towards a target KL"}
     )
     lora: LoraSettings = field(default_factory=LoraSettings, metadata={"help": "LoRA adapters on the policy"})
-
-    @property
-    def sampling(self) -> SamplingSettings:
-        """The sampling settings alone, as generation takes them."""
-        return SamplingSettings(**{f.name: getattr(self, f.name) for f in fields(SamplingSettings)})
 
     def check(self, prefix: str = "algorithm") -> None:
         for name in (

@@ -303,7 +303,7 @@ class PPOTrainer(StepLoop):
             if isinstance(module, nn.Dropout):
                 module.p = 0.0
         self.trainable = [p for p in actor_critic.parameters() if p.requires_grad]
-        # fused: one kernel per step instead of one per tensor (the default on accelerators, and TRL's)
+        # fused: one kernel per step instead of one per tensor (as transformers' default optimizer, adamw_torch_fused)
         optimizer = torch.optim.AdamW(
             self.trainable, lr=config.learning_rate, weight_decay=config.weight_decay, fused=_fused_adam(self.trainable)
         )
@@ -425,22 +425,22 @@ class PPOTrainer(StepLoop):
             "values": values.float() * part.mask,
         }
 
-    def penalty_kl(self, statistics: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The per-token KL the penalty uses (``kl_estimator``)."""
+    def penalty_kl(self, statistics: dict[str, torch.Tensor], estimates: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The per-token KL the penalty uses (``kl_estimator``): the exact one, or one of ``estimates``."""
         if self.config.kl_estimator == "exact":
             return statistics["exact_kl"]
-        return kl_estimates(statistics["logprobs"], statistics["reference_logprobs"])[self.config.kl_estimator]
+        return estimates[self.config.kl_estimator]
 
     def advantages(
-        self, rollout: Rollout, statistics: dict[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(per-token rewards, whitened advantages, returns) of the rollout."""
+        self, rollout: Rollout, statistics: dict[str, torch.Tensor], penalty: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(whitened advantages, returns) of the rollout, its rewards penalised by the per-token KL ``penalty``."""
         cfg, mask = self.config, rollout.mask
-        rewards = per_token_rewards(rollout.scores, self.penalty_kl(statistics), self.kl_coef, mask)
+        rewards = per_token_rewards(rollout.scores, penalty, self.kl_coef, mask)
         if cfg.whiten_rewards:
             rewards = masked_whiten(rewards, mask, shift_mean=False) * mask
         advantages, returns = generalised_advantages(rewards, statistics["values"], mask, cfg.gamma, cfg.lam)
-        return rewards, masked_whiten(advantages, mask) * mask, returns
+        return masked_whiten(advantages, mask) * mask, returns
 
     # -- optimisation ------------------------------------------------------------------------------------------
 
@@ -549,14 +549,15 @@ class PPOTrainer(StepLoop):
         """PPO's update on a rollout: statistics, advantages, the epochs of minibatch steps, then the schedule and the
         adaptive KL coefficient move. Returns the update's metrics (the KL ones of the rollout, before it)."""
         statistics = self.rollout_statistics(rollout)
-        _, advantages, returns = self.advantages(rollout, statistics)
+        estimates = kl_estimates(statistics["logprobs"], statistics["reference_logprobs"])
+        penalty = self.penalty_kl(statistics, estimates)
+        advantages, returns = self.advantages(rollout, statistics, penalty)
         learning_rate, kl_coef = self.scheduler.get_last_lr()[0], self.kl_coef
         losses = self.optimise(rollout, statistics, advantages, returns, permutations)
         self.scheduler.step()
         mask = rollout.mask
         completions = mask.sum(1).clamp(min=1)
-        penalised = (self.penalty_kl(statistics) * mask).sum(1).mean().item()
-        estimates = kl_estimates(statistics["logprobs"], statistics["reference_logprobs"])
+        penalised = (penalty * mask).sum(1).mean().item()
         metrics = {
             **losses,
             "kl": ((statistics["exact_kl_plain"] * mask).sum(1) / completions).mean().item(),
@@ -633,8 +634,8 @@ class PPOTrainer(StepLoop):
 
 
 def _fused_adam(parameters: list[torch.nn.Parameter]) -> bool:
-    """Whether torch's fused AdamW takes these parameters (float ones on a CPU or an accelerator it supports)."""
-    supported = ("cpu", "cuda", "xpu", "mps")
+    """Whether torch's fused AdamW takes these parameters (float ones on a CPU or a CUDA device)."""
+    supported = ("cpu", "cuda")
     return all(p.is_floating_point() and p.device.type in supported for p in parameters)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Optional
 
 from superhf_lab.config.schema import LoraSettings, SamplingSettings, check_training_limits
@@ -75,11 +75,6 @@ class SuperHFConfig(SamplingSettings):
         default=4, metadata={"help": "out of memory halves that phase's minibatch, at most this often per phase"}
     )
     lora: LoraSettings = field(default_factory=LoraSettings, metadata={"help": "LoRA adapters on the policy"})
-
-    @property
-    def sampling(self) -> SamplingSettings:
-        """The sampling settings alone, as generation takes them."""
-        return SamplingSettings(**{f.name: getattr(self, f.name) for f in fields(SamplingSettings)})
 
     def check(self, prefix: str = "algorithm") -> None:
         positive = (

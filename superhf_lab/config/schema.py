@@ -488,6 +488,11 @@ class SamplingSettings:
         },
     )
 
+    @property
+    def sampling(self) -> SamplingSettings:
+        """The sampling settings alone (of an algorithm's config that extends them), as generation takes them."""
+        return SamplingSettings(**{f.name: getattr(self, f.name) for f in fields(SamplingSettings)})
+
     def check(self, prefix: str) -> None:
         require(self.sampler in SAMPLERS, f"{prefix}.sampler", self.sampler, f"use one of {SAMPLERS}")
         require(self.max_new_tokens > 0, f"{prefix}.max_new_tokens", self.max_new_tokens, "use a positive integer")
