@@ -166,3 +166,24 @@ def test_meteor_from_two_threads_at_once_equals_meteor_from_one():
         scores = list(pool.map(lambda _: MeteorTexts(texts).score_pairs(pairs), range(8)))
     assert all(result == scores[0] for result in scores)
     assert scores[0] == [meteor_score([texts[i].split()], texts[j].split()) for i, j in pairs]
+
+
+def test_the_first_use_of_wordnet_waits_for_any_other_use():
+    """Loading nltk's WordNet reads its shared files, so two threads starting at once (bookkeeping and an
+    evaluation) must not load it side by side: a fresh process's first MeteorTexts waits while a lookup holds
+    the lock. (Unserialised, such a start once read a line spliced from two seeks: "too many values to unpack".)"""
+    import subprocess
+    import sys
+
+    program = """
+import threading
+from superhf_lab.metrics import meteor
+with meteor._WORDNET_LOCK:
+    first_use = threading.Thread(target=meteor.MeteorTexts, args=(["a dog ran", "the dog runs"],))
+    first_use.start()
+    first_use.join(timeout=6.0)  # loading takes about 2.5 s here
+    assert first_use.is_alive(), "WordNet was loaded while another thread held the WordNet lock"
+first_use.join()
+"""
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]

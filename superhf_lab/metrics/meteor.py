@@ -39,15 +39,22 @@ GAMMA = 0.5
 # caches together stay under about 100 MB even when full; 32 hh-rlhf replies use about 400 distinct words.
 WORD_CACHE_SIZE = 1 << 16
 
-_STEMMER = PorterStemmer()
-_WORDNET_LOCK = threading.Lock()  # meteor_score's default stemmer: NLTK_EXTENSIONS mode, lower-cases
+_STEMMER = PorterStemmer()  # meteor_score's default stemmer: NLTK_EXTENSIONS mode, lower-cases
+# nltk's WordNet reader seeks and reads shared file handles, and loading it reads them too, so every use of it (the
+# training loop's background bookkeeping and an evaluation may start at once) holds this lock; re-entrant because
+# a lookup loads the reader on its first call.
+_WORDNET_LOCK = threading.RLock()
+
+
+def _wordnet():
+    """nltk's WordNet reader, made loadable the project's way and loaded once per process, by one thread."""
+    with _WORDNET_LOCK:
+        return _load_wordnet()
 
 
 @functools.cache
-def _wordnet():
-    """nltk's WordNet reader, made loadable the project's way and loaded once per process.
-
-    Its index is about half a million objects that live as long as the process; ``gc.freeze()`` moves them out of
+def _load_wordnet():
+    """Its index is about half a million objects that live as long as the process; ``gc.freeze()`` moves them out of
     the garbage collector's sight, so each later full collection (about 0.25 s over them) does not scan them again.
     """
     from superhf_lab.metrics.wordnet import ensure_wordnet
@@ -68,11 +75,7 @@ def porter_stem(word: str) -> str:
 
 @functools.lru_cache(maxsize=WORD_CACHE_SIZE)
 def wordnet_synonyms(stem: str) -> frozenset[str]:
-    """The words nltk's METEOR WordNet stage accepts for ``stem``: itself and its one-word lemma names.
-
-    nltk's WordNet reader seeks and reads shared file handles, so two threads (the training loop's background
-    bookkeeping and an evaluation) must not read it at once.
-    """
+    """The words nltk's METEOR WordNet stage accepts for ``stem``: itself and its one-word lemma names."""
     with _WORDNET_LOCK:
         lemma_names = [lemma.name() for synset in _wordnet().synsets(stem) for lemma in synset.lemmas()]
     return frozenset(name for name in lemma_names if "_" not in name) | {stem}
