@@ -11,6 +11,7 @@ import sys
 
 import torch
 from distributed_worker import TEXTS, record_steps, whole
+from torch.distributed.tensor import DTensor
 from transformers import set_seed
 
 from superhf_lab.algorithms.ppo_trainer import PPOTrainer, build_trainer
@@ -82,6 +83,7 @@ def main(tiny_world: str, out: str, scenario: str = "clean", *extra_overrides: s
                 "nonfinite_losses": trainer.nonfinite_losses,
                 "optimisation_size": trainer.batch_sizes["optimisation"].size,
                 "world_size": processes.world_size,
+                "sharded": any(isinstance(p, DTensor) for _, p in trained),
             },
             out,
         )

@@ -193,11 +193,19 @@ def test_one_update_on_two_processes_equals_the_update_on_one(tiny_world, tmp_pa
 
 
 @pytest.mark.slow
-def test_one_ppo_update_on_two_processes_equals_the_update_on_one(tiny_world, tmp_path):
+@pytest.mark.parametrize(
+    ("engine", "value_model"), [("ddp", "separate"), ("fsdp", "separate"), ("fsdp", "shared_backbone")]
+)
+def test_one_ppo_update_on_two_processes_equals_the_update_on_one(tiny_world, tmp_path, engine, value_model):
     """Ten completions, minibatches of 5 split 3 + 2 over the ranks, two epochs: each rank computes its share of the
-    rollout's statistics and of every minibatch's gradients; the update is the one-process update."""
-    one, two = _ppo_update(tiny_world, tmp_path, 1), _ppo_update(tiny_world, tmp_path, 2, "clean", "distributed=ddp")
+    rollout's statistics and of every minibatch's gradients; the update is the one-process update. Under FSDP2 the
+    policy and a separate value model's backbone are sharded (two roots), the value head is whole on every rank,
+    and the short rank pads its share with a row that contributes nothing."""
+    value = f"algorithm.value_model={value_model}"
+    one = _ppo_update(tiny_world, tmp_path, 1, "clean", value)
+    two = _ppo_update(tiny_world, tmp_path, 2, "clean", value, f"distributed={engine}")
     assert two["world_size"] == 2 and len(one["steps"]) == 4
+    assert two["sharded"] == (engine == "fsdp")
     loss_length, gradient_length = _reduction_lengths(tiny_world, minibatch=5)
     assert_same_update(two, one, gradient_length)
     for name in ("loss/policy", "loss/value", "ppo/entropy", "kl_estimate/k3"):
@@ -360,7 +368,7 @@ def test_a_killed_two_process_run_resumes_to_the_weights_of_an_unkilled_one(tiny
 
 
 @pytest.mark.slow
-def test_two_process_ppo_and_best_of_n_finish_with_global_batches(tiny_world, tmp_path):
+def test_two_process_ppo_under_fsdp_and_best_of_n_finish_with_global_batches(tiny_world, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     common = [
         f"tiny_world.dir={tiny_world.root}",
@@ -368,13 +376,16 @@ def test_two_process_ppo_and_best_of_n_finish_with_global_batches(tiny_world, tm
         "device=cpu",
         "eval.prompts_per_source=4",
     ]
-    _run(_torchrun(ROOT / "run.py", [*common, "algorithm=ppo", "algorithm.num_updates=2"]), tmp_path)
+    # PPO under FSDP2 (its policy and value backbone sharded): the whole run, its checkpoint and artifact gathered
+    ppo_overrides = ["algorithm=ppo", "algorithm.num_updates=2", "algorithm.value_model=separate", "distributed=fsdp"]
+    _run(_torchrun(ROOT / "run.py", [*common, *ppo_overrides]), tmp_path)
     _run(_torchrun(ROOT / "run.py", [*common, "algorithm=best_of_n", "algorithm.n=4"]), tmp_path)
     client = mlflow.MlflowClient(uri)
     ppo, best_of_n = sorted(_runs(uri), key=lambda run: run.data.tags["algorithm"] != "ppo")
     assert ppo.data.params["world_size"] == best_of_n.data.params["world_size"] == "2"
     assert _steps(client, ppo.info.run_id, "reward/mean") == [0, 1]
     assert [m.value for m in client.get_metric_history(ppo.info.run_id, "progress/completions_generated")] == [32, 64]
+    assert {a.path for a in client.list_artifacts(ppo.info.run_id, "policy")} >= {"policy/model.safetensors"}
     assert client.get_metric_history(best_of_n.info.run_id, "eval/all/prompts")[0].value == 12
 
 

@@ -274,14 +274,21 @@ def test_a_lora_ppo_run_measures_kl_against_the_adapter_free_policy(tiny_world, 
     assert "policy/adapter_model.safetensors" in artifacts and "policy/model.safetensors" not in artifacts
 
 
-def test_sharded_weights_are_refused_naming_the_key():
-    """PPO's update runs a policy and a value function that FSDP2 would shard as separate roots; until it does, a
-    sharded launch is refused before anything runs."""
+def test_deepspeed_is_refused_naming_the_key():
+    """FSDP2 shards PPO's policy and value backbone (tests/test_distributed.py); DeepSpeed is not wired up, and a
+    DeepSpeed launch is refused before anything trains instead of running unsharded."""
     from types import SimpleNamespace
 
     from superhf_lab.core.errors import ConfigError
     from superhf_lab.runtime.distributed import Processes
 
-    fsdp = Processes(SimpleNamespace(process_index=0, num_processes=2, distributed_type=SimpleNamespace(value="FSDP")))
-    with pytest.raises(ConfigError, match=r"distributed\.engine.*distributed=ddp"):
-        PPOTrainer(PPOAlgorithmConfig(), 0.1, TextConfig(), None, None, None, None, None, CPU, "fp32", fsdp)
+    config = GPTNeoXConfig(
+        vocab_size=32, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16
+    )
+    actor_critic = ActorCritic(GPTNeoXForCausalLM(config), None, torch.nn.Linear(8, 1))
+    kind = SimpleNamespace(value="DEEPSPEED")
+    deepspeed = Processes(SimpleNamespace(process_index=0, num_processes=2, distributed_type=kind))
+    with pytest.raises(ConfigError, match=r"distributed\.engine.*FSDP2"):
+        PPOTrainer(
+            PPOAlgorithmConfig(), 0.1, TextConfig(), actor_critic, None, None, None, None, CPU, "fp32", deepspeed
+        )

@@ -1,6 +1,7 @@
 """`make results`: each (row, seed) runs once, the table is built from exactly those runs, and the README's
 block is the command's current output."""
 
+import json
 import re
 
 import mlflow
@@ -8,6 +9,7 @@ import pytest
 from conftest import ROOT
 
 from superhf_lab.launch import results
+from superhf_lab.tracking.provenance import code_version
 
 SPEC = """
 name: quick
@@ -49,6 +51,12 @@ def test_results_run_each_row_and_seed_once_and_write_the_table(tiny_world, tmp_
     assert all(re.search(r"-?\d\.\d{3} ± \d\.\d{3}", row) for row in rows), "mean ± interval over the two seeds"
     assert rows[0].split(" | ")[4:6] == ["0.000 ± 0.000", "0.00 ± 0.00 |"], "the starting policy has KL 0"
     assert rows[3].endswith("| — | ≤ 0.19 (upper bound) |"), "best-of-N reports its KL bound, labelled"
+    world = json.loads((tiny_world.root / "recipe.json").read_text())["fingerprint"]
+    assert f"at commit `{code_version()}`, tiny world build `{world}`, configurations `" in table
+    kl_low, kl_high = (row.split(" | ")[4].split(" ± ")[0] for row in rows[1:3])
+    assert f"From SuperHF, kl_coef=0 to SuperHF, kl_coef=0.35, KL per token goes {kl_low} → {kl_high}" in table, (
+        "the reading's numbers are the table's"
+    )
     assert readme.read_text() == f"Intro\n<!-- results: quick -->\n{table}<!-- /results: quick -->\nOutro\n"
     assert (tmp_path / "results" / "quick.md").read_text() == table
     assert (tmp_path / "results" / "quick_kl_ablation.png").stat().st_size > 10_000

@@ -144,6 +144,23 @@ def test_the_lean_sampler_draws_from_generates_distribution(tiny_policy, tiny_wo
         assert ((actual > 0) == (expected > 0)).all(), "the same tokens are kept"
 
 
+def test_the_lean_samplers_draw_follows_the_probabilities_and_never_picks_a_dropped_token():
+    """Inverse-CDF draws, one uniform per row: each index's frequency over 40,000 draws is its probability within
+    5 standard errors, a probability-0 index (top-p's or top-k's dropped tokens, here first, inside and last) is
+    never drawn, and an unnormalised row draws as its normalised self."""
+    from superhf_lab.training.sampling import draw
+
+    probabilities = torch.tensor([[0.0, 0.5, 0.0, 0.3, 0.2, 0.0], [1.0, 2.0, 0.0, 0.0, 1.0, 0.0]])
+    torch.manual_seed(0)
+    draws = torch.stack([draw(probabilities) for _ in range(40_000)])
+    for row in range(2):
+        expected = probabilities[row] / probabilities[row].sum()
+        frequency = torch.bincount(draws[:, row], minlength=6).double() / len(draws)
+        error = (expected.double() * (1 - expected.double()) / len(draws)).sqrt()
+        assert ((frequency - expected).abs() <= 5 * error + 1e-12).all(), (row, frequency, expected)
+        assert (frequency[expected == 0] == 0).all()
+
+
 def test_the_lean_sampler_is_reproducible_and_ends_rows_as_generate_does(tiny_policy, tiny_world):
     policy, tokenizer = tiny_policy
     prompts = [json.loads(line)["prompt"] for line in (tiny_world.root / "prompts" / "test.jsonl").open()][:4]

@@ -217,6 +217,16 @@ class ActorCritic(nn.Module):
     def head(self) -> nn.Linear:
         return self.value_head if self.value_model is None else self.value_model.score
 
+    @property
+    def value_backbone(self) -> nn.Module:
+        return getattr(self.value_model, self.value_model.base_model_prefix)
+
+    def shardable(self) -> list[nn.Module]:
+        """What FSDP2 shards, each as its own root: the policy (every forward of it, generation included, enters
+        there) and a separate value model's backbone. The value head stays whole on every rank: it is small, and the
+        policy's hidden states reach it outside any sharded module."""
+        return [self.policy] if self.value_model is None else [self.policy, self.value_backbone]
+
     def forward(self, positions: torch.Tensor, **inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(the policy's logits, the values) at ``positions`` (``(B, L)`` column indices): the output layer runs
         only there (transformers' ``logits_to_keep``), not over the prompts."""
@@ -225,8 +235,7 @@ class ActorCritic(nn.Module):
             hidden = output.hidden_states[-1]
             values = self.value_head(_at(hidden, positions)).squeeze(-1)
             return output.logits, values
-        backbone = getattr(self.value_model, self.value_model.base_model_prefix)
-        hidden = backbone(**inputs).last_hidden_state
+        hidden = self.value_backbone(**inputs).last_hidden_state
         values = self.value_model.score(_at(hidden, positions)).squeeze(-1)
         return self.policy(**inputs, logits_to_keep=positions).logits, values
 
@@ -282,12 +291,6 @@ class PPOTrainer(StepLoop):
         seed: int = 0,
     ) -> None:
         self.processes = processes
-        require(
-            not processes.sharded_weights,
-            "distributed.engine",
-            processes.kind,
-            "PPO's trainer runs on one process or under DDP (distributed=ddp); sharded weights serve SuperHF",
-        )
         self.config = config
         self.kl_coef = kl_coef
         self.text = text
@@ -302,15 +305,27 @@ class PPOTrainer(StepLoop):
         for module in actor_critic.modules():  # PPO's ratios compare forward passes: no dropout (TRL, Huang et al.)
             if isinstance(module, nn.Dropout):
                 module.p = 0.0
+        if processes.sharded_weights:  # sharded before the optimizer is built on the shards
+            for module in actor_critic.shardable():
+                processes.shard(module)
+            processes.broadcast(list(actor_critic.head.parameters()))
         self.trainable = [p for p in actor_critic.parameters() if p.requires_grad]
         # fused: one kernel per step instead of one per tensor (as transformers' default optimizer, adamw_torch_fused)
         optimizer = torch.optim.AdamW(
-            self.trainable, lr=config.learning_rate, weight_decay=config.weight_decay, fused=_fused_adam(self.trainable)
+            processes.parameter_groups(self.trainable),
+            lr=config.learning_rate,
+            weight_decay=config.weight_decay,
+            fused=_fused_adam(self.trainable),
         )
         scheduler = get_scheduler(
             config.lr_schedule, optimizer, num_warmup_steps=0, num_training_steps=config.num_updates
         )
-        self.trained, self.optimizer, self.scheduler = processes.prepare(actor_critic, optimizer, scheduler)
+        # ``trained``: the actor-critic as DDP wraps it; FSDP2 sharded its parts in place
+        self.trained, self.optimizer, self.scheduler = (
+            (actor_critic, optimizer, scheduler)
+            if processes.sharded_weights
+            else processes.prepare(actor_critic, optimizer, scheduler)
+        )
         self.grad_scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
         self.adaptive_kl = (
             AdaptiveKLController(config.adaptive_kl.target, config.adaptive_kl.horizon, config.batch_size)
@@ -320,17 +335,17 @@ class PPOTrainer(StepLoop):
         self.score_normaliser: tuple[float, float] | None = None  # (mean, std) of the first rollout's scores
         self.shuffling = torch.Generator().manual_seed(seed)  # the minibatch orders: the same on every process
         self.nonfinite_losses = 0
-        self.agree_on_oom = processes.any
+        max_halvings = self.out_of_memory_halvings()
         minibatch = config.batch_size // config.num_mini_batches
         self.batch_sizes = {
             "rollout": HalvingBatchSize(
-                "algorithm.rollout_minibatch_size", config.rollout_minibatch_size, config.max_oom_halvings
+                "algorithm.rollout_minibatch_size", config.rollout_minibatch_size, max_halvings
             ),
             "scoring": HalvingBatchSize(
-                "algorithm.rollout_minibatch_size", config.rollout_minibatch_size, config.max_oom_halvings
+                "algorithm.rollout_minibatch_size", config.rollout_minibatch_size, max_halvings
             ),
             # its error says "lower algorithm.batch_size": a smaller batch has smaller minibatches
-            "optimisation": HalvingBatchSize("algorithm.batch_size", minibatch, config.max_oom_halvings),
+            "optimisation": HalvingBatchSize("algorithm.batch_size", minibatch, max_halvings),
         }
 
     # -- rollout -----------------------------------------------------------------------------------------------
@@ -481,7 +496,7 @@ class PPOTrainer(StepLoop):
                 losses = self.processes.sum(losses)
                 if cfg.max_grad_norm is not None:
                     self.grad_scaler.unscale_(self.optimizer)
-                    torch.nn.utils.clip_grad_norm_(self.trainable, cfg.max_grad_norm)
+                    self.processes.clip_grad_norm(self.trainable, cfg.max_grad_norm)
                 reach("finetuning")
                 self.grad_scaler.step(self.optimizer)
                 self.grad_scaler.update()
@@ -502,15 +517,17 @@ class PPOTrainer(StepLoop):
     ) -> dict[str, float] | None:
         """Gradients of this process's share of the minibatch's loss, summed over micro-batches of ``micro_size``:
         the policy loss and the value loss are means over the minibatch's completion tokens, so shares and
-        micro-batches add up to it exactly. None, with no gradients left, when the loss is not finite."""
+        micro-batches add up to it exactly (a share's padding rows, under sharded weights, are masked out). None, with
+        no gradients left, when the loss is not finite."""
         cfg = self.config
         self.optimizer.zero_grad(set_to_none=True)
         tokens = rollout.mask[minibatch].sum().clamp(min=1)
-        share, _ = self.processes.even_share(minibatch)
+        share, real = self.processes.even_share(minibatch)
+        is_real = torch.arange(len(share), device=rollout.mask.device) < real
         totals = dict.fromkeys(LOSS_METRIC_NAMES, 0.0)
         for start in range(0, len(share), micro_size):
             rows = share[start : start + micro_size]
-            part, mask = rollout.rows(rows), rollout.mask[rows]
+            part, mask = rollout.rows(rows), rollout.mask[rows] & is_real[start : start + micro_size, None]
             old_logprobs, old_values = statistics["logprobs"][rows], statistics["values"][rows]
             advantage, target = advantages[rows], returns[rows]
             with self.processes.no_sync(self.trained):
@@ -528,7 +545,7 @@ class PPOTrainer(StepLoop):
                 clipped_value_losses = (clipped_values - target) ** 2
                 value_loss = 0.5 * (torch.max(value_losses, clipped_value_losses) * mask).sum() / tokens
                 loss = policy_loss + cfg.vf_coef * value_loss
-                if not bool(torch.isfinite(loss)):
+                if not self.finite(loss):
                     self.optimizer.zero_grad(set_to_none=True)
                     return None
                 self.grad_scaler.scale(loss * self.processes.gradient_sum_scale).backward()

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import logging
 
+import torch
 from tqdm.auto import tqdm
 
 from superhf_lab.core.errors import require
 from superhf_lab.metrics.bookkeeping import Bookkeeping
 from superhf_lab.runtime.checkpoint import capture_rng, restore_rng
+from superhf_lab.runtime.memory import alone
 from superhf_lab.training.completions import score_completions
 from superhf_lab.training.context import RunContext, save_policy_artifact
 from superhf_lab.training.data import PromptStream
@@ -19,10 +21,11 @@ log = logging.getLogger(__name__)
 
 
 class StepLoop:
-    """Mixed into a trainer that sets ``processes``, ``config`` (with ``max_nonfinite_losses`` and ``lora``), ``text``,
-    ``policy``, ``starting``, ``reward_scorer``, ``heldout_scorer``, ``optimizer``, ``scheduler``, ``grad_scaler``,
-    ``batch_sizes`` (with a ``scoring`` one), ``agree_on_oom`` and ``nonfinite_losses``, and defines ``STEP`` (what a
-    step is called), :meth:`total_steps` and :meth:`run_step`."""
+    """Mixed into a trainer that sets ``processes``, ``config`` (with ``max_nonfinite_losses``, ``max_oom_halvings``
+    and ``lora``), ``text``, ``policy``, ``starting``, ``reward_scorer``, ``heldout_scorer``, ``optimizer``,
+    ``scheduler``, ``grad_scaler``, ``batch_sizes`` (with a ``scoring`` one) and ``nonfinite_losses``, calls
+    :meth:`out_of_memory_halvings`, and defines ``STEP`` (what a step is called), :meth:`total_steps` and
+    :meth:`run_step`."""
 
     STEP = "step"
 
@@ -43,6 +46,24 @@ class StepLoop:
             score_completions(completions, self.text.reward_input, self.reward_scorer, self.heldout_scorer)
 
         self.batch_sizes["scoring"].run(score_in_minibatches_of, self.agree_on_oom)
+
+    def out_of_memory_halvings(self) -> int:
+        """Sets how ranks agree on running out of memory and returns how often a batch size may halve. A rank out of
+        memory inside a sharded forward leaves the others in a collective that no agreement can reach: under FSDP
+        the error ends the run (torchrun stops every rank) instead of halving."""
+        configured = self.config.max_oom_halvings
+        if not self.processes.sharded_weights:
+            self.agree_on_oom = self.processes.any
+            return configured
+        self.agree_on_oom = alone
+        log.info("FSDP: out of memory ends the run; algorithm.max_oom_halvings=%d is not used", configured)
+        return 0
+
+    def finite(self, loss: torch.Tensor) -> bool:
+        """Whether to back-propagate ``loss``. With sharded weights backward is a collective, so the ranks agree
+        on every micro-batch; otherwise each decides alone and the trainer agrees once per minibatch."""
+        finite = bool(torch.isfinite(loss))
+        return not self.processes.any(not finite) if self.processes.sharded_weights else finite
 
     def skip_nonfinite_loss(self) -> None:
         self.nonfinite_losses += 1

@@ -35,7 +35,7 @@ from superhf_lab.core.errors import require
 from superhf_lab.core.faults import reach
 from superhf_lab.metrics.bookkeeping import Bookkeeping
 from superhf_lab.runtime.distributed import ONE_PROCESS, Processes
-from superhf_lab.runtime.memory import HalvingBatchSize, alone
+from superhf_lab.runtime.memory import HalvingBatchSize
 from superhf_lab.training.completions import (
     COMPLETION_METRIC_NAMES,
     PROGRESS_METRIC_NAMES,
@@ -172,14 +172,7 @@ class SuperHFTrainer(StepLoop):
         self.trainable = [p for p in self.policy.parameters() if p.requires_grad]  # FSDP's, once sharded
         self.grad_scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
         self.nonfinite_losses = 0
-        # A rank out of memory inside a sharded forward leaves the others in a collective that no agreement can
-        # reach: under FSDP the error ends the run (torchrun stops every rank) instead of halving.
-        self.agree_on_oom = alone if self.processes.sharded_weights else self.processes.any
-        max_halvings = 0 if self.processes.sharded_weights else config.max_oom_halvings
-        if max_halvings < config.max_oom_halvings:
-            log.info(
-                "FSDP: out of memory ends the run; algorithm.max_oom_halvings=%d is not used", config.max_oom_halvings
-            )
+        max_halvings = self.out_of_memory_halvings()
         self.batch_sizes = {
             phase: HalvingBatchSize(
                 f"algorithm.minibatch_size_{phase}", getattr(config, f"minibatch_size_{phase}"), max_halvings
@@ -231,7 +224,7 @@ class SuperHFTrainer(StepLoop):
             losses = self.processes.sum(losses)
             if self.config.max_grad_norm is not None:
                 self.grad_scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.config.max_grad_norm)
+                self.processes.clip_grad_norm(self.trainable, self.config.max_grad_norm)
             reach("finetuning")
             self.grad_scaler.step(self.optimizer)
             self.grad_scaler.update()
@@ -265,7 +258,7 @@ class SuperHFTrainer(StepLoop):
                 ).only(is_real)
                 ce, kl_penalty = minibatch_loss(terms, self.kl_coef, cfg.loss_reduction, len(minibatch), sum(tokens))
                 loss = ce + kl_penalty
-                if not self._finite(loss):
+                if not self.finite(loss):
                     self.optimizer.zero_grad(set_to_none=True)
                     return None
                 self.grad_scaler.scale(loss * self.processes.gradient_sum_scale).backward()
@@ -274,12 +267,6 @@ class SuperHFTrainer(StepLoop):
             totals["loss/kl_penalty"] += kl_penalty.item()
             totals["kl"] += terms.kl.sum().item() / len(minibatch)
         return totals
-
-    def _finite(self, loss: torch.Tensor) -> bool:
-        """Whether to back-propagate ``loss``. With sharded weights backward is a collective, so the ranks agree
-        on every micro-batch; otherwise each decides alone and :meth:`finetune` agrees once per minibatch."""
-        finite = bool(torch.isfinite(loss))
-        return not self.processes.any(not finite) if self.processes.sharded_weights else finite
 
     def step(self, prompts: list[str]) -> tuple[dict[str, float], list[Completion], list[int]]:
         """One superbatch; returns its metrics (but the progress and diversity metrics, which

@@ -7,6 +7,12 @@
   ``tiny_world`` and ``pythia_160m_shape``: transformers' ``generate()`` against the lean sampling loop on the same
   prompts and seeds (their ``speedup``, and whether they drew the same completions), on the tiny policy and on a
   random-weight policy of Pythia-160M's shape;
+- ``flops``: the model FLOP/s that generation and fine-tuning achieve (FLOPs counted by torch's ``FlopCounterMode`` on
+  one pass, then the same pass, same seed, timed) against this machine's float32 matmul peak, measured in the run;
+- ``reference``: with ``SUPERHF_REFERENCE_SRC`` set (see :mod:`superhf_lab.launch.reference_bench`), seconds per
+  superbatch of the reference trainer (openfeedback/superhf), unmodified, and of this lab's trainer with its
+  metrics, at the same settings (LoRA, ``kl_coef`` 0.1), in the same run, and their ratio; skipped, saying why,
+  otherwise;
 - ``meteor``: the superbatch's METEOR similarity pairs, :class:`superhf_lab.metrics.meteor.MeteorTexts` against nltk;
 - ``algorithms`` (``--algorithms``): seconds per 1,000 completions (preference pairs for DPO and FeedME) of each
   algorithm on the tiny world at the same 32 per step, and the ratio to SuperHF;
@@ -19,6 +25,7 @@ Throughput, not a test: compare numbers across commits on the same machine.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -27,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 
 import mlflow
@@ -36,6 +44,7 @@ from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, set_seed
 from superhf_lab.algorithms.registry import get_algorithm
 from superhf_lab.config.schema import MlflowConfig
 from superhf_lab.launch.compose import compose_run_config, validate_config
+from superhf_lab.launch.reference_bench import reference_seconds
 from superhf_lab.metrics.bookkeeping import Bookkeeping
 from superhf_lab.metrics.meteor import benchmark_against_nltk
 from superhf_lab.tiny_world import ensure_tiny_world
@@ -58,6 +67,8 @@ ALGORITHM_RUNS = {
     "feedme": ["algorithm.num_steps=7"],
 }
 WARM_UP_STEPS = 2
+# The settings both trainers run at in the ``reference`` section: the reference's KL term needs LoRA adapters.
+REFERENCE_SETTINGS = ["algorithm.lora.enabled=true", "kl_coef=0.1"]
 
 
 def superbatch_phases(trainer, stream, context: RunContext, superbatches: int) -> dict:
@@ -108,6 +119,40 @@ def superbatch_phases(trainer, stream, context: RunContext, superbatches: int) -
     return result
 
 
+@contextlib.contextmanager
+def bench_context(overrides: list[str]) -> Iterator[RunContext]:
+    """A run context to build trainers in: the validated config, its device, a throwaway MLflow run (the loop logs as
+    in a run)."""
+    cfg = compose_run_config(overrides)
+    cfg.output_dir = "outputs/bench"
+    config = validate_config(cfg)
+    ensure_tiny_world(config.tiny_world.dir)
+    set_seed(config.seed)
+    device = resolve_device(config.device, config.precision)
+    with tempfile.TemporaryDirectory() as folder:
+        check_tracking_store(MlflowConfig(tracking_uri=f"sqlite:///{folder}/bench.db", experiment_name="bench"))
+        with tracked_run(cfg, {}, "bench", folder) as tracker:
+            yield RunContext(config, tracker, device)
+
+
+def against_reference(overrides: list[str], superbatches: int) -> dict:
+    """Seconds per superbatch of the reference trainer and of this lab's (its metrics in the background, as
+    training runs them) at the same settings, and how many times faster this lab's is."""
+    same = [*overrides, *REFERENCE_SETTINGS]
+    reference = reference_seconds(same, superbatches)
+    if "skipped" in reference:
+        return reference
+    with bench_context(same) as context:
+        trainer, stream = get_algorithm("superhf").build(context)
+        ours = superbatch_phases(trainer, stream, context, superbatches)["background"]["seconds_per_superbatch"]
+    return {
+        "settings": REFERENCE_SETTINGS,
+        "reference_seconds_per_superbatch": reference["seconds_per_superbatch"],
+        "superhf_lab_seconds_per_superbatch": ours,
+        "speedup": round(reference["seconds_per_superbatch"] / ours, 2),
+    }
+
+
 def generation_saving(trainer, prompts: list[str], rounds: int = 2) -> dict:
     """Generated tokens per kept token, and seconds (the best of ``rounds``, alternating), with generation stopping
     at the cut and without, on the same prompts and seeds."""
@@ -156,6 +201,60 @@ def sampler_speedup(
         "speedup": round(seconds["generate"] / seconds["lean"], 2),
         "identical": drawn["generate"] == drawn["lean"],
     }
+
+
+def matmul_peak(size: int = 1024, repeats: int = 10, rounds: int = 5) -> float:
+    """This machine's float32 matmul FLOP/s with torch's threads: the best of ``rounds`` timings of ``repeats``
+    products of two ``size`` x ``size`` matrices (2 size^3 FLOPs each), after a warm-up."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    for _ in range(3):
+        a @ b
+    best = math.inf
+    for _ in range(rounds):
+        started = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        best = min(best, (time.perf_counter() - started) / repeats)
+    return 2 * size**3 / best
+
+
+def counted_and_timed(work) -> tuple[int, float]:
+    """FLOPs of ``work()`` (``FlopCounterMode``: matmuls and convolutions, which is a model's arithmetic) and the
+    seconds of the same call, untraced; both start from seed 0, so a sampling call draws the same tokens."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    with FlopCounterMode(display=False) as counter:
+        work()
+    torch.manual_seed(0)
+    started = time.perf_counter()
+    work()
+    return counter.get_total_flops(), time.perf_counter() - started
+
+
+def model_flop_rates(trainer, prompts: list[str]) -> dict:
+    """Generation's and fine-tuning's achieved FLOP/s on one superbatch, and their share of the matmul peak."""
+    from superhf_lab.algorithms.superhf_trainer import select_top_k
+
+    peak = matmul_peak()
+    generation_flops, generation_s = counted_and_timed(lambda: trainer.generate(prompts))
+    completions = trainer.generate(prompts)
+    trainer.score(completions)
+    cfg = trainer.config
+    kept = [completions[i] for i in select_top_k(completions, cfg.top_k, cfg.length_penalty, cfg.length_penalty_form)]
+    finetuning_flops, finetuning_s = counted_and_timed(lambda: trainer.finetune(kept))
+    result = {"matmul_peak_gflop_per_s": round(peak / 1e9, 2)}
+    for phase, flops, seconds in (
+        ("generation", generation_flops, generation_s),
+        ("finetuning", finetuning_flops, finetuning_s),
+    ):
+        result[phase] = {
+            "gflops": round(flops / 1e9, 3),
+            "seconds": round(seconds, 4),
+            "gflop_per_s": round(flops / seconds / 1e9, 2),
+            "share_of_peak": round(flops / seconds / peak, 4),
+        }
+    return result
 
 
 def pythia_160m_sampling(tokenizer, prompts: list[str], settings, device, precision: str, cut: str) -> dict:
@@ -275,37 +374,31 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for run.py")
     args = parser.parse_args()
 
-    cfg = compose_run_config(args.overrides)
-    cfg.output_dir = "outputs/bench"
-    config = validate_config(cfg)
-    ensure_tiny_world(config.tiny_world.dir)
-    set_seed(config.seed)
-    device = resolve_device(config.device, config.precision)
-    with tempfile.TemporaryDirectory() as folder:  # a throwaway MLflow store: the loop logs as in a run
-        check_tracking_store(MlflowConfig(tracking_uri=f"sqlite:///{folder}/bench.db", experiment_name="bench"))
-        with tracked_run(cfg, {}, "bench", folder) as tracker:
-            context = RunContext(config, tracker, device)
-            trainer, stream = get_algorithm("superhf").build(context)
-            phases = superbatch_phases(trainer, stream, context, args.superbatches)
-            generation = generation_saving(trainer, stream.take(config.algorithm.prompt_accumulation_steps))
-            algorithm, cut = config.algorithm, config.text.cut
-            prompts = stream.take(algorithm.prompt_accumulation_steps)
-            generation["tiny_world"] = sampler_speedup(
-                trainer.policy,
-                trainer.tokenizer,
-                prompts,
-                algorithm.superbatch_size,
-                algorithm.sampling,
-                algorithm.minibatch_size_generating,
-                device,
-                config.precision,
-                cut,
-            )
-            generation["pythia_160m_shape"] = pythia_160m_sampling(
-                trainer.tokenizer, stream.take(4), algorithm.sampling, device, config.precision, cut
-            )
-            texts = [c.text for c in trainer.generate(stream.take(config.algorithm.prompt_accumulation_steps))]
+    with bench_context(args.overrides) as context:
+        config, device = context.config, context.device
+        trainer, stream = get_algorithm("superhf").build(context)
+        phases = superbatch_phases(trainer, stream, context, args.superbatches)
+        generation = generation_saving(trainer, stream.take(config.algorithm.prompt_accumulation_steps))
+        algorithm, cut = config.algorithm, config.text.cut
+        prompts = stream.take(algorithm.prompt_accumulation_steps)
+        generation["tiny_world"] = sampler_speedup(
+            trainer.policy,
+            trainer.tokenizer,
+            prompts,
+            algorithm.superbatch_size,
+            algorithm.sampling,
+            algorithm.minibatch_size_generating,
+            device,
+            config.precision,
+            cut,
+        )
+        generation["pythia_160m_shape"] = pythia_160m_sampling(
+            trainer.tokenizer, stream.take(4), algorithm.sampling, device, config.precision, cut
+        )
+        flops = model_flop_rates(trainer, stream.take(algorithm.prompt_accumulation_steps))
+        texts = [c.text for c in trainer.generate(stream.take(config.algorithm.prompt_accumulation_steps))]
     meteor = benchmark_against_nltk(texts)
+    reference = against_reference(args.overrides, args.superbatches)
     names = [name for name in args.algorithms.split(",") if name]
     print(
         json.dumps(
@@ -313,6 +406,8 @@ def main() -> None:
                 "benchmark": "superhf_lab",
                 "superbatch": phases,
                 "generation": generation,
+                "flops": flops,
+                "reference": reference,
                 "meteor": {
                     "pairs": meteor["pairs"],
                     "nltk_s": round(meteor["nltk_s"], 4),

@@ -7,16 +7,19 @@ A spec (``sweeps/results/tiny_world.yaml``) names each row's overrides and the s
 ``run.py`` run in the results' own MLflow store (``results/<name>.db``). A finished run of the same
 configuration fingerprint and the same code version is reused, so an interrupted ``make results`` continues
 where it stopped, while a changed row or changed code runs again. The table (mean and 95% interval over seeds)
-goes to ``results/<name>.md`` and between the ``<!-- results: <name> -->`` markers of README.md; the KL-ablation
-figure goes next to it.
+goes to ``results/<name>.md`` and between the ``<!-- results: <name> -->`` markers of README.md, with the commit,
+the tiny world's build fingerprint and the spec's configuration fingerprint it was computed at, the runs' time, and
+the paragraph that reads it (its every number from the runs); the KL-ablation figure goes next to it.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import json
 import math
+import os
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -27,15 +30,18 @@ from omegaconf import OmegaConf
 from rich.console import Console
 from rich.progress import Progress
 
+from superhf_lab.algorithms.registry import available_algorithms, get_algorithm
 from superhf_lab.config.fingerprint import run_fingerprint
 from superhf_lab.config.resources import resource_dir
 from superhf_lab.launch.compose import compose_run_config
 from superhf_lab.reporting.readme import write_block
-from superhf_lab.reporting.report import TEST_METRICS, SeedGroup, plot_kl_ablation, summarise
+from superhf_lab.reporting.report import TEST_METRICS, SeedGroup, ablation_lines, plot_kl_ablation, summarise
 from superhf_lab.tracking.provenance import CODE_TAG, CONFIG_TAG, code_version
 
 DEFAULT_SPEC = resource_dir("sweeps") / "results" / "tiny_world.yaml"
 COLUMNS = ("proxy reward", "held-out reward", "METEOR similarity", "KL per token", "KL per sequence")
+# A trained row whose test KL per token stays under this barely left the starting policy: the reading says so.
+BARELY_MOVED_KL = 0.01
 
 
 @dataclass
@@ -119,18 +125,34 @@ def run_missing(spec: ResultsSpec, store: str, out: Path, console: Console) -> N
             progress.advance(task)
 
 
-def collect(spec: ResultsSpec, store: str) -> list[SeedGroup]:
-    """Each row's seed group: the finished runs whose fingerprints match the row's configuration now."""
+@dataclass
+class Provenance:
+    """What a table was computed at: the code, the tiny world, the rows' configurations, and what it cost."""
+
+    code_version: str
+    world_fingerprint: str
+    spec_fingerprint: str  # of every (row, seed)'s configuration fingerprint
+    run_seconds: float  # the runs' wall time, summed
+
+
+def world_fingerprint(spec: ResultsSpec) -> str:
+    """The build fingerprint of the tiny world the rows run on (its recipe file), or "none" when it is not built."""
+    recipe = Path(compose_run_config(spec.common).tiny_world.dir) / "recipe.json"
+    try:
+        return json.loads(recipe.read_text())["fingerprint"]
+    except (OSError, ValueError, KeyError):
+        return "none"
+
+
+def collect(spec: ResultsSpec, store: str) -> tuple[list[SeedGroup], Provenance]:
+    """Each row's seed group (the finished runs whose fingerprints match the row's configuration now) and what
+    they were computed at."""
     client = mlflow.MlflowClient(store)
     experiment = client.get_experiment_by_name(spec.experiment_name)
-    groups = []
+    groups, fingerprints, seconds = [], [], 0.0
     for row in spec.rows:
-        runs = [
-            finished_run(
-                client, experiment and experiment.experiment_id, fingerprint(row_overrides(spec, row, seed, store))
-            )
-            for seed in spec.seeds
-        ]
+        row_fingerprints = [fingerprint(row_overrides(spec, row, seed, store)) for seed in spec.seeds]
+        runs = [finished_run(client, experiment and experiment.experiment_id, f) for f in row_fingerprints]
         missing = [seed for seed, run in zip(spec.seeds, runs) if run is None]
         if missing:
             raise SystemExit(
@@ -138,7 +160,10 @@ def collect(spec: ResultsSpec, store: str) -> list[SeedGroup]:
                 f"{code_version()}; run `python -m superhf_lab.results` (without --table-only) first"
             )
         groups.append(SeedGroup(summarise(client, runs)))
-    return groups
+        fingerprints += row_fingerprints
+        seconds += sum((run.info.end_time - run.info.start_time) / 1000 for run in runs)
+    spec_fingerprint = hashlib.sha256(" ".join(fingerprints).encode()).hexdigest()[:12]
+    return groups, Provenance(code_version(), world_fingerprint(spec), spec_fingerprint, seconds)
 
 
 def _cell(group: SeedGroup, column: str) -> str:
@@ -152,16 +177,82 @@ def _cell(group: SeedGroup, column: str) -> str:
     return f"{mean:.{digits}f}" + ("" if math.isnan(width) else f" ± {width:.{digits}f}")
 
 
-def markdown_table(spec: ResultsSpec, groups: list[SeedGroup]) -> str:
+def markdown_table(spec: ResultsSpec, groups: list[SeedGroup], provenance: Provenance) -> str:
+    """The table, its caption and provenance, and the paragraph that reads it."""
     lines = [f"| policy | {' | '.join(COLUMNS)} |", "|---" * (len(COLUMNS) + 1) + "|"]
     for row, group in zip(spec.rows, groups):
         lines.append(f"| {row.label} | {' | '.join(_cell(group, column) for column in COLUMNS)} |")
     seeds = ", ".join(map(str, spec.seeds))
     footer = (
-        f"Mean ± half-width of the 95% interval (Student's t) over seeds {seeds}; written by `make results` "
-        f"on {datetime.date.today().isoformat()}."
+        f"Mean ± half-width of the 95% interval (Student's t) over seeds {seeds}; written by `make results` on "
+        f"{datetime.date.today().isoformat()} at commit `{provenance.code_version}`, tiny world build "
+        f"`{provenance.world_fingerprint}`, configurations `{provenance.spec_fingerprint}`; its "
+        f"{len(spec.rows) * len(spec.seeds)} runs took {provenance.run_seconds / 60:.0f} minutes on "
+        f"{os.cpu_count()} CPU cores."
     )
-    return "\n".join([*lines, "", " ".join(part for part in (spec.caption.strip(), footer) if part)]) + "\n"
+    caption = " ".join(part for part in (spec.caption.strip(), footer) if part)
+    return "\n".join([*lines, "", caption, "", reading(spec, groups)]) + "\n"
+
+
+def _value(group: SeedGroup, column: str) -> float:
+    return group.test(TEST_METRICS[column])[0]
+
+
+def _span(groups: list[SeedGroup], column: str) -> str:
+    digits = 2 if column == "KL per sequence" else 3
+    return " → ".join(f"{_value(group, column):.{digits}f}" for group in (groups[0], groups[-1]))
+
+
+def _overlap(low: SeedGroup, high: SeedGroup, column: str) -> bool:
+    (a, wa), (b, wb) = low.test(TEST_METRICS[column]), high.test(TEST_METRICS[column])
+    return not (math.isfinite(wa) and math.isfinite(wb)) or abs(a - b) <= wa + wb
+
+
+def trains(algorithm: str) -> bool:
+    """Whether runs of ``algorithm`` train a policy (those checkpoint; evaluation and best-of-N do not)."""
+    return get_algorithm(algorithm).checkpoints
+
+
+def reading(spec: ResultsSpec, groups: list[SeedGroup]) -> str:
+    """How to read the table, in sentences whose every number and direction comes from ``groups``: each KL ablation
+    from its smallest to its largest ``kl_coef`` (against the paper's claim that the KL penalty "prevents reward
+    hacking and mode collapse"), the best rows by proxy and by held-out reward, and the trained rows that barely
+    left the starting policy."""
+    labels = {id(group): row.label for row, group in zip(spec.rows, groups)}
+    sentences = []
+    for line in ablation_lines(groups).values():
+        low, high = line[0], line[-1]
+        kl_falls = _value(high, "KL per token") < _value(low, "KL per token")
+        meteor_falls = _value(high, "METEOR similarity") < _value(low, "METEOR similarity")
+        paper = (
+            "the direction the paper reports"
+            if kl_falls and meteor_falls
+            else "not, on both, the direction the paper reports"
+        )
+        overlapping = [column for column in COLUMNS if _overlap(low, high, column)]
+        sentences.append(
+            f"From {labels[id(low)]} to {labels[id(high)]}, KL per token goes {_span(line, 'KL per token')} and "
+            f"METEOR similarity (mode collapse) {_span(line, 'METEOR similarity')}: {paper}; proxy reward goes "
+            f"{_span(line, 'proxy reward')} and held-out reward {_span(line, 'held-out reward')}."
+            + (
+                f" At {len(spec.seeds)} seeds the two ends' intervals overlap on {', '.join(overlapping)}."
+                if overlapping
+                else ""
+            )
+        )
+    for column in ("proxy reward", "held-out reward"):
+        best = max(groups, key=lambda group: _value(group, column))
+        sentences.append(f"Highest {column}: {labels[id(best)]} ({_value(best, column):.3f}).")
+    trained = [group for group in groups if group.algorithm in available_algorithms() and trains(group.algorithm)]
+    still = [group for group in trained if _value(group, "KL per token") < BARELY_MOVED_KL]
+    if still:
+        names = ", ".join(labels[id(group)] for group in still)
+        largest = max(_value(group, "KL per token") for group in still)
+        sentences.append(
+            f"{names} stay within KL {largest:.3f} per token of the starting policy: at this budget and their "
+            "presets they barely trained, so the table compares them at an equal sample budget, not tuned."
+        )
+    return "How to read it. " + " ".join(sentences)
 
 
 def update_readme(readme: Path, name: str, block: str) -> None:
@@ -183,8 +274,8 @@ def main(argv: list[str] | None = None) -> str:
     console = Console()
     if not args.table_only:
         run_missing(spec, store, args.out, console)
-    groups = collect(spec, store)
-    block = markdown_table(spec, groups)
+    groups, provenance = collect(spec, store)
+    block = markdown_table(spec, groups, provenance)
     (args.out / f"{spec.name}.md").write_text(block)
     plot_kl_ablation(groups, args.out / f"{spec.name}_kl_ablation.png")
     if args.readme.is_file():

@@ -212,17 +212,52 @@ class Processes:
         return self.world_size if self.sharded_weights else 1
 
     def sum_gradients(self, parameters: list[torch.nn.Parameter]) -> None:
-        """All-reduce (sum) the gradients each rank accumulated on its share of a minibatch, in one flat buffer
-        (sharded weights: FSDP already reduced them in backward)."""
-        if self.world_size == 1 or self.sharded_weights:
+        """All-reduce (sum) the gradients each rank accumulated on its share of a minibatch, in one flat buffer.
+        Sharded weights: FSDP already reduced its own in backward; a parameter it does not hold (PPO's value head,
+        whole on every rank) is summed here and divided by :attr:`gradient_sum_scale`, which its loss carried."""
+        if self.world_size == 1:
+            return
+        scale = 1
+        if self.sharded_weights:
+            parameters = [p for p in parameters if not _is_sharded(p)]
+            scale = self.gradient_sum_scale
+        if not parameters:
             return
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
         flat = torch.cat([g.reshape(-1) for g in grads])
         torch.distributed.all_reduce(flat)
+        if scale != 1:
+            flat /= scale
         offset = 0
         for parameter, grad in zip(parameters, grads):
             parameter.grad = flat[offset : offset + grad.numel()].view_as(grad).clone()
             offset += grad.numel()
+
+    @staticmethod
+    def parameter_groups(parameters: list[torch.nn.Parameter]) -> list[dict]:
+        """``parameters`` as optimizer groups: the FSDP-sharded ones apart from the whole ones (PPO's value head), as
+        torch's fused and foreach optimizer steps take only one kind per call; one group when there is one kind."""
+        kinds = [[p for p in parameters if _is_sharded(p)], [p for p in parameters if not _is_sharded(p)]]
+        return [{"params": kind} for kind in kinds if kind]
+
+    def clip_grad_norm(self, parameters: list[torch.nn.Parameter], max_norm: float) -> None:
+        """Scale the (already summed) gradients so that their joint norm is at most ``max_norm``, as torch's
+        ``clip_grad_norm_`` does, over whole and FSDP-sharded gradients alike (a sharded one's squares are summed
+        over the ranks' shards, in one all-reduce for all of them)."""
+        grads = [p.grad for p in parameters if p.grad is not None]
+        if not grads:
+            return
+        squares = torch.zeros((), dtype=torch.float32, device=grads[0].device)
+        shards = [g.to_local() for g in grads if _is_sharded(g)]
+        if shards:
+            shard_squares = sum(shard.float().pow(2).sum() for shard in shards)
+            torch.distributed.all_reduce(shard_squares)
+            squares = squares + shard_squares
+        squares = squares + sum((g.float().pow(2).sum() for g in grads if not _is_sharded(g)), torch.zeros(()))
+        coefficient = min(max_norm / (squares.sqrt().item() + 1e-6), 1.0)
+        if coefficient < 1.0:
+            for grad in grads:
+                grad.mul_(coefficient)
 
     def barrier(self) -> None:
         if self.accelerator:
@@ -252,6 +287,20 @@ class Processes:
             return model, optimizer, scheduler
         if not self.sharded_weights:
             return self.accelerator.prepare(model, optimizer, scheduler)
+        sharded = self._to_shard(model)
+        _, optimizer, scheduler = self.accelerator.prepare(sharded, optimizer, scheduler)
+        return model, optimizer, scheduler
+
+    def shard(self, model: torch.nn.Module) -> None:
+        """Shard ``model`` in place as :meth:`prepare` does, without an optimizer: for a trainer with more than one
+        sharded model (accelerate prepares one per call), which builds its optimizer afterwards, on the shards."""
+        from accelerate.utils import fsdp2_prepare_model
+
+        fsdp2_prepare_model(self.accelerator, self._to_shard(model))
+
+    def _to_shard(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The module FSDP2 shards for ``model`` (a LoRA model's base model, the one module every forward, generation
+        included, enters through), after every rank took the main rank's weights (as DDP does)."""
         require(
             self.kind == "FSDP" and self.accelerator.is_fsdp2,
             "distributed.engine",
@@ -259,11 +308,15 @@ class Processes:
             "sharded weights need FSDP2 here: launch with conf/accelerate/fsdp.yaml (fsdp_version: 2)",
         )
         if not self.accelerator.state.fsdp_plugin.cpu_ram_efficient_loading:  # else accelerate loads rank 0's
-            for tensor in [*model.parameters(), *model.buffers()]:
-                torch.distributed.broadcast(tensor.data, src=0)
-        sharded = model.get_base_model() if hasattr(model, "get_base_model") else model
-        _, optimizer, scheduler = self.accelerator.prepare(sharded, optimizer, scheduler)
-        return model, optimizer, scheduler
+            self.broadcast([*model.parameters(), *model.buffers()])
+        return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+    def broadcast(self, tensors: list[torch.Tensor]) -> None:
+        """The main rank's values of ``tensors`` (whole ones), in place on every rank."""
+        if self.world_size == 1:
+            return
+        for tensor in tensors:
+            torch.distributed.broadcast(tensor.data, src=MAIN_RANK)
 
     def no_sync(self, model: torch.nn.Module) -> contextlib.AbstractContextManager:
         """Backward passes that only accumulate locally; :meth:`sum_gradients` combines them afterwards (sharded
@@ -348,6 +401,12 @@ def exit_launched_process(status: int) -> NoReturn:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(status)
+
+
+def _is_sharded(tensor: torch.Tensor) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(tensor, DTensor)
 
 
 def _keyed_by_position(optimizer_state: dict) -> bool:

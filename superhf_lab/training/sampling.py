@@ -179,6 +179,16 @@ def truncated_distribution(scores: torch.Tensor, settings: SamplingSettings) -> 
         width = vocabulary  # one ranking of the whole vocabulary, as generate's sort
 
 
+def draw(probabilities: torch.Tensor) -> torch.Tensor:
+    """One index per row, with these (``(B, C)``, not necessarily normalised) probabilities: by the inverse of each
+    row's cumulative distribution at one uniform draw. ``torch.multinomial`` draws an exponential per candidate
+    (its argmax of p / E), which costs a tiny policy's step more than its forward pass; this draws one number per
+    row. A zero-probability index is an empty interval and never drawn."""
+    cumulative = probabilities.cumsum(-1)
+    uniform = torch.rand(cumulative.shape[0], 1, device=cumulative.device) * cumulative[:, -1:]
+    return torch.searchsorted(cumulative, uniform, right=True).clamp_(max=cumulative.shape[-1] - 1).squeeze(1)
+
+
 def generate_sampling(
     policy, encoded, settings: SamplingSettings, tokenizer, stop: StopAtNextTurn | None, any_unfinished=alone
 ):
@@ -230,7 +240,7 @@ def lean_sampling(
         cache = output.past_key_values
         scores = processors(input_ids, output.logits[:, -1].to(dtype=torch.float32, copy=True))
         candidates, probabilities = truncated_distribution(scores, settings)
-        tokens = candidates.gather(1, torch.multinomial(probabilities, num_samples=1)).squeeze(1)
+        tokens = candidates.gather(1, draw(probabilities)[:, None]).squeeze(1)
         tokens = torch.where(unfinished, tokens, torch.full_like(tokens, pad))
         input_ids = torch.cat([input_ids, tokens[:, None]], dim=-1)
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(attention_mask.shape[0], 1)], dim=-1)
