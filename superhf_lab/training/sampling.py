@@ -122,7 +122,11 @@ def sample_completions(
     return completions[:real]
 
 
-CANDIDATES = 512  # tokens the lean sampler ranks per row before it falls back to sorting the whole vocabulary
+# Widths of the best-ranked tokens the lean sampler tries, per row, before ranking the whole vocabulary: a row whose
+# top-p set fits in the first is done with it. On the tiny policy at top-p 0.9 a row keeps 8 tokens at the median,
+# 97 at the 90th percentile and 619 at most; torch's topk over 4,096 costs 0.23 ms for 64, 0.66 ms for 256, 0.82 ms
+# for 512 and 3.5 ms for a full sort (32 rows, this machine).
+CANDIDATE_WIDTHS = (64, 256)
 
 
 def penalties(settings: SamplingSettings) -> LogitsProcessorList:
@@ -149,34 +153,45 @@ def warpers(settings: SamplingSettings) -> LogitsProcessorList:
 
 def truncated_distribution(scores: torch.Tensor, settings: SamplingSettings) -> tuple[torch.Tensor, torch.Tensor]:
     """The distribution ``generate``'s warpers leave (temperature, top-k, then top-p on what top-k kept), as each
-    row's candidate tokens (``(B, C)`` ids, highest first) and their probabilities, without sorting the vocabulary:
-    only the ``generation_top_k`` (or :data:`CANDIDATES`) best tokens are ranked; a row whose top-p set reaches past
-    them is ranked in full. Returns every token (in id order) when nothing truncates.
+    row's candidate tokens (``(B, C)`` ids, highest first, padded with probability-0 entries) and their probabilities,
+    without sorting the vocabulary: with top-k only the ``generation_top_k`` best are ranked; with top-p alone each
+    row ranks the :data:`CANDIDATE_WIDTHS` best in turn, and the whole vocabulary only if its top-p set reaches past
+    them. Returns every token (in id order) when nothing truncates.
 
     A token is kept, as in ``TopPLogitsWarper``, unless the tokens at most as likely as it hold at most 1 - top_p of
     the mass, i.e. when the tokens ranked above it hold less than top_p; the first is always kept."""
     if settings.temperature != 1.0:
         scores = scores / settings.temperature
-    vocabulary = scores.shape[-1]
+    rows, vocabulary = scores.shape
     if settings.top_p >= 1.0 and settings.generation_top_k == 0:
         return torch.arange(vocabulary, device=scores.device).expand_as(scores), F.softmax(scores, dim=-1)
-    width = min(settings.generation_top_k or CANDIDATES, vocabulary)
-    log_normaliser = torch.logsumexp(scores, dim=-1, keepdim=True)
-    while True:
-        top_scores, top_ids = scores.topk(width, dim=-1)
-        if settings.generation_top_k:
-            log_normaliser = torch.logsumexp(top_scores, dim=-1, keepdim=True)
-        probabilities = (top_scores - log_normaliser).exp()
-        if settings.top_p >= 1.0:
-            return top_ids, probabilities / probabilities.sum(-1, keepdim=True)
-        above = probabilities.cumsum(-1) - probabilities  # the mass ranked above each candidate
-        kept = above < settings.top_p
+    if settings.generation_top_k:
+        widths = (min(settings.generation_top_k, vocabulary),)
+        ranked = scores  # top-p acts on top-k's renormalised mass
+    else:
+        widths = (*(width for width in CANDIDATE_WIDTHS if width < vocabulary), vocabulary)
+        ranked = F.softmax(scores, dim=-1)  # ranks as the scores do; one fused pass, cheaper than a logsumexp
+    pieces = []  # (rows, their candidates, their kept probabilities)
+    pending = torch.arange(rows, device=scores.device)
+    for width in widths:
+        top, top_ids = ranked[pending].topk(width, dim=-1)
+        probabilities = F.softmax(top, dim=-1) if settings.generation_top_k else top
+        kept = probabilities.cumsum(-1) - probabilities < settings.top_p  # the mass ranked above each candidate
         kept[:, 0] = True
-        covered = (~kept[:, -1]) | (width == vocabulary) | bool(settings.generation_top_k)
-        if bool(covered.all()):
-            probabilities = probabilities * kept
-            return top_ids, probabilities / probabilities.sum(-1, keepdim=True)
-        width = vocabulary  # one ranking of the whole vocabulary, as generate's sort
+        if settings.top_p >= 1.0:
+            kept[:] = True
+        done = ~kept[:, -1] if width != widths[-1] else torch.ones_like(kept[:, -1])
+        pieces.append((pending[done], top_ids[done], probabilities[done] * kept[done]))
+        pending = pending[~done]
+        if len(pending) == 0:
+            break
+    width = max(ids.shape[1] for _, ids, _ in pieces)
+    candidates = torch.zeros(rows, width, dtype=torch.long, device=scores.device)
+    kept_probabilities = torch.zeros(rows, width, dtype=scores.dtype, device=scores.device)
+    for done_rows, ids, probabilities in pieces:
+        candidates[done_rows, : ids.shape[1]] = ids
+        kept_probabilities[done_rows, : ids.shape[1]] = probabilities
+    return candidates, kept_probabilities / kept_probabilities.sum(-1, keepdim=True)
 
 
 def draw(probabilities: torch.Tensor) -> torch.Tensor:
