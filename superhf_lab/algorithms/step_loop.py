@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 
 from superhf_lab.core.errors import require
 from superhf_lab.metrics.bookkeeping import Bookkeeping
+from superhf_lab.metrics.meteor import load_wordnet
 from superhf_lab.runtime.checkpoint import capture_rng, restore_rng
 from superhf_lab.runtime.memory import alone
 from superhf_lab.training.completions import score_completions
@@ -99,6 +100,7 @@ class StepLoop:
             total=total,
             disable=not self.processes.is_main,
         )
+        load_wordnet()  # the diversity metrics' METEOR needs it
         with Bookkeeping(tracker, background_bookkeeping) as bookkeeping:
             for step in progress:
                 metrics = self.run_step(step, stream, context, bookkeeping)[0]
