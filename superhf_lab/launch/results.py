@@ -246,10 +246,10 @@ def reading(spec: ResultsSpec, groups: list[SeedGroup]) -> str:
     trained = [group for group in groups if group.algorithm in available_algorithms() and trains(group.algorithm)]
     still = [group for group in trained if _value(group, "KL per token") < BARELY_MOVED_KL]
     if still:
-        names = ", ".join(labels[id(group)] for group in still)
+        names = "; ".join(labels[id(group)] for group in still)  # labels hold commas
         largest = max(_value(group, "KL per token") for group in still)
         sentences.append(
-            f"{names} stay within KL {largest:.3f} per token of the starting policy: at this budget and their "
+            f"These stay within KL {largest:.3f} per token of the starting policy: {names}. At this budget and their "
             "presets they barely trained, so the table compares them at an equal sample budget, not tuned."
         )
     return "How to read it. " + " ".join(sentences)
