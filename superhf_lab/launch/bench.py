@@ -218,9 +218,10 @@ def matmul_peak(size: int = 1024, repeats: int = 10, rounds: int = 5) -> float:
     return 2 * size**3 / best
 
 
-def counted_and_timed(work) -> tuple[int, float]:
-    """FLOPs of ``work()`` (``FlopCounterMode``: matmuls and convolutions, which is a model's arithmetic) and the
-    seconds of the same call, untraced; both start from seed 0, so a sampling call draws the same tokens."""
+def counted_and_timed(work):
+    """FLOPs of ``work()`` (``FlopCounterMode``: matmuls and convolutions, which is a model's arithmetic), the
+    seconds of the same call, untraced, and its result; both start from seed 0, so a sampling call draws the same
+    tokens."""
     from torch.utils.flop_counter import FlopCounterMode
 
     torch.manual_seed(0)
@@ -228,8 +229,8 @@ def counted_and_timed(work) -> tuple[int, float]:
         work()
     torch.manual_seed(0)
     started = time.perf_counter()
-    work()
-    return counter.get_total_flops(), time.perf_counter() - started
+    result = work()
+    return counter.get_total_flops(), time.perf_counter() - started, result
 
 
 def model_flop_rates(trainer, prompts: list[str]) -> dict:
@@ -237,12 +238,11 @@ def model_flop_rates(trainer, prompts: list[str]) -> dict:
     from superhf_lab.algorithms.superhf_trainer import select_top_k
 
     peak = matmul_peak()
-    generation_flops, generation_s = counted_and_timed(lambda: trainer.generate(prompts))
-    completions = trainer.generate(prompts)
+    generation_flops, generation_s, completions = counted_and_timed(lambda: trainer.generate(prompts))
     trainer.score(completions)
     cfg = trainer.config
     kept = [completions[i] for i in select_top_k(completions, cfg.top_k, cfg.length_penalty, cfg.length_penalty_form)]
-    finetuning_flops, finetuning_s = counted_and_timed(lambda: trainer.finetune(kept))
+    finetuning_flops, finetuning_s, _ = counted_and_timed(lambda: trainer.finetune(kept))
     result = {"matmul_peak_gflop_per_s": round(peak / 1e9, 2)}
     for phase, flops, seconds in (
         ("generation", generation_flops, generation_s),

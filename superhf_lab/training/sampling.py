@@ -176,10 +176,11 @@ def truncated_distribution(scores: torch.Tensor, settings: SamplingSettings) -> 
     for width in widths:
         top, top_ids = ranked[pending].topk(width, dim=-1)
         probabilities = F.softmax(top, dim=-1) if settings.generation_top_k else top
-        kept = probabilities.cumsum(-1) - probabilities < settings.top_p  # the mass ranked above each candidate
-        kept[:, 0] = True
-        if settings.top_p >= 1.0:
-            kept[:] = True
+        if settings.top_p >= 1.0:  # top-k alone
+            kept = torch.ones_like(probabilities, dtype=torch.bool)
+        else:
+            kept = probabilities.cumsum(-1) - probabilities < settings.top_p  # the mass ranked above each candidate
+            kept[:, 0] = True
         done = ~kept[:, -1] if width != widths[-1] else torch.ones_like(kept[:, -1])
         pieces.append((pending[done], top_ids[done], probabilities[done] * kept[done]))
         pending = pending[~done]
