@@ -324,7 +324,7 @@ def test_a_killed_two_process_run_resumes_to_the_weights_of_an_unkilled_one(tiny
         f"distributed={engine}",
         "algorithm.num_superbatches=8",
         "algorithm.superbatch_size=4",
-        "checkpoint.every_n_superbatches=2",
+        "checkpoint.every_n_steps=2",
     ]
     _run(_torchrun(ROOT / "run.py", [*common, f"checkpoint.dir={tmp_path}/reference"]), tmp_path)
     client = mlflow.MlflowClient(uri)

@@ -7,10 +7,11 @@ import pytest
 from conftest import compose_config, run_cli
 from tolerances import fp64_tolerance
 
-from superhf_lab.algorithms.best_of_n import best_of_n_kl_bound, best_per_prompt
+from superhf_lab.algorithms.best_of_n import best_per_prompt
 from superhf_lab.core.errors import ConfigError
 from superhf_lab.launch.compose import validate_config
 from superhf_lab.metrics.diversity import meteor_pair_scores
+from superhf_lab.metrics.overoptimisation import best_of_n_kl
 from superhf_lab.metrics.statistics import mean_and_ci95
 from superhf_lab.training.completions import Completion
 from superhf_lab.training.evaluation import evaluation_metrics, evaluation_prompts
@@ -63,9 +64,9 @@ def test_meteor_pairs_are_seeded_scored_both_ways_and_capped():
 def test_best_of_n_keeps_the_top_reward_per_prompt_and_bounds_its_kl():
     samples = [_completion(0, "a", 0.1), _completion(0, "b", 0.9), _completion(1, "c", -2.0), _completion(1, "d", -3.0)]
     assert [c.text for c in best_per_prompt(samples)] == ["b", "c"]
-    assert best_of_n_kl_bound(1) == 0.0  # exact: log 1 - 0 / 1
+    assert best_of_n_kl(1) == 0.0  # exact: log 1 - 0 / 1
     # float64: a log, a division and a difference (2.77 - 0.94), each side
-    assert best_of_n_kl_bound(16) == pytest.approx(math.log(16) - 15 / 16, rel=fp64_tolerance(3, 2))
+    assert best_of_n_kl(16) == pytest.approx(math.log(16) - 15 / 16, rel=fp64_tolerance(3, 2))
 
 
 def test_evaluation_prompts_sample_each_source_with_the_eval_seed_alone(tiny_world):
@@ -103,13 +104,21 @@ def test_trained_policies_are_saved_and_evaluated_like_base_and_best_of_n(tiny_w
         assert result.returncode == 0, result.stderr[-3000:]
         return latest_run()
 
-    trained = run(["algorithm.num_superbatches=4", "algorithm.superbatch_size=4", "eval.every_n_superbatches=2"])
+    trained = run(["algorithm.num_superbatches=4", "algorithm.superbatch_size=4", "eval.every_n_steps=2"])
     assert [m.step for m in client.get_metric_history(trained.info.run_id, "eval/harmful/reward/mean")] == [1, 3]
     assert {f"data.count.train.{s}" for s in ("helpful", "harmful", "open")} <= set(trained.data.params)
     assert trained.data.metrics["eval/all/prompts"] == 24 and trained.data.metrics["eval/all/kl"] > 0
     assert {"eval/completions_step_1.json", "eval/completions_step_3.json"} == {
         a.path for a in client.list_artifacts(trained.info.run_id, "eval")
     }
+
+    def history(run, name):
+        return [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, name)]
+
+    # the over-optimisation path: the starting policy at step 0, then each evaluation after the steps trained
+    path = history(trained, "overoptimisation/sqrt_kl")
+    assert [step for step, _ in path] == [0, 2, 4] and path[0][1] == 0.0 and all(d > 0 for _, d in path[1:])
+    assert [step for step, _ in history(trained, "overoptimisation/alpha")] == [4], "fitted once, at the end"
     policy_uri = trained.data.tags["superhf_lab.policy_uri"]
 
     evaluated = run(["mode=eval", f"eval.policy={policy_uri}"])
@@ -131,11 +140,16 @@ def test_trained_policies_are_saved_and_evaluated_like_base_and_best_of_n(tiny_w
     adapter = run(["mode=eval", f"eval.policy={lora.data.tags['superhf_lab.policy_uri']}"])
     assert adapter.data.metrics["eval/all/kl"] > 0, "the adapter is applied to the starting policy"
 
-    best = run(["algorithm=best_of_n", "algorithm.n=4"])
+    best = run(["algorithm=best_of_n", "algorithm.n=4", "algorithm.pool=8"])
+    assert [value for _, value in history(best, "best_of_n/n")] == [1, 2, 4, 8], "one pool gives the whole curve"
+    for (_, d), n in zip(history(best, "overoptimisation/sqrt_kl"), [1, 2, 4, 8]):
+        assert d == pytest.approx(math.sqrt(best_of_n_kl(n)), rel=fp64_tolerance(4))
+    proxy = [value for _, value in history(best, "overoptimisation/proxy")]
+    # the proxy's favourite among more draws scores at least as high, in expectation (24 prompts' mean, float64)
+    assert all(later >= earlier - fp64_tolerance(24 * 8) for earlier, later in zip(proxy, proxy[1:]))
+    assert best.data.metrics["overoptimisation/r_squared_best_of_n"] <= 1
     # the mean over the 24 prompts of the same bound: 24 float64 additions
-    assert best.data.metrics["eval/all/kl_sequence_bound"] == pytest.approx(
-        best_of_n_kl_bound(4), rel=fp64_tolerance(24)
-    )
+    assert best.data.metrics["eval/all/kl_sequence_bound"] == pytest.approx(best_of_n_kl(4), rel=fp64_tolerance(24))
     assert "eval/all/kl_sequence" not in best.data.metrics and "eval/all/kl" not in best.data.metrics
     assert 0 < best.data.metrics["diversity/meteor_similarity_within_prompt"] < 1
     assert best.data.metrics["reward/mean"] == best.data.metrics["eval/all/reward/mean"], "exact: one number, two names"

@@ -29,13 +29,13 @@ from superhf_lab.tracking.spool import read_spool
 pytestmark = pytest.mark.slow
 
 SMALL_EVAL = ["eval.prompts_per_source=4", "eval.meteor_pairs_per_source=8"]
-TRL_STEPS = ["algorithm.num_steps=4", "checkpoint.every_n_superbatches=2"]
+TRL_STEPS = ["algorithm.num_steps=4", "checkpoint.every_n_steps=2"]
 CONFIGS = {
     "superhf": [
         "algorithm=superhf",
         "algorithm.num_superbatches=6",
         "algorithm.superbatch_size=4",
-        "checkpoint.every_n_superbatches=2",
+        "checkpoint.every_n_steps=2",
     ],
     # One optimizer step per update, as SuperHF's configuration takes, so the points land on the same steps.
     "ppo": [
@@ -44,7 +44,7 @@ CONFIGS = {
         "algorithm.batch_size=4",
         "algorithm.num_mini_batches=1",
         "algorithm.num_ppo_epochs=1",
-        "checkpoint.every_n_superbatches=2",
+        "checkpoint.every_n_steps=2",
     ],
     "grpo": ["algorithm=grpo", *TRL_STEPS, "algorithm.prompts_per_step=2", "algorithm.group_size=4"],
     "rloo": ["algorithm=rloo", *TRL_STEPS, "algorithm.prompts_per_step=2", "algorithm.group_size=4"],
@@ -53,14 +53,14 @@ CONFIGS = {
     "dpo": [
         "algorithm=dpo",
         "algorithm.num_steps=6",
-        "checkpoint.every_n_superbatches=2",
+        "checkpoint.every_n_steps=2",
         "algorithm.pairs_per_step=8",
         "algorithm.probe_prompts=4",
     ],
     "feedme": [
         "algorithm=feedme",
         "algorithm.num_steps=6",
-        "checkpoint.every_n_superbatches=2",
+        "checkpoint.every_n_steps=2",
         "algorithm.examples_per_step=8",
         "algorithm.probe_prompts=4",
     ],

@@ -18,12 +18,12 @@ from superhf_lab.algorithms.ppo_trainer import (
     PPOTrainer,
     Rollout,
     generalised_advantages,
-    kl_estimates,
     per_token_rewards,
 )
 from superhf_lab.algorithms.superhf_trainer import METRIC_NAMES as SUPERHF_METRICS
 from superhf_lab.config.schema import TextConfig
 from superhf_lab.training.policies import StartingPolicy
+from superhf_lab.training.sequences import kl_estimates
 
 FIXTURE = Path(__file__).parent / "fixtures" / "ppo_trl_1_12.pt"
 CPU = torch.device("cpu")

@@ -386,3 +386,29 @@ def test_generation_and_scoring_out_of_memory_halve_and_go_on(tiny_world):
     trainer.score(completions)
     assert trainer.batch_sizes["scoring"].size == 2 and trainer.batch_sizes["scoring"].halvings == 4
     assert [c.reward for c in completions] == [float(len(c.text)) for c in completions]
+
+
+def test_loss_terms_carry_schulmans_estimates_of_the_logged_kl_on_the_completions_own_tokens():
+    """k1, k2 and k3 of each completion are token means of the sampled tokens' log-ratio r (r, r^2/2, e^-r - 1 + r),
+    over the tokens whose CE counts; and on tokens drawn from the policy, k1 and k3 average to the exact KL."""
+    from superhf_lab.training.sequences import KL_ESTIMATORS, loss_terms
+
+    torch.manual_seed(0)
+    vocabulary, length, rows = 6, 400, 2
+    logits = torch.randn(rows, length, vocabulary)
+    reference_logits = logits + 0.3 * torch.randn(rows, length, vocabulary)
+    drawn = torch.distributions.Categorical(logits=logits[:, :-1]).sample()  # token t+1 drawn from position t
+    input_ids = torch.cat([torch.zeros(rows, 1, dtype=torch.long), drawn], dim=1)
+    completion_mask = torch.ones(rows, length, dtype=torch.long)
+    completion_mask[:, 0] = 0  # the first token is the prompt
+    terms = loss_terms(logits, reference_logits, input_ids, completion_mask)
+    ratio = (
+        logits[:, :-1].log_softmax(-1).gather(-1, drawn[..., None])
+        - reference_logits[:, :-1].log_softmax(-1).gather(-1, drawn[..., None])
+    ).squeeze(-1)
+    expected = torch.stack([ratio, ratio**2 / 2, torch.expm1(-ratio) + ratio], dim=-1).mean(1)
+    assert KL_ESTIMATORS == ("k1", "k2", "k3")
+    torch.testing.assert_close(terms.estimates, expected, rtol=1e-5, atol=1e-6)
+    for column, values in ((0, ratio), (2, torch.expm1(-ratio) + ratio)):  # unbiased: within 4 standard errors
+        error = 4 * values.std(dim=1) / math.sqrt(values.shape[1])
+        assert ((terms.estimates[:, column] - terms.kl).abs() < error).all(), column

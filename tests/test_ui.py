@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from conftest import mlflow_server_process, run_cli
 
-from superhf_lab.launch.sweeps import PARENT_FILE
+from superhf_lab.launch.sweeps import OVEROPTIMISATION_TITLE, PARENT_FILE
+from superhf_lab.metrics.overoptimisation import GOLD, SQRT_KL
 from superhf_lab.reporting.summary import sweep_link
 
 pytestmark = pytest.mark.slow
@@ -55,6 +56,9 @@ def test_a_sweeps_link_opens_on_its_three_runs_and_their_reward_kl_and_meteor_ch
             "algorithm.superbatch_size=4",
             "algorithm.warmup_superbatches=0",
             "eval.at_end=false",
+            "eval.every_n_steps=1",
+            "eval.prompts_per_source=4",
+            "eval.meteor_pairs_per_source=8",
             f"mlflow.tracking_uri={store}",
         ],
         cwd=tmp_path,
@@ -73,6 +77,7 @@ def test_a_sweeps_link_opens_on_its_three_runs_and_their_reward_kl_and_meteor_ch
                 for value in ("0", "0.1", "0.35")
                 for metric in ("reward/mean", "kl", "diversity/meteor_similarity")
             ]
+            path_lines = [f"kl_coef={value} ({GOLD})" for value in ("0", "0.1", "0.35")]
             wanted = [
                 "kl_coef=0",
                 "kl_coef=0.1",
@@ -82,15 +87,24 @@ def test_a_sweeps_link_opens_on_its_three_runs_and_their_reward_kl_and_meteor_ch
                 "kl",
                 "diversity/meteor_similarity",
                 *lines,
+                OVEROPTIMISATION_TITLE,
             ]
             text = _wait_for_text(browser, wanted)
             time.sleep(3)  # the lines draw once each chart's history has arrived
             browser.save_screenshot(str(tmp_path / "sweep.png"))
+            # the over-optimisation section's charts draw once scrolled into view
+            title = browser.find_element("xpath", f"//*[text()='{OVEROPTIMISATION_TITLE}']")
+            browser.execute_script("arguments[0].scrollIntoView();", title)
+            path_text = _wait_for_text(browser, [*path_lines, SQRT_KL]).split(OVEROPTIMISATION_TITLE)[1]
+            time.sleep(3)
+            browser.save_screenshot(str(tmp_path / "overoptimisation.png"))
         finally:
             browser.quit()
     assert (tmp_path / "sweep.png").stat().st_size > 50_000
     assert "4 matching runs" in text and "No data available" not in text, "the runs page, not the GenAI overview"
     for item in wanted:
         assert item in text, f"{item!r} is not on the page the link opens"
-    charts = text.split("reward, held-out reward, KL and METEOR similarity")[1]
+    charts = text.split("reward, held-out reward, KL and METEOR similarity")[1].split(OVEROPTIMISATION_TITLE)[0]
     assert all(line in charts for line in lines), "each job's line in each headline chart"
+    assert all(line in path_text for line in path_lines), "each job's path of gold reward against sqrt(KL)"
+    assert SQRT_KL in path_text, "the over-optimisation chart's x-axis is sqrt(KL), not the step"

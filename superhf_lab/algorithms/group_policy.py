@@ -19,8 +19,9 @@ from superhf_lab.training.completions import (
     PROGRESS_METRIC_NAMES,
 )
 from superhf_lab.training.context import RunContext, training_setup
-from superhf_lab.training.evaluation import evaluation_metric_names
+from superhf_lab.training.evaluation import TRACE_METRIC_NAMES, evaluation_metric_names
 from superhf_lab.training.policies import StartingPolicy
+from superhf_lab.training.sequences import KL_ESTIMATE_NAMES
 
 GROUP_POLICY_RENAMES = {
     "loss": "loss/total",
@@ -33,9 +34,12 @@ GROUP_POLICY_RENAMES = {
 GROUP_POLICY_METRIC_NAMES = (
     *COMPLETION_METRIC_NAMES,
     *GROUP_POLICY_RENAMES.values(),
+    "kl",
+    *KL_ESTIMATE_NAMES,
     "time/step_s",
     *PROGRESS_METRIC_NAMES,
     *evaluation_metric_names(),
+    *TRACE_METRIC_NAMES,
 )
 
 
@@ -121,4 +125,5 @@ def train_group_policy(context: RunContext, trainer_class, config_class) -> None
         peft_config=cfg.lora.to_peft() if cfg.lora.enabled else None,
     )
     trainer.text_cut = run.text.cut
+    reward.trainer, reward.frozen = trainer, frozen
     train_and_finish(context, trainer, setup, cfg.num_steps - 1, frozen)

@@ -51,16 +51,21 @@ from superhf_lab.training.completions import (
 )
 from superhf_lab.training.context import RunContext, training_setup
 from superhf_lab.training.data import PromptStream
-from superhf_lab.training.evaluation import evaluation_metric_names
+from superhf_lab.training.evaluation import TRACE_METRIC_NAMES, evaluation_metric_names
 from superhf_lab.training.models import autocast
 from superhf_lab.training.policies import StartingPolicy
 from superhf_lab.training.rewards import RewardScorer
 from superhf_lab.training.sampling import sample_completions
-from superhf_lab.training.sequences import completion_token_ids, pad_examples, position_ids_for
+from superhf_lab.training.sequences import (
+    KL_ESTIMATE_NAMES,
+    completion_token_ids,
+    kl_estimates,
+    pad_examples,
+    position_ids_for,
+)
 
 log = logging.getLogger(__name__)
 
-KL_ESTIMATE_NAMES = tuple(f"kl_estimate/{name}" for name in ("k1", "k2", "k3"))
 LOSS_METRIC_NAMES = ("loss/total", "loss/policy", "loss/value", "ppo/clipfrac", "ppo/value_clipfrac", "ppo/approx_kl")
 METRIC_NAMES = (
     *(name for name in COMPLETION_METRIC_NAMES if name != "diversity/meteor_similarity_within_prompt"),
@@ -79,6 +84,7 @@ METRIC_NAMES = (
     "train/nonfinite_losses_skipped",
     "memory/oom_halvings",
     *evaluation_metric_names(),
+    *TRACE_METRIC_NAMES,
 )
 
 
@@ -146,13 +152,6 @@ def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = T
     variance = masked_mean((values - mean) ** 2, mask) * count / (count - 1).clamp(min=1)
     whitened = (values - mean) * torch.rsqrt(variance + 1e-8)
     return whitened if shift_mean else whitened + mean
-
-
-def kl_estimates(logprobs: torch.Tensor, reference_logprobs: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Schulman's estimators of KL(policy || reference) from the sampled token's log-ratio r = log p - log q: k1 = r,
-    k2 = r^2 / 2, k3 = (q/p - 1) + r (never negative). Unbiased: k1 and k3; k2's bias is third order in r."""
-    log_ratio = logprobs - reference_logprobs
-    return {"k1": log_ratio, "k2": 0.5 * log_ratio**2, "k3": torch.expm1(-log_ratio) + log_ratio}
 
 
 def per_token_rewards(scores: torch.Tensor, kl: torch.Tensor, kl_coef: float, mask: torch.Tensor) -> torch.Tensor:

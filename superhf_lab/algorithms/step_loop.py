@@ -101,15 +101,20 @@ class StepLoop:
             disable=not self.processes.is_main,
         )
         load_wordnet()  # the diversity metrics' METEOR needs it
+        tracing = evaluator is not None and run.eval.every_n_steps > 0  # the over-optimisation path, from the start
+        if tracing and first_step == 0:
+            evaluator.evaluate_start(self.policy, tracker)
         with Bookkeeping(tracker, background_bookkeeping) as bookkeeping:
             for step in progress:
                 metrics = self.run_step(step, stream, context, bookkeeping)[0]
                 progress.set_postfix(reward=f"{metrics['reward/mean']:.3f}", kl=f"{metrics['kl']:.4f}")
                 last = step == total - 1
-                due = run.eval.every_n_superbatches and (step + 1) % run.eval.every_n_superbatches == 0
+                due = run.eval.every_n_steps and (step + 1) % run.eval.every_n_steps == 0
                 if evaluator is not None and (due or (last and run.eval.at_end)):
-                    evaluator.evaluate(self.policy, self.starting, tracker, step)
-                every = run.checkpoint.every_n_superbatches
+                    evaluator.evaluate(self.policy, self.starting, tracker, step, step + 1 if tracing else None)
+                if tracing and last:
+                    evaluator.log_path_fit(tracker, step + 1)
+                every = run.checkpoint.every_n_steps
                 stop = self.processes.any(context.stop.requested)
                 if context.checkpoints and (last or stop or (every and (step + 1) % every == 0)):
                     bookkeeping.log_all()  # the checkpoint's history holds every step up to it
@@ -184,7 +189,7 @@ def train_and_save_policy(context: RunContext, trainer: StepLoop, stream: Prompt
     run's artifact, gathered whole first under sharded weights."""
     run = context.config
     evaluator = None
-    if run.eval.at_end or run.eval.every_n_superbatches:
+    if run.eval.at_end or run.eval.every_n_steps:
         evaluator = PolicyEvaluator(
             run, trainer.tokenizer, trainer.reward_scorer, trainer.heldout_scorer, context.device, context.processes
         )

@@ -46,16 +46,22 @@ from superhf_lab.training.completions import (
 )
 from superhf_lab.training.context import RunContext, training_setup
 from superhf_lab.training.data import PromptStream
-from superhf_lab.training.evaluation import evaluation_metric_names
+from superhf_lab.training.evaluation import TRACE_METRIC_NAMES, evaluation_metric_names
 from superhf_lab.training.models import autocast
 from superhf_lab.training.policies import StartingPolicy
 from superhf_lab.training.rewards import RewardScorer
 from superhf_lab.training.sampling import sample_completions
-from superhf_lab.training.sequences import LossTerms, completion_batch, completion_token_ids, loss_terms
+from superhf_lab.training.sequences import (
+    KL_ESTIMATE_NAMES,
+    LossTerms,
+    completion_batch,
+    completion_token_ids,
+    loss_terms,
+)
 
 log = logging.getLogger(__name__)
 
-LOSS_METRIC_NAMES = ("loss/total", "loss/ce", "loss/kl_penalty", "kl")
+LOSS_METRIC_NAMES = ("loss/total", "loss/ce", "loss/kl_penalty", "kl", *KL_ESTIMATE_NAMES)
 METRIC_NAMES = (
     *COMPLETION_METRIC_NAMES,
     "reward/kept_mean",
@@ -71,6 +77,7 @@ METRIC_NAMES = (
     "train/nonfinite_losses_skipped",
     "memory/oom_halvings",
     *evaluation_metric_names(),
+    *TRACE_METRIC_NAMES,
 )
 
 
@@ -266,6 +273,8 @@ class SuperHFTrainer(StepLoop):
             totals["loss/ce"] += ce.item()
             totals["loss/kl_penalty"] += kl_penalty.item()
             totals["kl"] += terms.kl.sum().item() / len(minibatch)
+            for name, estimate in zip(KL_ESTIMATE_NAMES, terms.estimates.sum(0).tolist()):
+                totals[name] += estimate / len(minibatch)
         return totals
 
     def step(self, prompts: list[str]) -> tuple[dict[str, float], list[Completion], list[int]]:

@@ -28,18 +28,24 @@ from superhf_lab.training.completions import (
     completion_rows,
     score_completions,
 )
-from superhf_lab.training.context import RunContext, TrainingSetup, finish_training
-from superhf_lab.training.evaluation import completion_kl, evaluation_metric_names
+from superhf_lab.training.context import RunContext, TrainingSetup, evaluator_for, finish_training
+from superhf_lab.training.evaluation import (
+    TRACE_METRIC_NAMES,
+    CompletionKL,
+    PolicyEvaluator,
+    completion_kl,
+    evaluation_metric_names,
+)
 from superhf_lab.training.policies import StartingPolicy
 from superhf_lab.training.sampling import sample_completions
-from superhf_lab.training.sequences import completion_token_ids
+from superhf_lab.training.sequences import KL_ESTIMATE_NAMES, completion_token_ids
 
 
 def trainer_arguments(context: RunContext, max_steps: int, learning_rate: float, **specific: Any) -> dict[str, Any]:
     """Arguments every TRL trainer takes the same way: where checkpoints go and how often, logging every step to
     the project's tracker only, the run's seed, precision and device."""
     run = context.config
-    every = run.checkpoint.every_n_superbatches
+    every = run.checkpoint.every_n_steps
     folder = context.checkpoints.folder / "trainer" if context.checkpoints else Path(run.output_dir) / "trainer"
     return dict(
         output_dir=str(folder),
@@ -71,7 +77,8 @@ def per_process(context: RunContext, total: int, key: str) -> int:
 class TextReward:
     """A TRL reward function over decoded text: each completion is cut at the next turn (as SuperHF cuts it) and
     scored through the reward models' own tokenizers with ``text.reward_input``; the scored completions are kept
-    for the step's metrics (every process's, gathered)."""
+    for the step's metrics (every process's, gathered), with their exact KL to the starting policy and Schulman's
+    estimates of it on the same tokens, measured here, with the policy that sampled them (before the update)."""
 
     __name__ = "reward_model"  # TRL names its reward metrics after the function
 
@@ -82,6 +89,11 @@ class TextReward:
         self.eos_token_id = setup.tokenizer.eos_token_id
         self.prompt_index: dict[str, int] = {}
         self.scored: list[Completion] = []
+        self.tokenizer, self.device, self.precision = setup.tokenizer, context.device, context.config.precision
+        self.batch_size = context.config.eval.batch_size
+        self.trainer = None  # set once the trainer exists: KL is measured on its current policy
+        self.frozen: StartingPolicy | None = None
+        self.kl: list[CompletionKL] = []
 
     def __call__(
         self, prompts: list[str], completions: list[str], completion_ids: list[list[int]], **_: Any
@@ -94,12 +106,26 @@ class TextReward:
             batch.append(Completion(prompt, index, cut, len(ids) - finished, finished, generated_tokens=len(ids)))
         score_completions(batch, self.text.reward_input, self.scorer, self.heldout_scorer)
         self.scored.extend(batch)
+        if self.trainer is not None:
+            policy = self.trainer.accelerator.unwrap_model(self.trainer.model)
+            starting = starting_policy(self.trainer, policy, self.frozen)
+            self.kl.append(
+                completion_kl(self.tokenizer, policy, starting, batch, "", self.batch_size, self.device, self.precision)
+            )
         return [completion.reward for completion in batch]
 
     def take_scored(self) -> tuple[list[Completion], dict[str, float]]:
-        """The completions scored since the last call (for :class:`TrackerBridge`)."""
+        """The completions scored since the last call, with their KL measures (for :class:`TrackerBridge`)."""
         scored, self.scored, self.prompt_index = self.scored, [], {}
-        return self.processes.gather(scored), {}
+        measured, self.kl = self.kl, []
+        if not measured:
+            return self.processes.gather(scored), {}
+        joined = CompletionKL(
+            [v for m in measured for v in m.per_token],
+            [v for m in measured for v in m.per_sequence],
+            {name: [v for m in measured for v in m.estimates[name]] for name in measured[0].estimates},
+        )
+        return self.processes.gather(scored), joined.gathered(self.processes).means()
 
 
 class CutAtNextTurn:
@@ -148,7 +174,7 @@ class PolicyProbe:
             processes=self.context.processes,
         )
         score_completions(completions, run.text.reward_input, setup.reward_scorer, setup.heldout_scorer)
-        kl, _ = completion_kl(
+        measured = completion_kl(
             setup.tokenizer,
             policy,
             starting_policy(self.trainer, policy, self.frozen),
@@ -158,8 +184,7 @@ class PolicyProbe:
             device,
             run.precision,
         )
-        kl = self.context.processes.gather(kl)
-        return self.context.processes.gather(completions), {"kl": sum(kl) / len(kl)}
+        return self.context.processes.gather(completions), measured.gathered(self.context.processes).means()
 
 
 class TrackerBridge(TrainerCallback):
@@ -239,11 +264,49 @@ class CheckpointMarker(TrainerCallback):
             self.context.tracker.flush()  # rows up to the mark: a continued run recomputes only later ones
 
 
+class PeriodicEvaluation(TrainerCallback):
+    """Evaluates the policy every ``eval.every_n_steps`` optimizer steps on the fixed test prompts, as the lab's own
+    trainers do, tracing the over-optimisation path from the starting policy (before the first step) on; the last
+    step's evaluation is the final one (``eval.at_end``), after which the path is fitted."""
+
+    def __init__(self, context: RunContext, evaluator: PolicyEvaluator, frozen: StartingPolicy | None) -> None:
+        self.context, self.evaluator, self.frozen = context, evaluator, frozen
+        self.trainer = None  # set once the trainer exists
+
+    def policy(self) -> PreTrainedModel:
+        return self.trainer.accelerator.unwrap_model(self.trainer.model)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.global_step == 0:
+            self.evaluator.evaluate_start(self.policy(), self.context.tracker)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        run, step = self.context.config, state.global_step - 1
+        last = state.global_step >= state.max_steps
+        if last and run.eval.at_end:
+            return  # the final evaluation comes after training, then the fit (finish_training)
+        if state.global_step % run.eval.every_n_steps == 0:
+            policy = self.policy()
+            self.evaluator.evaluate(
+                policy, starting_policy(self.trainer, policy, self.frozen), self.context.tracker, step, step + 1
+            )
+        if last:
+            self.evaluator.log_path_fit(self.context.tracker, state.global_step)
+
+
 def train_and_finish(
     context: RunContext, trainer, setup: TrainingSetup, last_step: int, frozen: StartingPolicy | None
 ) -> None:
     """Train (continuing TRL's newest whole checkpoint when the run is continued), stop cleanly on SIGTERM, then
     evaluate the final policy against its starting policy and save it."""
+    evaluator = (
+        evaluator_for(context, setup) if context.config.eval.at_end or context.config.eval.every_n_steps else None
+    )
+    periodic = None
+    if context.config.eval.every_n_steps:
+        periodic = PeriodicEvaluation(context, evaluator, frozen)
+        periodic.trainer = trainer
+        trainer.add_callback(periodic)
     checkpoint = marked_checkpoint(context, trainer) if context.resume else None
     saved = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE)) if checkpoint else None
     if saved is not None and saved.global_step >= trainer.args.max_steps:
@@ -258,7 +321,9 @@ def train_and_finish(
     if trainer.state.global_step < trainer.state.max_steps:
         context.stop_if_requested(f"step {trainer.state.global_step - 1}")
     policy = trainer.accelerator.unwrap_model(trainer.model)
-    finish_training(context, setup, policy, starting_policy(trainer, policy, frozen), last_step)
+    finish_training(
+        context, setup, policy, starting_policy(trainer, policy, frozen), last_step, evaluator, periodic is not None
+    )
 
 
 def load_checkpoint_weights(model: PreTrainedModel, checkpoint: str) -> None:
@@ -296,5 +361,7 @@ def starting_policy(trainer, policy: PreTrainedModel, frozen: StartingPolicy | N
 PROBE_METRIC_NAMES = (
     *(name for name in COMPLETION_METRIC_NAMES if name != "diversity/meteor_similarity_within_prompt"),
     "kl",
+    *KL_ESTIMATE_NAMES,
     *evaluation_metric_names(),
+    *TRACE_METRIC_NAMES,
 )

@@ -519,7 +519,8 @@ class EvalConfig:
 
     ``mode=eval`` evaluates ``policy`` (a hub name, a local folder, or an MLflow artifact URI such as
     ``runs:/<run_id>/policy``; null: the starting policy ``model``). Training runs evaluate their final
-    policy (``at_end``) and, for SuperHF, every ``every_n_superbatches`` superbatches.
+    policy (``at_end``) and every ``every_n_steps`` training steps (superbatches, updates or optimizer steps), the
+    same fixed prompts each time, so a run traces a path in KL and reward.
     """
 
     policy: Optional[str] = field(
@@ -541,8 +542,8 @@ class EvalConfig:
         metadata={"help": "seed of the test-prompt sample and METEOR pairs: the same for every run, whatever its seed"},
     )
     at_end: bool = field(default=True, metadata={"help": "training runs evaluate their final policy"})
-    every_n_superbatches: int = field(
-        default=0, metadata={"help": "SuperHF also evaluates every N superbatches; 0: off"}
+    every_n_steps: int = field(
+        default=0, metadata={"help": "every algorithm that trains also evaluates every N steps; 0: off"}
     )
     batch_size: int = field(
         default=32, metadata={"help": "prompts per sampling batch and completions per scoring batch"}
@@ -572,9 +573,9 @@ class EvalConfig:
             "use 2 or more pairs",
         )
         require(
-            self.every_n_superbatches >= 0,
-            f"{prefix}.every_n_superbatches",
-            self.every_n_superbatches,
+            self.every_n_steps >= 0,
+            f"{prefix}.every_n_steps",
+            self.every_n_steps,
             "use 0 (off) or more",
         )
         require(self.batch_size > 0, f"{prefix}.batch_size", self.batch_size, "use a positive integer")
@@ -595,9 +596,9 @@ class CheckpointConfig:
             "help": "checkpoints go to <dir>/<hash of the config>/, where re-running the same command finds them"
         },
     )
-    every_n_superbatches: int = field(
+    every_n_steps: int = field(
         default=10,
-        metadata={"help": "superbatches (steps) between checkpoints, also at the end and on SIGTERM; 0: only then"},
+        metadata={"help": "training steps between checkpoints, also at the end and on SIGTERM; 0: only then"},
     )
     resume: str = field(
         default="auto",
@@ -606,9 +607,9 @@ class CheckpointConfig:
 
     def check(self, prefix: str) -> None:
         require(
-            self.every_n_superbatches >= 0,
-            f"{prefix}.every_n_superbatches",
-            self.every_n_superbatches,
+            self.every_n_steps >= 0,
+            f"{prefix}.every_n_steps",
+            self.every_n_steps,
             "use 0 (only at the end and on SIGTERM) or more",
         )
         require(self.resume in RESUME_MODES, f"{prefix}.resume", self.resume, f"use one of {RESUME_MODES}")

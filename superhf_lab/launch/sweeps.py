@@ -19,6 +19,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from superhf_lab.metrics.overoptimisation import GOLD, PROXY, SQRT_KL
 from superhf_lab.reporting.summary import HEADLINE_METRICS, print_sweep_summary
 from superhf_lab.runtime.distributed import launched_as_main
 from superhf_lab.tracking.provenance import ROLE_TAG, STUDY_TAG, SWEEP_TAG
@@ -94,19 +95,22 @@ def read_parent(sweep_dir: str) -> dict[str, str]:
 
 
 HEADLINE_SECTION = "superhf_lab-headline"
+OVEROPTIMISATION_SECTION = "superhf_lab-overoptimisation"
+OVEROPTIMISATION_TITLE = "over-optimisation: gold and proxy reward against sqrt(KL)"
 
 
 def headline_view(group: str) -> dict:
     """The MLflow UI view a sweep opens on: its jobs as one group (every job visible, no nested row to expand) and
-    one chart section of the headline metrics, each job's own line (charts of a metric no job logged stay hidden).
-    The chart entries follow MLflow 3.17's line-chart card fields."""
+    one chart section of the headline metrics, each job's own line, and one of each job's over-optimisation path:
+    gold and proxy reward against d = sqrt(KL) (runs evaluating every ``eval.every_n_steps``, and best-of-n; charts of
+    a metric no job logged stay hidden). The chart entries follow MLflow 3.17's line-chart card fields."""
 
-    def line_chart(metric: str) -> dict:
+    def line_chart(metric: str, section: str = HEADLINE_SECTION, x_metric: str = "") -> dict:
         return {
-            "uuid": f"{HEADLINE_SECTION}-{metric}",
+            "uuid": f"{section}-{metric}",
             "type": "LINE",
             "runsCountToCompare": 10,
-            "metricSectionId": HEADLINE_SECTION,
+            "metricSectionId": section,
             "deleted": False,
             "isGenerated": False,
             "displayName": metric,
@@ -116,12 +120,12 @@ def headline_view(group: str) -> dict:
             "xAxisScaleType": "linear",
             "scaleType": "linear",
             "range": {},
-            "xAxisKey": "step",
-            "selectedXAxisMetricKey": "",
+            "xAxisKey": "metric" if x_metric else "step",
+            "selectedXAxisMetricKey": x_metric,
             "yAxisKey": "metric",
             "yAxisExpressions": [],
             "ignoreOutliers": False,
-            "useGlobalXaxisKey": True,
+            "useGlobalXaxisKey": not x_metric,
             "useGlobalLineSmoothing": True,
         }
 
@@ -139,9 +143,20 @@ def headline_view(group: str) -> dict:
                 "isReordered": False,
                 "deleted": False,
                 "isGenerated": False,
-            }
+            },
+            {
+                "uuid": OVEROPTIMISATION_SECTION,
+                "name": OVEROPTIMISATION_TITLE,
+                "display": True,
+                "isReordered": False,
+                "deleted": False,
+                "isGenerated": False,
+            },
         ],
-        "compareRunCharts": [line_chart(metric) for metric in HEADLINE_METRICS],
+        "compareRunCharts": [
+            *(line_chart(metric) for metric in HEADLINE_METRICS),
+            *(line_chart(metric, OVEROPTIMISATION_SECTION, SQRT_KL) for metric in (GOLD, PROXY)),
+        ],
     }
 
 

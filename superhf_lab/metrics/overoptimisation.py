@@ -129,3 +129,40 @@ def fit_gao(sqrt_kl: np.ndarray, gain: np.ndarray, form: str) -> GaoFit:
     total = float(((gain - gain.mean()) ** 2).sum())
     r_squared = 1 - float(((gain - fitted) ** 2).sum()) / total if total > 0 else math.nan
     return GaoFit(form, float(alpha), float(beta), r_squared, len(d))
+
+
+# The path a run traces: one point per evaluation (the starting policy first, at step 0), under one name for every
+# algorithm, so one MLflow chart puts every run's gold reward against sqrt(KL).
+SQRT_KL, GOLD, PROXY = "overoptimisation/sqrt_kl", "overoptimisation/gold", "overoptimisation/proxy"
+PATH_NAMES = (SQRT_KL, GOLD, PROXY)
+# Gao et al.'s form fitted to the run's own path, logged at its last point once it has 2 points past the start.
+FIT_NAMES = tuple(
+    f"overoptimisation/{name}" for name in ("alpha", "beta", "r_squared", "r_squared_best_of_n", "r_squared_rl")
+)
+# Where the fitted gold gain peaks, and the proxy's fitted gain there: logged only when the fit turns down (beta > 0).
+PEAK_NAMES = tuple(f"overoptimisation/{name}" for name in ("peak_sqrt_kl", "peak_gold_gain", "proxy_gain_at_peak"))
+
+
+def path_point(sequence_kl: float, gold: float, proxy: float) -> dict[str, float]:
+    """One point of a run's path: d = sqrt of the mean KL per sequence, the mean gold and proxy rewards."""
+    return {SQRT_KL: math.sqrt(max(sequence_kl, 0.0)), GOLD: gold, PROXY: proxy}
+
+
+def path_fit(history: dict[str, list[float]], form: str) -> dict[str, float]:
+    """Gao et al.'s ``form`` fitted to a run's path (``history``: each path name's values in step order, the
+    starting policy's first): alpha, beta and R^2 of the gold gain over the start, R^2 of both forms, and the peak
+    when the fit turns down, with the proxy's gain there (the same form fitted to the proxy). Empty when the path
+    does not start at KL 0, has fewer than 2 later points, or has no gold reward."""
+    if any(not history.get(name) for name in PATH_NAMES):
+        return {}
+    d, gold, proxy = (np.asarray(history[name], dtype=float) for name in PATH_NAMES)
+    if d[0] != 0 or (d > 0).sum() < 2 or not np.isfinite(gold).all():
+        return {}
+    fits = {name: fit_gao(d, gold - gold[0], name) for name in FORMS}
+    fit = fits[form]
+    metrics = dict(zip(FIT_NAMES, (fit.alpha, fit.beta, fit.r_squared, *(fits[f].r_squared for f in FORMS))))
+    if math.isfinite(fit.peak_sqrt_kl):
+        proxy_fit = fit_gao(d, proxy - proxy[0], form)
+        values = (fit.peak_sqrt_kl, fit.peak_gold_gain, float(proxy_fit.gain(fit.peak_sqrt_kl)))
+        metrics.update(zip(PEAK_NAMES, values))
+    return {name: value for name, value in metrics.items() if math.isfinite(value)}

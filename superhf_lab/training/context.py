@@ -120,11 +120,15 @@ def finish_training(
     starting: StartingPolicy,
     last_step: int,
     evaluator: PolicyEvaluator | None = None,
+    tracing: bool = False,
 ) -> None:
-    """Evaluate the final policy on the test prompts (``eval.at_end``), then save it as the run's artifact."""
+    """Evaluate the final policy on the test prompts (``eval.at_end``), then save it as the run's artifact. A run
+    ``tracing`` its over-optimisation path adds the final point to it and fits it."""
     if context.config.eval.at_end:
         evaluator = evaluator or evaluator_for(context, setup)
-        evaluator.evaluate(policy, starting, context.tracker, last_step)
+        evaluator.evaluate(policy, starting, context.tracker, last_step, last_step + 1 if tracing else None)
+        if tracing:
+            evaluator.log_path_fit(context.tracker, last_step + 1)
     context.stop_if_requested("the final evaluation")
     if context.processes.is_main:
         save_policy_artifact(context.tracker, policy, setup.tokenizer)

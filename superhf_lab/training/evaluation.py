@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -32,6 +33,7 @@ from superhf_lab.config.schema import RunConfig
 from superhf_lab.core.faults import reach
 from superhf_lab.metrics.diversity import meteor_pair_scores
 from superhf_lab.metrics.names import OVERALL, eval_metric
+from superhf_lab.metrics.overoptimisation import FIT_NAMES, PATH_NAMES, PEAK_NAMES, path_fit, path_point
 from superhf_lab.metrics.statistics import mean_and_ci95
 from superhf_lab.runtime.distributed import ONE_PROCESS, Processes
 from superhf_lab.tracking.tracker import Tracker
@@ -41,7 +43,7 @@ from superhf_lab.training.models import autocast
 from superhf_lab.training.policies import StartingPolicy
 from superhf_lab.training.rewards import RewardScorer
 from superhf_lab.training.sampling import sample_completions
-from superhf_lab.training.sequences import completion_batch, completion_ce_and_kl
+from superhf_lab.training.sequences import KL_ESTIMATE_NAMES, completion_batch, loss_terms
 
 EVAL_METRIC_NAMES = (
     "reward/mean",
@@ -53,6 +55,8 @@ EVAL_METRIC_NAMES = (
     "completion/length_tokens_mean",
     "prompts",
 )
+# What a training run evaluating every eval.every_n_steps logs besides: its over-optimisation path and its fit.
+TRACE_METRIC_NAMES = (*PATH_NAMES, *FIT_NAMES, *PEAK_NAMES)
 BOUND_METRIC_NAMES = ("kl_sequence_bound",)  # in place of kl and kl_sequence, for policies known only by a bound
 # The overall evaluation numbers that algorithms without training steps (best-of-N, evaluate) also log under
 # the training names at step 0, to overlay with training charts.
@@ -85,6 +89,28 @@ def evaluation_prompts(config: RunConfig) -> PromptSet:
     return PromptSet([test.prompts[i] for i in chosen], sources, {s: sources.count(s) for s in test.counts})
 
 
+@dataclass
+class CompletionKL:
+    """KL(policy || starting policy) on each completion: exact per completion token (mean) and over its tokens (sum),
+    and Schulman's k1, k2 and k3 estimates from its sampled tokens (token means, one list per estimator)."""
+
+    per_token: list[float]
+    per_sequence: list[float]
+    estimates: dict[str, list[float]]
+
+    def means(self) -> dict[str, float]:
+        """``kl`` and ``kl_estimate/k1`` .. ``k3``, averaged over the completions: the same tokens for each."""
+        return {"kl": float(np.mean(self.per_token)), **{n: float(np.mean(v)) for n, v in self.estimates.items()}}
+
+    def gathered(self, processes: Processes, real: int | None = None) -> CompletionKL:
+        """Every process's values (the first ``real`` of each: the rest is padding of an even share)."""
+        return CompletionKL(
+            processes.gather(self.per_token[:real]),
+            processes.gather(self.per_sequence[:real]),
+            {name: processes.gather(values[:real]) for name, values in self.estimates.items()},
+        )
+
+
 @torch.no_grad()
 def completion_kl(
     tokenizer: PreTrainedTokenizerBase,
@@ -95,11 +121,11 @@ def completion_kl(
     batch_size: int,
     device: torch.device,
     precision: str,
-) -> tuple[list[float], list[float]]:
-    """Exact KL(policy || starting policy) on each completion: (mean per completion token, sum over its tokens)."""
+) -> CompletionKL:
+    """Exact KL(policy || starting policy) on each completion, with Schulman's estimates on the same tokens."""
     was_training = policy.training
     policy.eval()
-    per_token, per_sequence = [], []
+    measured = CompletionKL([], [], {name: [] for name in KL_ESTIMATE_NAMES})
     for start in range(0, len(completions), batch_size):
         inputs, completion_mask = completion_batch(
             tokenizer, conversation_prompt, completions[start : start + batch_size], device
@@ -107,12 +133,13 @@ def completion_kl(
         with autocast(device, precision):
             logits = policy(**inputs).logits
         reference = starting.logits(device, precision, **inputs)
-        _, kl = completion_ce_and_kl(logits, reference, inputs["input_ids"], completion_mask)
-        tokens = completion_mask[:, 1:].sum(-1).clamp(min=1)
-        per_token += kl.tolist()
-        per_sequence += (kl * tokens).tolist()
+        terms = loss_terms(logits, reference, inputs["input_ids"], completion_mask)
+        measured.per_token += terms.kl.tolist()
+        measured.per_sequence += (terms.kl * terms.tokens.clamp(min=1)).tolist()
+        for name, column in zip(KL_ESTIMATE_NAMES, terms.estimates.T.tolist(), strict=True):
+            measured.estimates[name] += column
     policy.train(was_training)
-    return per_token, per_sequence
+    return measured
 
 
 def evaluation_metrics(
@@ -195,18 +222,55 @@ class PolicyEvaluator:
         self.prompts = evaluation_prompts(config)
 
     def evaluate(
-        self, policy: PreTrainedModel, starting: StartingPolicy | None, tracker: Tracker, step: int
+        self,
+        policy: PreTrainedModel,
+        starting: StartingPolicy | None,
+        tracker: Tracker,
+        step: int,
+        path_step: int | None = None,
     ) -> dict[str, float]:
-        """One completion per prompt; ``starting`` None means the policy is the starting policy (KL 0).
+        """One completion per prompt, logged at ``step``; ``starting`` None means the policy is the starting policy
+        (KL 0). A training run also gives ``path_step`` (the steps trained): the over-optimisation path's point."""
+        completions, kl = self.measure(policy, starting, [self.config.eval.seed, step])
+        metrics = evaluation_metrics(
+            completions, self.prompts.sources, kl, self.config.eval.meteor_pairs_per_source, self.config.eval.seed
+        )
+        tracker.log_metrics(metrics, step=step)
+        log_evaluation_table(tracker, completion_table(step, completions, self.prompts.sources, kl), step)
+        if path_step is not None:
+            tracker.log_metrics(self.path_point(completions, kl), step=path_step)
+        return metrics
 
-        Sampling draws from its own generator, seeded by ``eval.seed`` and the step: every policy is judged with the
-        same draws, evaluating never moves the training's random state, and a re-run evaluation (a continued run)
-        gives what the first would have. Several processes each sample, score and measure their share of the prompts,
-        then join the results.
+    def evaluate_start(self, policy: PreTrainedModel, tracker: Tracker) -> None:
+        """The over-optimisation path's first point, at step 0: ``policy`` before training (the starting policy), on
+        draws of its own."""
+        completions, kl = self.measure(policy, None, [self.config.eval.seed])
+        tracker.log_metrics(self.path_point(completions, kl), step=0)
+
+    def log_path_fit(self, tracker: Tracker, step: int) -> None:
+        """Gao et al.'s RL form fitted to the path logged so far (a continued run's earlier points included)."""
+        tracker.log_metrics(path_fit(tracker.history, "rl"), step=step)
+
+    def path_point(self, completions: list[Completion], kl: dict[str, list[float]]) -> dict[str, float]:
+        return path_point(
+            float(np.mean(kl["kl_sequence"])),
+            float(np.mean([c.heldout_reward for c in completions])),
+            float(np.mean([c.reward for c in completions])),
+        )
+
+    def measure(
+        self, policy: PreTrainedModel, starting: StartingPolicy | None, draw: list[int]
+    ) -> tuple[list[Completion], dict[str, list[float]]]:
+        """The completions, scored, and their KL values.
+
+        Sampling draws from its own generator, seeded by ``draw`` (``eval.seed`` and the step) and the process: every
+        policy is judged with the same draws, evaluating never moves the training's random state, and a re-run
+        evaluation (a continued run) gives what the first would have. Several processes each sample, score and
+        measure their share of the prompts, then join the results.
         """
         run, settings, processes = self.config, self.config.eval.sampling, self.processes
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            torch.manual_seed(int(np.random.SeedSequence([run.eval.seed, step, processes.rank]).generate_state(1)[0]))
+            torch.manual_seed(int(np.random.SeedSequence([*draw, processes.rank]).generate_state(1)[0]))
             completions = sample_completions(
                 policy,
                 self.tokenizer,
@@ -224,26 +288,20 @@ class PolicyEvaluator:
         reach("evaluation")
         completions = processes.gather(completions)
         if starting is None:
-            kl = {"kl": [0.0] * len(completions), "kl_sequence": [0.0] * len(completions)}
-        else:
-            share, real = processes.even_share(completions)
-            kl_token, kl_sequence = completion_kl(
-                self.tokenizer,
-                policy,
-                starting,
-                share,
-                settings.conversation_prompt,
-                run.eval.batch_size,
-                self.device,
-                run.precision,
-            )
-            kl = {"kl": processes.gather(kl_token[:real]), "kl_sequence": processes.gather(kl_sequence[:real])}
-        metrics = evaluation_metrics(
-            completions, self.prompts.sources, kl, run.eval.meteor_pairs_per_source, run.eval.seed
+            return completions, {"kl": [0.0] * len(completions), "kl_sequence": [0.0] * len(completions)}
+        share, real = processes.even_share(completions)
+        measured = completion_kl(
+            self.tokenizer,
+            policy,
+            starting,
+            share,
+            settings.conversation_prompt,
+            run.eval.batch_size,
+            self.device,
+            run.precision,
         )
-        tracker.log_metrics(metrics, step=step)
-        log_evaluation_table(tracker, completion_table(step, completions, self.prompts.sources, kl), step)
-        return metrics
+        measured = measured.gathered(processes, real)
+        return completions, {"kl": measured.per_token, "kl_sequence": measured.per_sequence}
 
 
 def log_evaluation_table(tracker, table: pd.DataFrame, step: int) -> None:

@@ -70,21 +70,36 @@ def completion_batch(
     return inputs, completion_mask
 
 
+KL_ESTIMATORS = ("k1", "k2", "k3")
+KL_ESTIMATE_NAMES = tuple(f"kl_estimate/{name}" for name in KL_ESTIMATORS)
+
+
+def kl_estimates(logprobs: torch.Tensor, reference_logprobs: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Schulman's estimators of KL(policy || reference) from the sampled token's log-ratio r = log p - log q: k1 = r,
+    k2 = r^2 / 2, k3 = (q/p - 1) + r (never negative). Unbiased: k1 and k3; k2's bias is third order in r."""
+    log_ratio = logprobs - reference_logprobs
+    return {"k1": log_ratio, "k2": 0.5 * log_ratio**2, "k3": torch.expm1(-log_ratio) + log_ratio}
+
+
 @dataclass
 class LossTerms:
     """Per completion: summed CE and its token count, the exact per-token KL(policy || reference) that is
-    logged as ``kl``, and the KL term as the configured loss defines it (direction and mask)."""
+    logged as ``kl``, the KL term as the configured loss defines it (direction and mask), and Schulman's k1, k2
+    and k3 estimates of that KL from the completion's own tokens (``(B, 3)``, token means, logged beside ``kl``)."""
 
     ce_sum: torch.Tensor
     tokens: torch.Tensor
     kl: torch.Tensor
     kl_loss: torch.Tensor
+    estimates: torch.Tensor
 
     def only(self, kept: torch.Tensor) -> LossTerms:
         """The terms with the rows not ``kept`` (a bool per completion) contributing nothing: padding that a rank
         runs only to call a sharded policy as often as the others."""
         weight = kept.to(self.ce_sum)
-        return LossTerms(self.ce_sum * weight, self.tokens, self.kl * weight, self.kl_loss * weight)
+        return LossTerms(
+            self.ce_sum * weight, self.tokens, self.kl * weight, self.kl_loss * weight, self.estimates * weight[:, None]
+        )
 
 
 def loss_terms(
@@ -110,6 +125,8 @@ def loss_terms(
     next_tokens = F.pad(input_ids[:, 1:], (0, 1))[used]
     in_ce, in_kl_loss = predicts[used].float(), kl_positions[used].float()
     token_ce = -log_probs.gather(-1, next_tokens.unsqueeze(-1)).squeeze(-1)
+    reference_token = reference_log_probs.gather(-1, next_tokens.unsqueeze(-1)).squeeze(-1)
+    token_estimates = torch.stack(list(kl_estimates(-token_ce, reference_token).values()), dim=-1).detach()
     token_kl = (log_probs.exp() * (log_probs - reference_log_probs)).sum(-1)
     token_kl_loss = token_kl
     if kl_direction == "reference_to_policy":
@@ -121,7 +138,13 @@ def loss_terms(
     tokens = predicts.sum(-1).float()
     kl = per_completion(token_kl * in_ce) / tokens.clamp(min=1)
     kl_loss = per_completion(token_kl_loss * in_kl_loss) / kl_positions.sum(-1).clamp(min=1)
-    return LossTerms(per_completion(token_ce * in_ce), tokens, kl, kl_loss)
+    estimates = (
+        torch.zeros(logits.shape[0], len(KL_ESTIMATORS), device=logits.device).index_add(
+            0, rows, token_estimates * in_ce[:, None]
+        )
+        / tokens.clamp(min=1)[:, None]
+    )
+    return LossTerms(per_completion(token_ce * in_ce), tokens, kl, kl_loss, estimates)
 
 
 def completion_ce_and_kl(
