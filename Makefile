@@ -13,7 +13,7 @@ INSTALLED := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 TRACKING_PORT ?= 5000
 
-.PHONY: install tracking-server wordnet browser world world-check run lint test bench results ui clean
+.PHONY: install tracking-server wordnet browser world world-check run lint test bench results frontier ui clean
 
 install: $(INSTALLED)
 
@@ -76,6 +76,10 @@ bench: install
 
 results: install
 	$(PY) -m superhf_lab.results $(ARGS)
+
+# Every algorithm's gold reward against KL, fitted, on one frontier (sweeps/frontier/tiny_world.yaml; see README).
+frontier: install
+	$(PY) -m superhf_lab.frontier $(ARGS)
 
 # Serves the runs `make run` wrote; a run prints the link to its own charts when it ends.
 ui: install

@@ -68,7 +68,7 @@ def test_results_run_each_row_and_seed_once_and_write_the_table(tiny_world, tmp_
     assert len(client.search_runs([experiment_id])) == 8
 
     spec.write_text(SPEC.format(tiny_world=tiny_world.root).replace("algorithm.n=2", "algorithm.n=3"))
-    with pytest.raises(SystemExit, match="no finished run of row 'best-of-2' with seeds \\[0, 1\\] at code version"):
+    with pytest.raises(SystemExit, match="no finished run of row .best-of-2. with seeds \\[0, 1\\] of this code"):
         results.main([*args, "--table-only"])
 
 

@@ -5,8 +5,9 @@
 
 A spec (``sweeps/results/tiny_world.yaml``) names each row's overrides and the seeds. Each (row, seed) is one
 ``run.py`` run in the results' own MLflow store (``results/<name>.db``). A finished run of the same
-configuration fingerprint and the same code version is reused, so an interrupted ``make results`` continues
-where it stopped, while a changed row or changed code runs again. The table (mean and 95% interval over seeds)
+configuration fingerprint and the same code (by content: a commit that changes only the README or the tests keeps
+the runs) is reused, so an interrupted ``make results`` continues where it stopped, while a changed row or changed
+code runs again. The table (mean and 95% interval over seeds)
 goes to ``results/<name>.md`` and between the ``<!-- results: <name> -->`` markers of README.md, with the commit,
 the tiny world's build fingerprint and the spec's configuration fingerprint it was computed at, the runs' time, and
 the paragraph that reads it (its every number from the runs); the KL-ablation figure goes next to it.
@@ -36,7 +37,7 @@ from superhf_lab.config.resources import resource_dir
 from superhf_lab.launch.compose import compose_run_config
 from superhf_lab.reporting.readme import write_block
 from superhf_lab.reporting.report import TEST_METRICS, SeedGroup, ablation_lines, plot_kl_ablation, summarise
-from superhf_lab.tracking.provenance import CODE_TAG, CONFIG_TAG, code_version
+from superhf_lab.tracking.provenance import CODE_CONTENT_TAG, CONFIG_TAG, code_content, code_version
 
 DEFAULT_SPEC = resource_dir("sweeps") / "results" / "tiny_world.yaml"
 COLUMNS = ("proxy reward", "held-out reward", "METEOR similarity", "KL per token", "KL per sequence")
@@ -48,6 +49,7 @@ BARELY_MOVED_KL = 0.01
 class ResultRow:
     label: str
     overrides: list[str]
+    group: str = ""  # make frontier: the algorithm whose frontier the row belongs to
 
 
 @dataclass
@@ -64,7 +66,7 @@ class ResultsSpec:
 
 def load_spec(path: Path) -> ResultsSpec:
     raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    rows = [ResultRow(row["label"], list(row.get("overrides", []))) for row in raw.pop("rows")]
+    rows = [ResultRow(row["label"], list(row.get("overrides", [])), row.get("group", "")) for row in raw.pop("rows")]
     return ResultsSpec(rows=rows, **raw)
 
 
@@ -91,7 +93,7 @@ def finished_run(client: mlflow.MlflowClient, experiment_id: str | None, config_
         [experiment_id],
         max_results=1,
         filter_string=(
-            f"tags.`{CONFIG_TAG}` = '{config_fingerprint}' and tags.`{CODE_TAG}` = '{code_version()}' and "
+            f"tags.`{CONFIG_TAG}` = '{config_fingerprint}' and tags.`{CODE_CONTENT_TAG}` = '{code_content()}' and "
             "attributes.status = 'FINISHED'"
         ),
     )
@@ -156,8 +158,9 @@ def collect(spec: ResultsSpec, store: str) -> tuple[list[SeedGroup], Provenance]
         missing = [seed for seed, run in zip(spec.seeds, runs) if run is None]
         if missing:
             raise SystemExit(
-                f"{store} has no finished run of row {row.label!r} with seeds {missing} at code version "
-                f"{code_version()}; run `python -m superhf_lab.results` (without --table-only) first"
+                f"{store} has no finished run of row {row.label!r} with seeds {missing} of this code "
+                f"({code_content()}, commit {code_version()}); run `python -m superhf_lab.results` "
+                "(without --table-only) first"
             )
         groups.append(SeedGroup(summarise(client, runs)))
         fingerprints += row_fingerprints

@@ -20,7 +20,7 @@ from superhf_lab.launch.sweeps import child_tags, current_sweep_job, read_parent
 from superhf_lab.reporting.summary import print_run_summary
 from superhf_lab.runtime.checkpoint import CheckpointStore, stop_on_sigterm
 from superhf_lab.runtime.distributed import Processes, export_submitit_environment
-from superhf_lab.tracking.provenance import CODE_TAG, CONFIG_TAG, code_version
+from superhf_lab.tracking.provenance import CODE_CONTENT_TAG, CODE_TAG, CONFIG_TAG, code_content, code_version
 from superhf_lab.tracking.store import check_tracking_store, run_exists
 from superhf_lab.tracking.tracker import ReplicaTracker, Tracker, tracked_run
 from superhf_lab.training.context import RunContext
@@ -98,6 +98,7 @@ def run_experiment(cfg: DictConfig) -> float | tuple[float, ...] | None:
             "output_dir": config.output_dir,
             CONFIG_TAG: run_fingerprint(cfg),
             CODE_TAG: code_version(),
+            CODE_CONTENT_TAG: code_content(),
         }
         sweep_job = current_sweep_job()
         run_name = config.mlflow.run_name
