@@ -13,7 +13,7 @@ INSTALLED := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 TRACKING_PORT ?= 5000
 
-.PHONY: install tracking-server wordnet browser world world-check run lint test bench results frontier ui clean
+.PHONY: install tracking-server wordnet browser world world-check run lint test bench results presets frontier ui clean
 
 install: $(INSTALLED)
 
@@ -76,6 +76,10 @@ bench: install
 
 results: install
 	$(PY) -m superhf_lab.results $(ARGS)
+
+# The learning-rate search behind the tiny presets, with each algorithm's stable share (sweeps/presets/tiny_world.yaml).
+presets: install
+	$(PY) -m superhf_lab.presets $(ARGS)
 
 # Every algorithm's gold reward against KL, fitted, on one frontier (sweeps/frontier/tiny_world.yaml; see README).
 frontier: install
