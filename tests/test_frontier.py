@@ -33,8 +33,21 @@ def test_matched_kl_needs_every_seed_to_reach_it_and_averages_their_envelopes():
     assert math.isnan(group.matched(4.0)[0]) and group.matched(4.0)[2] == 1, "seed 1 stops at 2 nats"
 
 
+SEARCH = """
+name: quick_search
+experiment_name: quick_search
+seed: 0
+learning_rates: [1.0e-4, 1.0e-2]
+common: [tiny_world.dir={tiny_world}, eval.prompts_per_source=4, eval.meteor_pairs_per_source=8]
+algorithms:
+  - name: SuperHF
+    overrides: [algorithm=superhf, kl_coef=0, algorithm.num_superbatches=4, algorithm.superbatch_size=4,
+                algorithm.warmup_superbatches=0]
+"""
+
 SPEC = """
 name: quick_frontier
+search: {search}
 experiment_name: quick_frontier
 seeds: [0, 1]
 common: [tiny_world.dir={tiny_world}, eval.prompts_per_source=4, eval.meteor_pairs_per_source=8, eval.every_n_steps=2]
@@ -59,8 +72,9 @@ def test_make_frontier_writes_the_table_figures_and_readme_and_files_them_under_
     tiny_world, tmp_path, monkeypatch
 ):
     monkeypatch.chdir(tmp_path)
-    spec = tmp_path / "quick.yaml"
-    spec.write_text(SPEC.format(tiny_world=tiny_world.root))
+    spec, search = tmp_path / "quick.yaml", tmp_path / "search.yaml"
+    search.write_text(SEARCH.format(tiny_world=tiny_world.root))
+    spec.write_text(SPEC.format(tiny_world=tiny_world.root, search=search))
     readme = tmp_path / "README.md"
     readme.write_text("Intro\n<!-- frontier: quick_frontier -->\nstale\n<!-- /frontier: quick_frontier -->\nOutro\n")
     args = ["--spec", str(spec), "--out", str(tmp_path / "results"), "--readme", str(readme)]
@@ -73,6 +87,9 @@ def test_make_frontier_writes_the_table_figures_and_readme_and_files_them_under_
     assert best[7] == "best-of-n" and superhf[7] == "RL", "each algorithm's own form"
     assert best[2] == f"{math.log(8) - 7 / 8:.2f}", "best-of-n's largest KL: its pool of 8"
     assert best[4] == "—" and best[5] == "—", "a pool of 8 reaches neither 2 nor 4 nats"
+    assert superhf[-1] in ("0/2 |", "1/2 |", "2/2 |") and best[-1] == "— |", "the search's stable share"
+    searched = (tmp_path / "results" / "quick_search.md").read_text()
+    assert searched.count("| SuperHF |") == 1 and "chosen lr" in searched, "the search's own table"
     assert "How to read it." in block and "written by `make frontier`".lower() in block.lower()
     out = tmp_path / "results"
     assert (out / "quick_frontier.md").read_text() == block

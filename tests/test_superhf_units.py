@@ -15,7 +15,13 @@ from superhf_lab.config.schema import TextConfig
 from superhf_lab.core.text import reward_model_input, trim_completion
 from superhf_lab.training.completions import Completion
 from superhf_lab.training.policies import with_starting_policy
-from superhf_lab.training.sequences import completion_ce_and_kl, loss_terms, pad_examples, position_ids_for
+from superhf_lab.training.sequences import loss_terms, pad_examples, position_ids_for
+
+
+def completion_ce_and_kl(logits, reference_logits, input_ids, completion_mask):
+    """Per completion: mean CE over its tokens and the exact per-token KL, from the loss's own terms."""
+    terms = loss_terms(logits, reference_logits, input_ids, completion_mask)
+    return terms.ce_sum / terms.tokens.clamp(min=1), terms.kl
 
 
 @pytest.mark.parametrize(

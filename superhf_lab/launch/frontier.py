@@ -26,6 +26,7 @@ import numpy as np
 from rich.console import Console
 
 from superhf_lab.config.resources import resource_dir
+from superhf_lab.launch import presets
 from superhf_lab.launch.results import (
     Provenance,
     ResultsSpec,
@@ -141,13 +142,25 @@ def reading(groups: list[AlgorithmFrontier]) -> str:
     return "How to read it. " + " ".join(sentences)
 
 
-def markdown(spec: ResultsSpec, groups: list[AlgorithmFrontier], provenance: Provenance, figures: str = "") -> str:
+def markdown(
+    spec: ResultsSpec,
+    groups: list[AlgorithmFrontier],
+    provenance: Provenance,
+    stable: dict[str, str] | None,
+    figures: str = "",
+) -> str:
     """The table, how it was made, its reading and the figures (``figures``: their folder, as the page sees it)."""
+    search = (
+        f"Stable share: of the learning-rate search's grid (`make presets`, `sweeps/{spec.search}`), the runs whose "
+        "proxy reward rose above the start without collapsing.\n\n"
+        if stable is not None
+        else ""
+    )
     seeds = ", ".join(map(str, spec.seeds))
     return (
-        f"{spec.caption.strip()}\n\n{frontier_table(groups)}\n\n"
+        f"{spec.caption.strip()}\n\n{frontier_table(groups, stable)}\n\n"
         f"Gold gain at matched KL: each seed's upper envelope of gold gain against KL per sequence, read at that KL, "
-        f"then the mean ± 95% interval over seeds {seeds} (— where a seed's runs do not reach it).\n\n"
+        f"then the mean ± 95% interval over seeds {seeds} (— where a seed's runs do not reach it).\n\n{search}"
         f"{reading(groups)}\n\n"
         f"![frontier]({figures}{spec.name}_kl.png)\n![Gao et al.'s panels]({figures}{spec.name}_gao.png)\n\n"
         f"<sub>Written by `make frontier` at commit `{provenance.code_version}` (code `{code_content()}`), tiny world "
@@ -190,9 +203,18 @@ def main(argv: list[str] | None = None) -> str:
     store = args.store or f"sqlite:///{(args.out / f'{spec.name}.db').resolve()}"
     if not args.table_only:
         run_missing(spec, store, args.out, Console())
+    stable = None
+    if spec.search:  # the learning-rate search's stable shares (its runs too, unless --table-only)
+        search = presets.load_search(resource_dir("sweeps") / spec.search)
+        search_store = presets.search_store(search, args.out)
+        if not args.table_only:
+            run_missing(search.as_results_spec(), search_store, args.out, Console())
+        start, trials = presets.collect(search, search_store)
+        (args.out / f"{search.name}.md").write_text(presets.markdown(search, start, trials))
+        stable = presets.stable_shares(search, start, trials)
     paths, run_ids, provenance = collect(spec, store)
     groups = frontiers(paths)
-    block = markdown(spec, groups, provenance)
+    block = markdown(spec, groups, provenance, stable)
     table, kl_figure, gao_figure = (args.out / f"{spec.name}{suffix}" for suffix in (".md", "_kl.png", "_gao.png"))
     table.write_text(block)
     plot_frontier(groups, kl_figure)
@@ -203,7 +225,7 @@ def main(argv: list[str] | None = None) -> str:
             args.readme,
             f"<!-- frontier: {spec.name} -->",
             f"<!-- /frontier: {spec.name} -->",
-            markdown(spec, groups, provenance, figures),
+            markdown(spec, groups, provenance, stable, figures),
         )
     link = file_under_parent(spec, store, run_ids, args.out, [table, kl_figure, gao_figure])
     print(block)

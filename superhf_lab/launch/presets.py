@@ -123,6 +123,15 @@ def chosen(trials: list[Trial]) -> Trial | None:
     return max(candidates, key=lambda t: t.values["proxy"]) if candidates else None
 
 
+def stable_shares(search: SearchSpec, start: dict[str, float], trials: list[Trial]) -> dict[str, str]:
+    """Per algorithm, "stable/grid size"."""
+    shares = {}
+    for algorithm in search.algorithms:
+        mine = [t for t in trials if t.algorithm == algorithm]
+        shares[algorithm] = f"{sum(t.stable(start) for t in mine)}/{len(mine)}"
+    return shares
+
+
 def markdown(search: SearchSpec, start: dict[str, float], trials: list[Trial]) -> str:
     rates = search.learning_rates
     head = ["algorithm", *(f"lr={rate:g}" for rate in rates), "chosen lr", "KL at chosen (nats)", "stable share"]
@@ -134,7 +143,6 @@ def markdown(search: SearchSpec, start: dict[str, float], trials: list[Trial]) -
             mark = "collapsed" if trial.visibly_collapsed() else ("stable" if trial.stable(start) else "unstable")
             cells.append(f"{trial.values['proxy']:+.3f} ({mark})")
         best = chosen(mine)
-        stable = sum(t.stable(start) for t in mine)
         lines.append(
             "| "
             + " | ".join(
@@ -143,7 +151,7 @@ def markdown(search: SearchSpec, start: dict[str, float], trials: list[Trial]) -
                     *cells,
                     f"{best.learning_rate:g}" if best else "—",
                     f"{best.values['kl_sequence']:.2f}" if best else "—",
-                    f"{stable}/{len(mine)}",
+                    stable_shares(search, start, trials)[algorithm],
                 ]
             )
             + " |"
@@ -159,6 +167,10 @@ def markdown(search: SearchSpec, start: dict[str, float], trials: list[Trial]) -
     )
 
 
+def search_store(search: SearchSpec, out: Path) -> str:
+    return f"sqlite:///{(out / f'{search.name}.db').resolve()}"
+
+
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--spec", type=Path, default=DEFAULT_SPEC, help="the search (default: %(default)s)")
@@ -169,7 +181,7 @@ def main(argv: list[str] | None = None) -> str:
     args = parser.parse_args(argv)
     search = load_search(args.spec)
     args.out.mkdir(parents=True, exist_ok=True)
-    store = args.store or f"sqlite:///{(args.out / f'{search.name}.db').resolve()}"
+    store = args.store or search_store(search, args.out)
     if not args.table_only:
         run_missing(search.as_results_spec(), store, args.out, Console())
     start, trials = collect(search, store)

@@ -62,6 +62,7 @@ class ResultsSpec:
     rows: list[ResultRow]
     common: list[str] = field(default_factory=list)
     caption: str = ""
+    search: str = ""  # make frontier: the learning-rate search (under sweeps/) whose stable shares its table shows
 
 
 def load_spec(path: Path) -> ResultsSpec:

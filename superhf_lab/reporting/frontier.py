@@ -140,8 +140,9 @@ def _interval(mean: float, width: float) -> str:
     return f"{mean:+.3f}" if not math.isfinite(width) else f"{mean:+.3f} ± {width:.3f}"
 
 
-def frontier_table(groups: list[AlgorithmFrontier]) -> str:
-    """Markdown: per algorithm, gold gain at matched KL, the largest KL reached, its fit and the end gap."""
+def frontier_table(groups: list[AlgorithmFrontier], stable: dict[str, str] | None = None) -> str:
+    """Markdown: per algorithm, gold gain at matched KL, the largest KL reached, its fit and the end gap; with
+    ``stable`` (the learning-rate search's stable share per algorithm), that too."""
     head = [
         "algorithm",
         "runs",
@@ -155,6 +156,7 @@ def frontier_table(groups: list[AlgorithmFrontier]) -> str:
         "R² best-of-n form",
         "R² RL form",
         "proxy − gold gain at the end",
+        *(["stable share (lr search)"] if stable is not None else []),
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for group in groups:
@@ -172,6 +174,7 @@ def frontier_table(groups: list[AlgorithmFrontier]) -> str:
             _number(own.peak_gold_gain) if own else "—",
             *(_number(fits[form].r_squared, 2) if fits[form] else "—" for form in FORMS),
             f"{group.end_gap:+.3f}",
+            *([stable.get(group.algorithm, "—")] if stable is not None else []),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

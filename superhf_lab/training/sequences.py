@@ -145,11 +145,3 @@ def loss_terms(
         / tokens.clamp(min=1)[:, None]
     )
     return LossTerms(per_completion(token_ce * in_ce), tokens, kl, kl_loss, estimates)
-
-
-def completion_ce_and_kl(
-    logits: torch.Tensor, reference_logits: torch.Tensor, input_ids: torch.Tensor, completion_mask: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-example mean cross-entropy and mean exact KL(policy || reference) over completion tokens."""
-    terms = loss_terms(logits, reference_logits, input_ids, completion_mask)
-    return terms.ce_sum / terms.tokens.clamp(min=1), terms.kl
