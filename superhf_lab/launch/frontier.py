@@ -14,7 +14,6 @@ run's path of gold reward against sqrt(KL).
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import math
 import os
@@ -30,6 +29,7 @@ from superhf_lab.launch import presets
 from superhf_lab.launch.results import (
     Provenance,
     ResultsSpec,
+    command_line,
     fingerprint,
     finished_run,
     load_spec,
@@ -191,13 +191,7 @@ def file_under_parent(spec: ResultsSpec, store: str, run_ids: list[str], out: Pa
 
 
 def main(argv: list[str] | None = None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--spec", type=Path, default=DEFAULT_SPEC, help="rows and seeds (default: %(default)s)")
-    parser.add_argument("--out", type=Path, default=Path("results"), help="folder for the table, figures and store")
-    parser.add_argument("--store", help="MLflow tracking URI (default: sqlite:///<out>/<name>.db)")
-    parser.add_argument("--readme", type=Path, default=Path("README.md"), help="README whose block is replaced")
-    parser.add_argument("--table-only", action="store_true", help="do not run anything; fail if runs are missing")
-    args = parser.parse_args(argv)
+    args = command_line(__doc__, DEFAULT_SPEC, argv)
     spec = load_spec(args.spec)
     args.out.mkdir(parents=True, exist_ok=True)
     store = args.store or f"sqlite:///{(args.out / f'{spec.name}.db').resolve()}"

@@ -19,7 +19,6 @@ configuration and code are reused (:mod:`superhf_lab.launch.results`).
 
 from __future__ import annotations
 
-import argparse
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +28,18 @@ from omegaconf import OmegaConf
 from rich.console import Console
 
 from superhf_lab.config.resources import resource_dir
-from superhf_lab.launch.results import ResultRow, ResultsSpec, fingerprint, finished_run, row_overrides, run_missing
+from superhf_lab.launch.results import (
+    ResultRow,
+    ResultsSpec,
+    command_line,
+    fingerprint,
+    finished_run,
+    row_overrides,
+    run_missing,
+)
 from superhf_lab.metrics.names import eval_metric
 from superhf_lab.reporting.readme import write_block
+from superhf_lab.reporting.report import TEST_METRICS
 from superhf_lab.tracking.provenance import code_content, code_version
 
 DEFAULT_SPEC = resource_dir("sweeps") / "presets" / "tiny_world.yaml"
@@ -40,10 +48,10 @@ MAX_METEOR = 0.5
 MAX_GOLD_DROP = 0.5
 START = "starting policy"
 MEASURES = {
-    "proxy": eval_metric("reward/mean"),
-    "gold": eval_metric("heldout_reward/mean"),
-    "meteor": eval_metric("diversity/meteor_similarity"),
-    "kl_sequence": eval_metric("kl_sequence"),
+    "proxy": TEST_METRICS["proxy reward"],
+    "gold": TEST_METRICS["held-out reward"],
+    "meteor": TEST_METRICS["METEOR similarity"],
+    "kl_sequence": TEST_METRICS["KL per sequence"],
     "tokens": eval_metric("completion/length_tokens_mean"),
 }
 
@@ -172,13 +180,7 @@ def search_store(search: SearchSpec, out: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--spec", type=Path, default=DEFAULT_SPEC, help="the search (default: %(default)s)")
-    parser.add_argument("--out", type=Path, default=Path("results"), help="folder for the table and store")
-    parser.add_argument("--store", help="MLflow tracking URI (default: sqlite:///<out>/<name>.db)")
-    parser.add_argument("--readme", type=Path, default=Path("README.md"), help="README whose block is replaced")
-    parser.add_argument("--table-only", action="store_true", help="do not run anything; fail if runs are missing")
-    args = parser.parse_args(argv)
+    args = command_line(__doc__, DEFAULT_SPEC, argv)
     search = load_search(args.spec)
     args.out.mkdir(parents=True, exist_ok=True)
     store = args.store or search_store(search, args.out)

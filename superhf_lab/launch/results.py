@@ -264,14 +264,20 @@ def update_readme(readme: Path, name: str, block: str) -> None:
     write_block(readme, f"<!-- results: {name} -->", f"<!-- /results: {name} -->", block)
 
 
-def main(argv: list[str] | None = None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--spec", type=Path, default=DEFAULT_SPEC, help="rows and seeds (default: %(default)s)")
-    parser.add_argument("--out", type=Path, default=Path("results"), help="folder for the table, figure and store")
+def command_line(description: str, default_spec: Path, argv: list[str] | None) -> argparse.Namespace:
+    """The arguments `make results`, `make presets` and `make frontier` share: a spec, where its outputs and store
+    go, the README whose block is replaced, and whether to run what is missing."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--spec", type=Path, default=default_spec, help="what runs (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=Path("results"), help="folder for the tables, figures and store")
     parser.add_argument("--store", help="MLflow tracking URI (default: sqlite:///<out>/<name>.db)")
     parser.add_argument("--readme", type=Path, default=Path("README.md"), help="README whose block is replaced")
     parser.add_argument("--table-only", action="store_true", help="do not run anything; fail if runs are missing")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> str:
+    args = command_line(__doc__, DEFAULT_SPEC, argv)
     spec = load_spec(args.spec)
     args.out.mkdir(parents=True, exist_ok=True)
     store = args.store or f"sqlite:///{(args.out / f'{spec.name}.db').resolve()}"
