@@ -22,6 +22,7 @@ from superhf_lab.algorithms.ppo_trainer import (
 )
 from superhf_lab.algorithms.superhf_trainer import METRIC_NAMES as SUPERHF_METRICS
 from superhf_lab.config.schema import TextConfig
+from superhf_lab.metrics.overoptimisation import FIT_NAMES, PATH_NAMES, PEAK_NAMES
 from superhf_lab.training.policies import StartingPolicy
 from superhf_lab.training.sequences import kl_estimates
 
@@ -212,6 +213,8 @@ def test_ppo_run_logs_every_metric_per_update(tiny_world, tmp_path):
             "algorithm.num_ppo_epochs=2",
             "algorithm.adaptive_kl.enabled=true",
             "algorithm.adaptive_kl.horizon=100",
+            "eval.every_n_steps=2",
+            "eval.prompts_per_source=8",
             f"mlflow.tracking_uri={uri}",
         ],
         cwd=tmp_path,
@@ -220,9 +223,12 @@ def test_ppo_run_logs_every_metric_per_update(tiny_world, tmp_path):
     client = mlflow.MlflowClient(uri)
     run = client.search_runs([client.get_experiment_by_name("tiny_world").experiment_id])[0]
     assert run.info.status == "FINISHED" and run.data.tags["algorithm"] == "ppo"
-    for name in PPO_METRICS:
-        expected = [2] if name.startswith("eval/") else [0, 1, 2]  # the final policy is evaluated once
-        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, name)) == expected, name
+    # evaluated after update 2 of 3 (eval.every_n_steps=2) and at the end; the over-optimisation path starts at the
+    # starting policy (0), has a point after updates 2 and 3, and is fitted at its end (the peak only if it turns down)
+    expected = {**dict.fromkeys(PATH_NAMES, [0, 2, 3]), **dict.fromkeys(FIT_NAMES, [3])}
+    for name in (name for name in PPO_METRICS if name not in PEAK_NAMES):
+        steps = expected.get(name, [1, 2] if name.startswith("eval/") else [0, 1, 2])
+        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, name)) == steps, name
     assert run.data.metrics["eval/all/kl"] > 0 and "superhf_lab.policy_uri" in run.data.tags
     history = {
         name: [m.value for m in sorted(client.get_metric_history(run.info.run_id, name), key=lambda m: m.step)]
