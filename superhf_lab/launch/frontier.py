@@ -112,9 +112,12 @@ def reading(groups: list[AlgorithmFrontier]) -> str:
         text += f" ± {width:.3f})" if math.isfinite(width) else ")"
         if len(reached) > 1:
             runner, second, second_width = reached[1]
-            overlap = math.isfinite(width) and math.isfinite(second_width) and mean - width <= second + second_width
             text += f", ahead of {runner.algorithm} ({second:+.3f})"
-            text += ", their intervals overlapping" if overlap else ", their intervals apart"
+            if not (math.isfinite(width) and math.isfinite(second_width)):
+                text += ", with no interval to compare (one seed)"
+            else:
+                apart = mean - width > second + second_width
+                text += ", their intervals apart" if apart else ", their intervals overlapping"
         absent = [g.algorithm for g in groups if g not in [r[0] for r in reached]]
         if absent:
             text += f"; not reached by {', '.join(absent)}"
