@@ -120,12 +120,7 @@ class TextReward:
         measured, self.kl = self.kl, []
         if not measured:
             return self.processes.gather(scored), {}
-        joined = CompletionKL(
-            [v for m in measured for v in m.per_token],
-            [v for m in measured for v in m.per_sequence],
-            {name: [v for m in measured for v in m.estimates[name]] for name in measured[0].estimates},
-        )
-        return self.processes.gather(scored), joined.gathered(self.processes).means()
+        return self.processes.gather(scored), CompletionKL.joined(measured).gathered(self.processes).means()
 
 
 class CutAtNextTurn:
@@ -269,9 +264,8 @@ class PeriodicEvaluation(TrainerCallback):
     trainers do, tracing the over-optimisation path from the starting policy (before the first step) on; the last
     step's evaluation is the final one (``eval.at_end``), after which the path is fitted."""
 
-    def __init__(self, context: RunContext, evaluator: PolicyEvaluator, frozen: StartingPolicy | None) -> None:
-        self.context, self.evaluator, self.frozen = context, evaluator, frozen
-        self.trainer = None  # set once the trainer exists
+    def __init__(self, context: RunContext, evaluator: PolicyEvaluator, trainer, frozen: StartingPolicy | None) -> None:
+        self.context, self.evaluator, self.trainer, self.frozen = context, evaluator, trainer, frozen
 
     def policy(self) -> PreTrainedModel:
         return self.trainer.accelerator.unwrap_model(self.trainer.model)
@@ -304,8 +298,7 @@ def train_and_finish(
     )
     periodic = None
     if context.config.eval.every_n_steps:
-        periodic = PeriodicEvaluation(context, evaluator, frozen)
-        periodic.trainer = trainer
+        periodic = PeriodicEvaluation(context, evaluator, trainer, frozen)
         trainer.add_callback(periodic)
     checkpoint = marked_checkpoint(context, trainer) if context.resume else None
     saved = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE)) if checkpoint else None

@@ -51,7 +51,7 @@ from superhf_lab.reporting.frontier import (
 from superhf_lab.reporting.readme import write_block
 from superhf_lab.reporting.summary import sweep_link
 from superhf_lab.tracking.provenance import ROLE_TAG, SWEEP_TAG, code_content, code_version
-from superhf_lab.tracking.store import find_or_create_run, share_view
+from superhf_lab.tracking.store import find_or_create_run, metric_history, share_view
 
 DEFAULT_SPEC = resource_dir("sweeps") / "frontier" / "tiny_world.yaml"
 
@@ -70,10 +70,7 @@ def collect(spec: ResultsSpec, store: str) -> tuple[list[RunPath], list[str], Pr
                     f"{store} has no finished run of row {row.label!r} seed {seed} of this code ({code_content()}); "
                     "run `python -m superhf_lab.frontier` (without --table-only) first"
                 )
-            history = {
-                name: [m.value for m in sorted(client.get_metric_history(run.info.run_id, name), key=lambda m: m.step)]
-                for name in PATH_NAMES
-            }
+            history = {name: metric_history(run.info.run_id, name, client) for name in PATH_NAMES}
             if len(history[SQRT_KL]) < 2:
                 raise SystemExit(
                     f"row {row.label!r} logged no over-optimisation path: give it eval.every_n_steps (or "

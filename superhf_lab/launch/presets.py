@@ -117,12 +117,9 @@ def collect(search: SearchSpec, store: str) -> tuple[dict[str, float], list[Tria
                 "`python -m superhf_lab.presets` (without --table-only) first"
             )
         measured.append({name: run.data.metrics.get(metric, math.nan) for name, metric in MEASURES.items()})
-    start, trials = measured[0], []
-    index = 1
-    for algorithm in search.algorithms:
-        for rate in search.learning_rates:
-            trials.append(Trial(algorithm, rate, measured[index]))
-            index += 1
+    grid = [(algorithm, rate) for algorithm in search.algorithms for rate in search.learning_rates]  # the rows' order
+    trials = [Trial(algorithm, rate, values) for (algorithm, rate), values in zip(grid, measured[1:], strict=True)]
+    start = measured[0]
     return start, trials
 
 

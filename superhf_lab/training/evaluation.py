@@ -98,6 +98,15 @@ class CompletionKL:
     per_sequence: list[float]
     estimates: dict[str, list[float]]
 
+    @classmethod
+    def joined(cls, parts: list[CompletionKL]) -> CompletionKL:
+        """The completions of every part, in order."""
+        return cls(
+            [value for part in parts for value in part.per_token],
+            [value for part in parts for value in part.per_sequence],
+            {name: [value for part in parts for value in part.estimates[name]] for name in KL_ESTIMATE_NAMES},
+        )
+
     def means(self) -> dict[str, float]:
         """``kl`` and ``kl_estimate/k1`` .. ``k3``, averaged over the completions: the same tokens for each."""
         return {"kl": float(np.mean(self.per_token)), **{n: float(np.mean(v)) for n, v in self.estimates.items()}}
