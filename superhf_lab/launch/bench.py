@@ -7,6 +7,9 @@
   ``tiny_world`` and ``pythia_160m_shape``: transformers' ``generate()`` against the lean sampling loop on the same
   prompts and seeds (their ``speedup``, and whether they drew the same completions), on the tiny policy and on a
   random-weight policy of Pythia-160M's shape;
+- ``evaluation``: what evaluating on the test prompts costs a SuperHF run: one evaluation's seconds (after a warm-up)
+  against the superbatch's, and the share of a run of the configured length spent evaluating, at the default
+  ``eval.every_n_steps`` (0: only at the end) and every 10 steps (the frontier's) and every step;
 - ``flops``: the model FLOP/s that generation and fine-tuning achieve (FLOPs counted by torch's ``FlopCounterMode`` on
   one pass, then the same pass, same seed, timed) against this machine's float32 matmul peak, measured in the run;
 - ``reference``: with ``SUPERHF_REFERENCE_SRC`` set (see :mod:`superhf_lab.launch.reference_bench`), seconds per
@@ -51,6 +54,7 @@ from superhf_lab.tiny_world import ensure_tiny_world
 from superhf_lab.tracking.store import check_tracking_store
 from superhf_lab.tracking.tracker import tracked_run
 from superhf_lab.training.context import RunContext
+from superhf_lab.training.evaluation import PolicyEvaluator
 from superhf_lab.training.models import resolve_device
 from superhf_lab.training.sampling import sample_completions
 from superhf_lab.training.sequences import completion_token_ids
@@ -150,6 +154,33 @@ def against_reference(overrides: list[str], superbatches: int) -> dict:
         "reference_seconds_per_superbatch": reference["seconds_per_superbatch"],
         "superhf_lab_seconds_per_superbatch": ours,
         "speedup": round(reference["seconds_per_superbatch"] / ours, 2),
+    }
+
+
+def evaluation_cost(trainer, context: RunContext, seconds_per_superbatch: float, rounds: int = 2) -> dict:
+    """Seconds per evaluation of the trainer's current policy (the mean of ``rounds``, after a warm-up) and the share
+    of a run's time its evaluations take at several ``eval.every_n_steps``, from the measured superbatch. A tracing
+    run also evaluates its start; the last step is evaluated once, due or not (``eval.at_end``)."""
+    config = context.config
+    evaluator = PolicyEvaluator(
+        config, trainer.tokenizer, trainer.reward_scorer, trainer.heldout_scorer, context.device, context.processes
+    )
+    evaluator.evaluate(trainer.policy, trainer.starting, context.tracker, 0)
+    started = time.perf_counter()
+    for round_ in range(rounds):
+        evaluator.evaluate(trainer.policy, trainer.starting, context.tracker, round_ + 1)
+    seconds = (time.perf_counter() - started) / rounds
+    steps, at_end = trainer.total_steps(), config.eval.at_end
+    shares = {}
+    for every in sorted({config.eval.every_n_steps, 1, 10}):
+        count = int(at_end) if every == 0 else 1 + steps // every + int(at_end and steps % every != 0)
+        shares[f"share_every_{every}"] = round(count * seconds / (steps * seconds_per_superbatch + count * seconds), 4)
+    return {
+        "seconds_per_evaluation": round(seconds, 3),
+        "test_prompts": len(evaluator.prompts.sources),
+        "superbatches": steps,
+        "default_every_n_steps": config.eval.every_n_steps,
+        **shares,
     }
 
 
@@ -378,6 +409,7 @@ def main() -> None:
         config, device = context.config, context.device
         trainer, stream = get_algorithm("superhf").build(context)
         phases = superbatch_phases(trainer, stream, context, args.superbatches)
+        evaluation = evaluation_cost(trainer, context, phases["background"]["seconds_per_superbatch"])
         generation = generation_saving(trainer, stream.take(config.algorithm.prompt_accumulation_steps))
         algorithm, cut = config.algorithm, config.text.cut
         prompts = stream.take(algorithm.prompt_accumulation_steps)
@@ -405,6 +437,7 @@ def main() -> None:
             {
                 "benchmark": "superhf_lab",
                 "superbatch": phases,
+                "evaluation": evaluation,
                 "generation": generation,
                 "flops": flops,
                 "reference": reference,
