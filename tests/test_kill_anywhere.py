@@ -65,6 +65,21 @@ CONFIGS = {
         "algorithm.probe_prompts=4",
     ],
     "best_of_n": ["algorithm=best_of_n", "algorithm.n=4"],
+    # Evaluating on the way: the over-optimisation path's points, and its fit from the history a killed launch logged.
+    "superhf_tracing": [
+        "algorithm=superhf",
+        "algorithm.num_superbatches=6",
+        "algorithm.superbatch_size=4",
+        "checkpoint.every_n_steps=2",
+        "eval.every_n_steps=2",
+    ],
+    "grpo_tracing": [
+        "algorithm=grpo",
+        *TRL_STEPS,
+        "algorithm.prompts_per_step=2",
+        "algorithm.group_size=4",
+        "eval.every_n_steps=2",
+    ],
     "evaluate": ["mode=eval"],
 }
 SPOOL = "store_send@1+:error,spool_append@2"  # the store fails every send from then on; the 2nd append is torn
@@ -101,6 +116,15 @@ SAMPLING_KILLS = [
     ("run_end@1:kill", "all done but the run's end"),
 ]
 SAMPLING_TERMS = [("generation@1:term", "sampling"), ("run_end@1:term", "all done but the run's end")]
+# A tracing run's first evaluation is its start point, before step 0; a launch that resumes from no checkpoint
+# evaluates it again.
+TRACING_KILLS = [
+    ("evaluation@1:kill", "the path's start point, before it logs"),
+    ("evaluation@2:kill", "the evaluation after step 1, before it logs and before its checkpoint"),
+    ("finetuning@4:kill", "step 3, after the checkpoint and evaluation at step 1"),
+    ("evaluation@2:kill", "resumed at step 2: the last step's evaluation, before the path's fit"),
+]
+TRL_TRACING_KILLS = [*TRACING_KILLS[:2], ("run_end@1:kill", "all done, the path fitted, but the run's end")]
 EVALUATION_KILLS = [*SAMPLING_KILLS[:2], ("evaluation@1:kill", "the evaluation, before it logs"), *SAMPLING_KILLS[2:]]
 
 
@@ -122,6 +146,8 @@ CHAINS = [
     Chain("dpo", "kill", tuple(TRAINING_KILLS)),
     Chain("dpo", "term", tuple(TRAINING_TERMS)),
     Chain("feedme", "kill", tuple(TRAINING_KILLS)),
+    Chain("superhf_tracing", "kill", tuple(TRACING_KILLS)),
+    Chain("grpo_tracing", "kill", tuple(TRL_TRACING_KILLS)),
     Chain("best_of_n", "kill", tuple(SAMPLING_KILLS)),
     Chain("best_of_n", "term", tuple(SAMPLING_TERMS)),
     Chain("evaluate", "kill", tuple(EVALUATION_KILLS)),
