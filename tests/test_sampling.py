@@ -18,20 +18,21 @@ def tiny_policy(tiny_world):
     return load_policy(ModelConfig(name_or_path=str(tiny_world.policy)), CPU)
 
 
-def _scripted(policy, tokenizer, script: str, prompt_length: int):
-    """The policy's forward with all probability on the next token of ``script``: a policy that writes a known
-    completion (here one that runs on into a next turn) however it is sampled."""
+def _scripted(policy, tokenizer, script: str):
+    """A hook on the policy's head that puts all probability on the next token of ``script``, one token per call of
+    the head (the prompt's pass first): a policy that writes a known completion (here one that runs on into a next
+    turn) however it is sampled, through the model's forward or the lean sampler's own decoding step."""
     tokens = tokenizer(script, add_special_tokens=False).input_ids
-    forward = policy.forward
+    calls = []
 
-    def scripted_forward(*args, **inputs):
-        output = forward(*args, **inputs)
-        position = min(inputs["attention_mask"].shape[1] - prompt_length, len(tokens) - 1)
-        output.logits[:, -1, :] = -1e9
-        output.logits[:, -1, tokens[position]] = 1e9
-        return output
+    def write_script(module, inputs, logits):
+        position = min(len(calls), len(tokens) - 1)
+        calls.append(position)
+        logits[:, -1, :] = -1e9
+        logits[:, -1, tokens[position]] = 1e9
+        return logits
 
-    return scripted_forward
+    return policy.get_output_embeddings().register_forward_hook(write_script), calls
 
 
 @pytest.mark.parametrize("cut", ["next_turn", "reference"])
@@ -40,12 +41,13 @@ def test_generation_stops_where_the_completion_is_cut_and_keeps_its_text(tiny_po
     prompt = "\n\nHuman: How do I bake bread?\n\nAssistant:"
     script = " Mix flour and water.\n\nHuman: thanks, and how long do I knead it for, roughly, in minutes?"
     settings = SamplingSettings(max_new_tokens=40, temperature=1.0, top_p=1.0)
-    policy.forward = _scripted(policy, tokenizer, script, len(tokenizer(prompt).input_ids))
+    hook, calls = _scripted(policy, tokenizer, script)
     try:
         (stopped,) = sample_completions(policy, tokenizer, [prompt], 1, settings, 1, CPU, "fp32", cut)
+        calls.clear()
         (full,) = sample_completions(policy, tokenizer, [prompt], 1, settings, 1, CPU, "fp32", cut, stop_at_cut=False)
     finally:
-        del policy.forward
+        hook.remove()
     assert stopped.text == full.text == " Mix flour and water." and stopped.finished and full.finished
     assert stopped.num_tokens == full.num_tokens == len(tokenizer(" Mix flour and water.").input_ids)
     turn_end = len(tokenizer(" Mix flour and water.\n\nHuman:", add_special_tokens=False).input_ids)
@@ -175,3 +177,108 @@ def test_the_lean_sampler_is_reproducible_and_ends_rows_as_generate_does(tiny_po
     assert runs[0] == runs[1], "the same seed, the same completions"
     assert any(c.finished for c in runs[0]) and len({c.text for c in runs[0]}) > 16
     assert all(c.generated_tokens <= 48 for c in runs[0])
+
+
+def _neox(tiny_world, parallel_residual: bool):
+    """The tiny policy, or a random-weight GPT-NeoX of its vocabulary with sequential residuals (Pythia's other
+    layout) and full rotary dimensions."""
+    if parallel_residual:
+        return load_policy(ModelConfig(name_or_path=str(tiny_world.policy)), CPU)[0]
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    config = json.loads((tiny_world.policy / "config.json").read_text())
+    torch.manual_seed(0)
+    return GPTNeoXForCausalLM(
+        GPTNeoXConfig(
+            vocab_size=config["vocab_size"],
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=128,
+            use_parallel_residual=False,
+            rotary_pct=1.0,
+            attn_implementation="sdpa",
+        )
+    ).eval()
+
+
+@pytest.mark.parametrize("parallel_residual", [True, False], ids=["tiny-policy", "sequential-residual"])
+@pytest.mark.parametrize("padded", [True, False], ids=["left-padded", "unpadded"])
+def test_the_lean_decoding_step_gives_the_models_own_logits_bit_for_bit(
+    tiny_world, tiny_policy, parallel_residual, padded
+):
+    """The GPT-NeoX step (no transformers machinery per token) and the model's forward, each on its own reserved
+    cache after the same prompt pass, give equal next-token logits, bit for bit, over 12 steps of random tokens:
+    so the lean sampler draws what it drew through the forward, for every seed (the README's tables stand)."""
+    from superhf_lab.training.decoding import GPTNeoXStep, decode_step, reserved_cache
+
+    tokenizer = tiny_policy[1]
+    policy = _neox(tiny_world, parallel_residual)
+    prompts = [json.loads(line)["prompt"] for line in (tiny_world.root / "prompts" / "test.jsonl").open()][:4]
+    encoded = tokenizer(prompts if padded else prompts[:1] * 4, return_tensors="pt", padding=True)
+    ids, attention_mask = encoded["input_ids"], encoded["attention_mask"]
+    assert (attention_mask == 0).any() == padded
+    steps, capacity = 12, ids.shape[1] + 12
+    fast = decode_step(policy, capacity, sharded_weights=False)
+    assert isinstance(fast, GPTNeoXStep)
+    model_forward = decode_step(policy, capacity, sharded_weights=True)  # the forward: sharded weights need it
+    assert not isinstance(model_forward, GPTNeoXStep)
+    tokens = torch.randint(
+        0, policy.config.vocab_size, (steps, ids.shape[0]), generator=torch.Generator().manual_seed(0)
+    )
+    positions = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
+    logits = {}
+    with torch.no_grad():
+        for name, step in (("fast", fast), ("forward", model_forward)):
+            cache = reserved_cache(policy, capacity)
+            policy(input_ids=ids, position_ids=positions, attention_mask=attention_mask, past_key_values=cache)
+            mask = torch.cat([attention_mask.bool(), torch.ones(ids.shape[0], steps, dtype=torch.bool)], dim=-1)
+            logits[name] = [
+                step(tokens[i], positions[:, -1] + i + 1, mask[:, : ids.shape[1] + i + 1], cache) for i in range(steps)
+            ]
+    for fast_logits, forward_logits in zip(logits["fast"], logits["forward"]):
+        assert torch.equal(fast_logits, forward_logits)
+
+
+def test_the_lean_repetition_penalty_is_generates_processor_to_the_bit():
+    """On scores of both signs and held tokens with repeats and padding, the in-place penalty equals transformers'
+    ``RepetitionPenaltyLogitsProcessor``; prompts holding ids past the head's logits get an error naming the key."""
+    from transformers import RepetitionPenaltyLogitsProcessor
+
+    from superhf_lab.training.sampling import RepetitionPenalty
+
+    generator = torch.Generator().manual_seed(0)
+    scores = torch.randn(4, 50, generator=generator) * 3
+    held = torch.randint(0, 50, (4, 30), generator=generator)
+    held[:, :5] = 1  # padding, repeated
+    expected = RepetitionPenaltyLogitsProcessor(1.3)(held, scores.clone())
+    assert torch.equal(RepetitionPenalty(1.3, 50, held)(held, scores.clone()), expected)
+    assert not torch.equal(expected, scores)
+    with pytest.raises(ValueError, match="algorithm.sampling.sampler=generate"):
+        RepetitionPenalty(1.3, 40, held)
+
+
+def test_the_lean_sampler_runs_other_architectures_through_their_forward(tiny_policy, tiny_world):
+    """A policy that is not GPT-NeoX (a random-weight GPT-2 of the tiny vocabulary) is decoded by its own forward on
+    the reserved cache: the same seed gives the same completions, and rows end at EOS or the limit."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from superhf_lab.training.decoding import GPTNeoXStep, decode_step
+
+    tokenizer = tiny_policy[1]
+    torch.manual_seed(0)
+    policy = GPT2LMHeadModel(
+        GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=1, n_head=2, eos_token_id=tokenizer.eos_token_id)
+    ).eval()
+    assert not isinstance(decode_step(policy, 64, sharded_weights=False), GPTNeoXStep)
+    prompts = [json.loads(line)["prompt"] for line in (tiny_world.root / "prompts" / "test.jsonl").open()][:2]
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        runs.append(
+            sample_completions(
+                policy, tokenizer, prompts, 3, SamplingSettings(max_new_tokens=12), 6, CPU, "fp32", "next_turn"
+            )
+        )
+    assert runs[0] == runs[1] and len(runs[0]) == 6
+    assert all(0 < c.generated_tokens <= 12 for c in runs[0])

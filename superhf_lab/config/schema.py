@@ -484,7 +484,7 @@ class SamplingSettings:
         default="lean",
         metadata={
             "help": "lean: the lab's loop over cached forward passes; generate: transformers' generate() (the same "
-            "tokens for a seed, slower)"
+            "distribution, other draws for a seed; slower)"
         },
     )
 

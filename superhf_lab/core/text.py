@@ -52,7 +52,8 @@ def decode_completion(tokenizer, token_ids: list[int], cut: str = "next_turn") -
     and cuts where ``cut`` says a new turn starts. Returns the text, the number of tokens generated before EOS
     or padding, and whether the completion ended (EOS or a next turn) rather than running into the token limit.
     """
-    ends = [index for index, token in enumerate(token_ids) if token in (tokenizer.eos_token_id, tokenizer.pad_token_id)]
+    ending = {tokenizer.eos_token_id, tokenizer.pad_token_id}
+    ends = [index for index, token in enumerate(token_ids) if token in ending]
     ended = bool(ends)
     kept = token_ids[: ends[0]] if ended else token_ids
     text, was_cut = trim_completion(tokenizer.decode(kept, skip_special_tokens=True), cut)

@@ -33,6 +33,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -203,14 +204,25 @@ def generation_saving(trainer, prompts: list[str], rounds: int = 2) -> dict:
 
 
 def sampler_speedup(
-    policy, tokenizer, prompts: list[str], per_prompt: int, settings, batch: int, device, precision: str, cut: str
+    policy,
+    tokenizer,
+    prompts: list[str],
+    per_prompt: int,
+    settings,
+    batch: int,
+    device,
+    precision: str,
+    cut: str,
+    rounds: int = 5,
 ) -> dict:
-    """Seconds of transformers' ``generate()`` and of the lean loop (the best of two rounds, alternating) on the same
-    prompts and seeds, their ratio, and whether they drew the same completions."""
-    seconds: dict[str, float] = {}
+    """Seconds of transformers' ``generate()`` and of the lean loop on the same prompts and seeds (the best of
+    ``rounds``), whether they drew the same completions, and the lean loop's speedup: the median of the rounds'
+    paired ratios (the two timed back to back, in alternating order), with their range, as this machine's speed
+    drifts by tens of percent within minutes and a ratio of two minima can pair a fast moment with a slow one."""
+    seconds: dict[str, list[float]] = {"generate": [], "lean": []}
     drawn: dict[str, list] = {}
-    for _ in range(2):
-        for sampler in ("generate", "lean"):
+    for round_ in range(rounds):
+        for sampler in ("generate", "lean") if round_ % 2 == 0 else ("lean", "generate"):
             torch.manual_seed(0)
             started = time.perf_counter()
             completions = sample_completions(
@@ -224,12 +236,15 @@ def sampler_speedup(
                 precision,
                 cut,
             )
-            seconds[sampler] = min(time.perf_counter() - started, seconds.get(sampler, math.inf))
+            seconds[sampler].append(time.perf_counter() - started)
             drawn[sampler] = [(c.text, c.generated_tokens) for c in completions]
+    ratios = [slow / fast for slow, fast in zip(seconds["generate"], seconds["lean"])]
     return {
-        "generate_s": round(seconds["generate"], 3),
-        "lean_s": round(seconds["lean"], 3),
-        "speedup": round(seconds["generate"] / seconds["lean"], 2),
+        "generate_s": round(min(seconds["generate"]), 3),
+        "lean_s": round(min(seconds["lean"]), 3),
+        "speedup": round(statistics.median(ratios), 2),
+        "speedup_range": [round(min(ratios), 2), round(max(ratios), 2)],
+        "rounds": rounds,
         "identical": drawn["generate"] == drawn["lean"],
     }
 
@@ -306,7 +321,7 @@ def pythia_160m_sampling(tokenizer, prompts: list[str], settings, device, precis
     torch.manual_seed(0)
     policy = GPTNeoXForCausalLM(config).to(device).eval()
     return sampler_speedup(
-        policy, tokenizer, prompts[:4], 2, replace(settings, max_new_tokens=32), 8, device, precision, cut
+        policy, tokenizer, prompts[:4], 2, replace(settings, max_new_tokens=32), 8, device, precision, cut, rounds=3
     )
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
@@ -12,7 +10,6 @@ from transformers import (
     NoRepeatNGramLogitsProcessor,
     PreTrainedModel,
     PreTrainedTokenizerBase,
-    RepetitionPenaltyLogitsProcessor,
     StoppingCriteria,
     StoppingCriteriaList,
     TemperatureLogitsWarper,
@@ -26,6 +23,7 @@ from superhf_lab.core.text import CUT_LAST_CHARACTERS, CUT_PATTERNS, decode_comp
 from superhf_lab.runtime.distributed import ONE_PROCESS, Processes
 from superhf_lab.runtime.memory import alone
 from superhf_lab.training.completions import Completion
+from superhf_lab.training.decoding import decode_step, reserved_cache
 from superhf_lab.training.models import autocast
 
 
@@ -45,8 +43,9 @@ class StopAtNextTurn(StoppingCriteria):
     def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
         if self.stopped is None:
             self.stopped = torch.zeros(input_ids.shape[0], dtype=torch.bool)
+        last = input_ids[:, -1].tolist()
         for row in (~self.stopped).nonzero().flatten().tolist():
-            if self.completing is not None and input_ids[row, -1].item() not in self.completing:
+            if self.completing is not None and last[row] not in self.completing:
                 continue
             text = self.tokenizer.decode(input_ids[row, self.prompt_length :], skip_special_tokens=True)
             self.stopped[row] = self.pattern.search(text) is not None
@@ -93,8 +92,6 @@ def sample_completions(
     reach("generation")
     jobs = [(index, prompt) for index, prompt in enumerate(prompts) for _ in range(per_prompt)]
     jobs, real = processes.even_share(jobs)
-    # Sharded weights: a forward pass is a collective, so every rank steps until all ranks' rows have ended.
-    any_unfinished = processes.any if processes.sharded_weights else alone
     was_training = policy.training
     policy.eval()
     completions = []
@@ -114,7 +111,7 @@ def sample_completions(
         prompt_length = encoded["input_ids"].shape[1]
         stop = StopAtNextTurn(tokenizer, prompt_length, cut) if stop_at_cut else None
         with autocast(device, precision):
-            output = SAMPLERS[settings.sampler](policy, encoded, settings, tokenizer, stop, any_unfinished)
+            output = SAMPLERS[settings.sampler](policy, encoded, settings, tokenizer, stop, processes)
         new_tokens = output[:, prompt_length:].tolist()
         for (prompt_index, prompt), tokens in zip(batch, new_tokens):
             completions.append(decoded_completion(tokenizer, prompt, prompt_index, tokens, cut))
@@ -129,14 +126,24 @@ def sample_completions(
 CANDIDATE_WIDTHS = (64, 256)
 
 
-def penalties(settings: SamplingSettings) -> LogitsProcessorList:
-    """The penalties ``generate`` applies for these settings (its own processors), before its warpers."""
-    processors = LogitsProcessorList()
-    if settings.repetition_penalty != 1.0:
-        processors.append(RepetitionPenaltyLogitsProcessor(settings.repetition_penalty))
-    if settings.no_repeat_ngram_size > 0:
-        processors.append(NoRepeatNGramLogitsProcessor(settings.no_repeat_ngram_size))
-    return processors
+class RepetitionPenalty:
+    """``generate``'s repetition penalty (``RepetitionPenaltyLogitsProcessor``: each held token's score divided by
+    the penalty, or multiplied when negative; padding counts as held), computed on the held tokens alone and written
+    into the scores in place, where the processor pads, scatters into and slices copies of the whole vocabulary's
+    scores every step (on the tiny policy, most of what the step spends outside the model). The same floats."""
+
+    def __init__(self, penalty: float, vocabulary: int, input_ids: torch.Tensor) -> None:
+        if int(input_ids.max()) >= vocabulary:
+            raise ValueError(
+                f"the prompts hold token ids up to {int(input_ids.max())}, past the policy head's {vocabulary} "
+                "logits, which the lean sampler's repetition penalty does not skip: set "
+                "algorithm.sampling.sampler=generate"
+            )
+        self.penalty = penalty
+
+    def __call__(self, held: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        values = scores.gather(1, held)
+        return scores.scatter_(1, held, torch.where(values < 0, values * self.penalty, values / self.penalty))
 
 
 def warpers(settings: SamplingSettings) -> LogitsProcessorList:
@@ -174,18 +181,22 @@ def truncated_distribution(scores: torch.Tensor, settings: SamplingSettings) -> 
     pieces = []  # (rows, their candidates, their kept probabilities)
     pending = torch.arange(rows, device=scores.device)
     for width in widths:
-        top, top_ids = ranked[pending].topk(width, dim=-1)
+        top, top_ids = (ranked if len(pending) == rows else ranked[pending]).topk(width, dim=-1)
         probabilities = F.softmax(top, dim=-1) if settings.generation_top_k else top
         if settings.top_p >= 1.0:  # top-k alone
             kept = torch.ones_like(probabilities, dtype=torch.bool)
         else:
             kept = probabilities.cumsum(-1) - probabilities < settings.top_p  # the mass ranked above each candidate
             kept[:, 0] = True
-        done = ~kept[:, -1] if width != widths[-1] else torch.ones_like(kept[:, -1])
-        pieces.append((pending[done], top_ids[done], probabilities[done] * kept[done]))
-        pending = pending[~done]
-        if len(pending) == 0:
+        if width == widths[-1] or not kept[:, -1].any():  # every row left ends here
+            pieces.append((pending, top_ids, probabilities * kept))
             break
+        done = (~kept[:, -1]).nonzero().squeeze(1)
+        pieces.append((pending[done], top_ids[done], probabilities[done] * kept[done]))
+        pending = pending[kept[:, -1].nonzero().squeeze(1)]
+    if len(pieces) == 1:
+        _, candidates, kept_probabilities = pieces[0]
+        return candidates, kept_probabilities / kept_probabilities.sum(-1, keepdim=True)
     width = max(ids.shape[1] for _, ids, _ in pieces)
     candidates = torch.zeros(rows, width, dtype=torch.long, device=scores.device)
     kept_probabilities = torch.zeros(rows, width, dtype=scores.dtype, device=scores.device)
@@ -206,7 +217,7 @@ def draw(probabilities: torch.Tensor) -> torch.Tensor:
 
 
 def generate_sampling(
-    policy, encoded, settings: SamplingSettings, tokenizer, stop: StopAtNextTurn | None, any_unfinished=alone
+    policy, encoded, settings: SamplingSettings, tokenizer, stop: StopAtNextTurn | None, processes=ONE_PROCESS
 ):
     """Prompts and sampled tokens through transformers' ``generate`` (which syncs sharded ranks itself)."""
     return policy.generate(
@@ -230,44 +241,68 @@ def lean_sampling(
     settings: SamplingSettings,
     tokenizer,
     stop: StopAtNextTurn | None,
-    any_unfinished: Callable[[bool], bool] = alone,
+    processes: Processes = ONE_PROCESS,
 ):
     """Prompts and sampled tokens from the distribution :func:`generate_sampling` samples, by a loop over cached
     forward passes without ``generate``'s per-step machinery.
 
-    Each step runs the model on the last token (the prompt, first), applies ``generate``'s own penalties to the last
-    position's float32 logits, draws one token per row from :func:`truncated_distribution` (the warpers' result,
-    from the best-ranked candidates rather than a sort of the vocabulary: most of a tiny policy's step), writes
-    padding into rows that have ended (EOS, or the cut when ``stop`` is given) and stops when every row has
-    (``any_unfinished``: on every rank, under sharded weights). The
-    distribution is ``generate``'s; the draws are not its draws for a seed, as they come from fewer candidates.
+    The prompt runs through the model's forward; each later step runs :func:`decoding.decode_step` on the last
+    token (the same logits), into a cache and token buffer reserved for the whole generation. The last position's
+    float32 logits get ``generate``'s penalties (:class:`RepetitionPenalty`, its no-repeat n-gram processor), one
+    token per row is drawn from :func:`truncated_distribution` (the warpers' result, from the best-ranked
+    candidates rather than a sort of the vocabulary), rows that have ended (EOS, or the cut when ``stop`` is given)
+    get padding, and the loop stops when every row has (on every rank, under sharded weights). The distribution is
+    ``generate``'s; the draws are not its draws for a seed, as they come from fewer candidates.
     """
     input_ids, attention_mask = encoded["input_ids"], encoded["attention_mask"]
-    processors = penalties(settings)
+    rows, prompt_length = input_ids.shape
+    capacity = prompt_length + settings.max_new_tokens
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    unfinished = torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+    any_unfinished = processes.any if processes.sharded_weights else alone
+    sequences = input_ids.new_full((rows, capacity), pad)
+    sequences[:, :prompt_length] = input_ids
+    mask = torch.ones(rows, capacity, dtype=torch.bool, device=input_ids.device)
+    mask[:, :prompt_length] = attention_mask.bool()
+    cache = reserved_cache(policy, capacity)
+    step = decode_step(policy, capacity, processes.sharded_weights)
     positions = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
-    step_inputs = {"input_ids": input_ids, "position_ids": positions}
-    cache = None
+    logits = policy(
+        input_ids=input_ids,
+        position_ids=positions,
+        attention_mask=attention_mask,
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    ).logits[:, -1]
+    positions = positions[:, -1]
+    unfinished = torch.ones(rows, dtype=torch.bool, device=input_ids.device)
+    repetition = (
+        RepetitionPenalty(settings.repetition_penalty, logits.shape[-1], input_ids)
+        if settings.repetition_penalty != 1.0
+        else None
+    )
+    no_repeat = NoRepeatNGramLogitsProcessor(settings.no_repeat_ngram_size) if settings.no_repeat_ngram_size else None
+    length = prompt_length
     for _ in range(settings.max_new_tokens):
-        output = policy(
-            **step_inputs, attention_mask=attention_mask, past_key_values=cache, use_cache=True, logits_to_keep=1
-        )
-        cache = output.past_key_values
-        scores = processors(input_ids, output.logits[:, -1].to(dtype=torch.float32, copy=True))
+        # the penalties write into the scores, so they get a copy
+        scores = logits.to(dtype=torch.float32, copy=repetition is not None or no_repeat is not None)
+        if repetition is not None:
+            scores = repetition(sequences[:, :length], scores)
+        if no_repeat is not None:
+            scores = no_repeat(sequences[:, :length], scores)
         candidates, probabilities = truncated_distribution(scores, settings)
         tokens = candidates.gather(1, draw(probabilities)[:, None]).squeeze(1)
         tokens = torch.where(unfinished, tokens, torch.full_like(tokens, pad))
-        input_ids = torch.cat([input_ids, tokens[:, None]], dim=-1)
-        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(attention_mask.shape[0], 1)], dim=-1)
+        sequences[:, length] = tokens
+        length += 1
         unfinished &= tokens != eos
         if stop is not None:
-            unfinished &= ~stop(input_ids, scores)
-        if not any_unfinished(bool(unfinished.any())):
+            unfinished &= ~stop(sequences[:, :length], scores)
+        if not any_unfinished(bool(unfinished.any())) or length == capacity:
             break
-        step_inputs = {"input_ids": tokens[:, None], "position_ids": positions[:, -1:] + 1}
-        positions = step_inputs["position_ids"]
-    return input_ids
+        positions = positions + 1
+        logits = step(tokens, positions, mask[:, :length], cache)
+    return sequences[:, :length]
 
 
 SAMPLERS = {"lean": lean_sampling, "generate": generate_sampling}
