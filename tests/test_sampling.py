@@ -163,17 +163,21 @@ def test_the_lean_samplers_draw_follows_the_probabilities_and_never_picks_a_drop
         assert (frequency[expected == 0] == 0).all()
 
 
-def test_the_lean_sampler_is_reproducible_and_ends_rows_as_generate_does(tiny_policy, tiny_world):
-    policy, tokenizer = tiny_policy
-    prompts = [json.loads(line)["prompt"] for line in (tiny_world.root / "prompts" / "test.jsonl").open()][:4]
+def _sampled_twice(policy, tokenizer, prompts, per_prompt: int, settings: SamplingSettings, batch: int) -> list:
+    """Two samplings of the same prompts, each from seed 0."""
     runs = []
     for _ in range(2):
         torch.manual_seed(0)
         runs.append(
-            sample_completions(
-                policy, tokenizer, prompts, 8, SamplingSettings(max_new_tokens=48), 16, CPU, "fp32", "next_turn"
-            )
+            sample_completions(policy, tokenizer, prompts, per_prompt, settings, batch, CPU, "fp32", "next_turn")
         )
+    return runs
+
+
+def test_the_lean_sampler_is_reproducible_and_ends_rows_as_generate_does(tiny_policy, tiny_world):
+    policy, tokenizer = tiny_policy
+    prompts = [json.loads(line)["prompt"] for line in (tiny_world.root / "prompts" / "test.jsonl").open()][:4]
+    runs = _sampled_twice(policy, tokenizer, prompts, 8, SamplingSettings(max_new_tokens=48), 16)
     assert runs[0] == runs[1], "the same seed, the same completions"
     assert any(c.finished for c in runs[0]) and len({c.text for c in runs[0]}) > 16
     assert all(c.generated_tokens <= 48 for c in runs[0])
@@ -272,13 +276,6 @@ def test_the_lean_sampler_runs_other_architectures_through_their_forward(tiny_po
     ).eval()
     assert not isinstance(decode_step(policy, 64, sharded_weights=False), GPTNeoXStep)
     prompts = [json.loads(line)["prompt"] for line in (tiny_world.root / "prompts" / "test.jsonl").open()][:2]
-    runs = []
-    for _ in range(2):
-        torch.manual_seed(0)
-        runs.append(
-            sample_completions(
-                policy, tokenizer, prompts, 3, SamplingSettings(max_new_tokens=12), 6, CPU, "fp32", "next_turn"
-            )
-        )
+    runs = _sampled_twice(policy, tokenizer, prompts, 3, SamplingSettings(max_new_tokens=12), 6)
     assert runs[0] == runs[1] and len(runs[0]) == 6
     assert all(0 < c.generated_tokens <= 12 for c in runs[0])
