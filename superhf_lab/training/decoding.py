@@ -63,18 +63,22 @@ def decode_step(policy: PreTrainedModel, capacity: int, sharded_weights: bool) -
     ):
         return GPTNeoXStep(base, capacity)
 
-    def forward(tokens, positions, mask, cache):
-        output = policy(
-            input_ids=tokens[:, None],
-            position_ids=positions[:, None],
-            attention_mask=mask,
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        return output.logits[:, -1]
+    return lambda tokens, positions, mask, cache: forward_logits(
+        policy, tokens[:, None], positions[:, None], mask, cache
+    )
 
-    return forward
+
+def forward_logits(policy, input_ids, position_ids, attention_mask, cache: Cache) -> torch.Tensor:
+    """The model's forward on these positions into ``cache``: the last position's next-token logits."""
+    output = policy(
+        input_ids=input_ids,
+        position_ids=position_ids,
+        attention_mask=attention_mask,
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    return output.logits[:, -1]
 
 
 class GPTNeoXStep:

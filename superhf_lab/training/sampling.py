@@ -23,7 +23,7 @@ from superhf_lab.core.text import CUT_LAST_CHARACTERS, CUT_PATTERNS, decode_comp
 from superhf_lab.runtime.distributed import ONE_PROCESS, Processes
 from superhf_lab.runtime.memory import alone
 from superhf_lab.training.completions import Completion
-from superhf_lab.training.decoding import decode_step, reserved_cache
+from superhf_lab.training.decoding import decode_step, forward_logits, reserved_cache
 from superhf_lab.training.models import autocast
 
 
@@ -258,6 +258,7 @@ def lean_sampling(
     rows, prompt_length = input_ids.shape
     capacity = prompt_length + settings.max_new_tokens
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    # Sharded weights: a forward pass is a collective, so every rank steps until all ranks' rows have ended.
     any_unfinished = processes.any if processes.sharded_weights else alone
     sequences = input_ids.new_full((rows, capacity), pad)
     sequences[:, :prompt_length] = input_ids
@@ -266,14 +267,7 @@ def lean_sampling(
     cache = reserved_cache(policy, capacity)
     step = decode_step(policy, capacity, processes.sharded_weights)
     positions = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
-    logits = policy(
-        input_ids=input_ids,
-        position_ids=positions,
-        attention_mask=attention_mask,
-        past_key_values=cache,
-        use_cache=True,
-        logits_to_keep=1,
-    ).logits[:, -1]
+    logits = forward_logits(policy, input_ids, positions, attention_mask, cache)
     positions = positions[:, -1]
     unfinished = torch.ones(rows, dtype=torch.bool, device=input_ids.device)
     repetition = (
