@@ -18,6 +18,14 @@ from superhf_lab.launch.compose import compose_run_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Test processes run side by side (make test: two workers on two cores), each with its runs in subprocesses:
+    # one torch thread each, since processes that each take a thread per core crawl when they meet.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
 
 def compose_config(overrides: list[str], return_hydra_config: bool = False):
     """The config run.py would see for these overrides (``output_dir`` set, since no Hydra run exists)."""

@@ -2,7 +2,6 @@
 
 import gzip
 import json
-from pathlib import Path
 
 import pytest
 from conftest import ROOT, compose_config
@@ -328,12 +327,10 @@ def test_real_hh_rlhf_harmless_base_test_file():
     assert len(load_prompts(shorter, "test", seed=0).prompts) == 2232
 
 
-def test_toy_data_reads_the_tiny_worlds_train_and_test_prompts():
-    world = ROOT / ".cache" / "tiny_world"
+def test_toy_data_reads_the_tiny_worlds_train_and_test_prompts(tiny_world):
+    world = tiny_world.root
     config = validate_config(compose_config([f"tiny_world.dir={world}"])).data
     assert set(config.local_paths()) == {str(world / "prompts" / "train.jsonl"), str(world / "prompts" / "test.jsonl")}
-    if not all(Path(path).is_file() for path in config.local_paths()):
-        pytest.skip("the tiny world is not built here")
     train, test = (load_prompts(config, split, seed=0) for split in ("train", "test"))
     assert sum(train.counts.values()) == 2000 and sum(test.counts.values()) == 300
     assert set(train.counts) == {"helpful", "harmful", "open"} and min(test.counts.values()) > 30

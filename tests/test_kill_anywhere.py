@@ -8,7 +8,11 @@ metric holds each step once with the unbroken run's values, whose completions an
 row, whose ``policy`` artifact is the same, and whose run folder is whole (its newest checkpoint verifies, no
 partial files, no lease, no spool). SIGKILL chains kill; SIGTERM chains preempt, and each preempted launch must
 exit 143 with its run KILLED. A chain shares its launches across points, and the configurations are the smallest
-that reach each point, so the suite stays short.
+that reach each point, so the suite stays short. For the same reason, the points only shared code reaches (the store
+and its spool, the policy's upload, the run's end) are in the full chains of one algorithm of each kind of trainer
+(SuperHF: the lab's step loop; GRPO: TRL's sampling trainers; DPO: TRL's pair trainers), while the others' chains
+stop at the points their own code reaches: sampling, a checkpoint's save, fine-tuning after a checkpoint, and the
+final evaluation.
 """
 
 from __future__ import annotations
@@ -108,6 +112,10 @@ TRAINING_TERMS = [  # each preempted launch ends a step later than the one befor
     ("policy_upload@1:term", "the policy uploaded"),
     ("run_end@1:term", "all done but the run's end"),
 ]
+# Where an algorithm's own code runs: sampling, a checkpoint's save, fine-tuning after a checkpoint, the final
+# evaluation (each chain resumes from what the launch before it left, as in the whole chains).
+OWN_KILLS = [TRAINING_KILLS[0], TRAINING_KILLS[2], TRAINING_KILLS[3], TRAINING_KILLS[6]]
+OWN_TERMS = TRAINING_TERMS[:5]
 # Best-of-N and evaluation keep no checkpoints: a re-run redoes their work in the same MLflow run.
 SAMPLING_KILLS = [
     ("generation@1:kill", "sampling"),
@@ -138,14 +146,14 @@ class Chain:
 CHAINS = [
     Chain("superhf", "kill", tuple(TRAINING_KILLS)),
     Chain("superhf", "term", tuple(TRAINING_TERMS)),
-    Chain("ppo", "kill", tuple(TRAINING_KILLS)),
-    Chain("ppo", "term", tuple(TRAINING_TERMS)),
+    Chain("ppo", "kill", tuple(OWN_KILLS)),
+    Chain("ppo", "term", tuple(OWN_TERMS)),
     Chain("grpo", "kill", tuple(TRAINING_KILLS)),
     Chain("grpo", "term", tuple(TRAINING_TERMS)),
-    Chain("rloo", "kill", tuple(TRAINING_KILLS)),
+    Chain("rloo", "kill", tuple(OWN_KILLS)),
     Chain("dpo", "kill", tuple(TRAINING_KILLS)),
-    Chain("dpo", "term", tuple(TRAINING_TERMS)),
-    Chain("feedme", "kill", tuple(TRAINING_KILLS)),
+    Chain("dpo", "term", tuple(OWN_TERMS)),
+    Chain("feedme", "kill", tuple(OWN_KILLS)),
     Chain("superhf_tracing", "kill", tuple(TRACING_KILLS)),
     Chain("grpo_tracing", "kill", tuple(TRL_TRACING_KILLS)),
     Chain("best_of_n", "kill", tuple(SAMPLING_KILLS)),
@@ -265,7 +273,11 @@ def _assert_folder_whole(checkpoints: Path, keeps_checkpoints: bool) -> None:
         assert store.load() is not None, "the newest checkpoint verifies"
 
 
-@pytest.mark.parametrize("chain", CHAINS, ids=[f"{chain.algorithm}-{chain.signal}" for chain in CHAINS])
+@pytest.mark.parametrize(  # a configuration's chains share its unbroken run: one test process runs them all
+    "chain",
+    [pytest.param(chain, marks=pytest.mark.xdist_group(chain.algorithm)) for chain in CHAINS],
+    ids=[f"{chain.algorithm}-{chain.signal}" for chain in CHAINS],
+)
 def test_a_run_stopped_anywhere_and_re_run_records_what_an_unbroken_run_does(chain, tiny_world, store, tmp_path):
     reference = _reference_run(chain.algorithm, tiny_world, store, tmp_path)
     earlier = _run_ids(store, chain.algorithm)  # the reference and other chains' runs

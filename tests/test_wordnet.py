@@ -10,7 +10,10 @@ from nltk.corpus.util import LazyCorpusLoader
 from superhf_lab.metrics import wordnet
 from superhf_lab.metrics.wordnet import (
     SYSTEM_WORDNET_DIRS,
+    EnglishWordNet,
     WordNetUnavailable,
+    english_wordnet,
+    ensure_wordnet,
     install_from_system,
     lexnames_text,
 )
@@ -43,7 +46,7 @@ def test_a_failed_download_reaches_the_user_when_wordnet_is_still_missing(tmp_pa
     monkeypatch.setenv("NLTK_DATA", str(tmp_path / "nltk_data"))
     monkeypatch.setattr(nltk.data, "path", [str(tmp_path / "nltk_data")])
     monkeypatch.setattr(wordnet, "SYSTEM_WORDNET_DIRS", (tmp_path / "no_system_wordnet",))
-    monkeypatch.setattr(nltk.corpus, "wordnet", LazyCorpusLoader("wordnet", WordNetCorpusReader, None))
+    monkeypatch.setattr(wordnet, "english_wordnet", lambda: LazyCorpusLoader("wordnet", EnglishWordNet, None))
     offline = OSError("[Errno -3] Temporary failure in name resolution")
 
     def download(*args, **kwargs):
@@ -56,3 +59,21 @@ def test_a_failed_download_reaches_the_user_when_wordnet_is_still_missing(tmp_pa
     assert message.startswith(wordnet.INSTALL_HELP), "how to install it, as before"
     assert f"Downloading it into {tmp_path / 'nltk_data'} failed: OSError: {offline}" in message
     assert caught.value.__cause__ is offline
+
+
+def test_the_faster_reader_looks_up_what_nltks_reader_does():
+    """METEOR's WordNet stage reads each stem's synsets and their lemma names: the reader that skips the multilingual
+    sense map gives nltk's, in nltk's order, for inflected forms (morphy), adjective satellites and unknown words,
+    and for every 400th lemma of WordNet's index."""
+    ensure_wordnet()
+    from nltk.corpus import wordnet as nltk_wordnet
+
+    ours = english_wordnet()
+    assert isinstance(ours, EnglishWordNet) and ours.get_version() == nltk_wordnet.get_version() == "3.0"
+    words = ["dogs", "ran", "better", "geese", "happier", "was", "automobil", "quickly", "running", "glad", "xqzv"]
+    words += sorted(nltk_wordnet._lemma_pos_offset_map)[::400]
+
+    def lookups(reader, word):
+        return [(synset.name(), [lemma.name() for lemma in synset.lemmas()]) for synset in reader.synsets(word)]
+
+    assert [lookups(ours, word) for word in words] == [lookups(nltk_wordnet, word) for word in words]
