@@ -32,7 +32,7 @@ rows:
 
 
 @pytest.mark.slow
-def test_results_run_each_row_and_seed_once_and_write_the_table(tiny_world, tmp_path, monkeypatch):
+def test_results_run_each_row_and_seed_once_and_write_the_table(tiny_world, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     spec = tmp_path / "quick.yaml"
     spec.write_text(SPEC.format(tiny_world=tiny_world.root))
@@ -41,6 +41,10 @@ def test_results_run_each_row_and_seed_once_and_write_the_table(tiny_world, tmp_
     args = ["--spec", str(spec), "--out", str(tmp_path / "results"), "--readme", str(readme)]
 
     table = results.main(args)
+    printed = capsys.readouterr().out
+    assert "run 1 of 8: starting policy, seed 0 (" in printed and "run 8 of 8 finished in " in printed, (
+        "a log, not a terminal, shows each run as it starts and ends"
+    )
     rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert [row.split(" | ")[0] for row in rows] == [
         "| starting policy",
@@ -66,6 +70,7 @@ def test_results_run_each_row_and_seed_once_and_write_the_table(tiny_world, tmp_
     assert len(client.search_runs([experiment_id])) == 8, "4 rows x 2 seeds"
     assert results.main(args) == table, "a second call reuses the finished runs"
     assert len(client.search_runs([experiment_id])) == 8
+    assert "run 1 of 8" not in capsys.readouterr().out
 
     spec.write_text(SPEC.format(tiny_world=tiny_world.root).replace("algorithm.n=2", "algorithm.n=3"))
     with pytest.raises(SystemExit, match="no finished run of row .best-of-2. with seeds \\[0, 1\\] of this code"):

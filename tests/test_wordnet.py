@@ -1,5 +1,6 @@
 """WordNet for METEOR, set up offline from the system's WordNet files."""
 
+import shutil
 from pathlib import Path
 
 import nltk
@@ -61,19 +62,50 @@ def test_a_failed_download_reaches_the_user_when_wordnet_is_still_missing(tmp_pa
     assert caught.value.__cause__ is offline
 
 
-def test_the_faster_reader_looks_up_what_nltks_reader_does():
-    """METEOR's WordNet stage reads each stem's synsets and their lemma names: the reader that skips the multilingual
-    sense map gives nltk's, in nltk's order, for inflected forms (morphy), adjective satellites and unknown words,
-    and for every 400th lemma of WordNet's index."""
+def _lookups(reader, word: str) -> list:
+    return [(synset.name(), [lemma.name() for lemma in synset.lemmas()]) for synset in reader.synsets(word)]
+
+
+def test_the_faster_reader_parses_and_looks_up_what_nltks_reader_does(tmp_path, monkeypatch):
+    """METEOR's WordNet stage reads each stem's synsets and their lemma names: the faster reader, whether it parsed
+    the index or read it back from the cache, holds nltk's parsed index and gives nltk's lookups, in nltk's order,
+    for inflected forms (morphy), adjective satellites, unknown words and every 400th lemma of the index."""
     ensure_wordnet()
     from nltk.corpus import wordnet as nltk_wordnet
 
-    ours = english_wordnet()
-    assert isinstance(ours, EnglishWordNet) and ours.get_version() == nltk_wordnet.get_version() == "3.0"
+    nltk_wordnet.ensure_loaded()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    parsed = english_wordnet.__wrapped__()  # a reader of its own, loaded on first use: it finds no cache
+    parsed.ensure_loaded()
+    assert len(list((tmp_path / "superhf_lab").glob("wordnet-index-*.marshal"))) == 1, "the parsed index is kept"
+
+    def parse(*args):
+        raise AssertionError("the index was parsed although the cache holds it")
+
+    monkeypatch.setattr(WordNetCorpusReader, "_load_lemma_pos_offset_map", parse)
+    cached = english_wordnet.__wrapped__()
+    cached.ensure_loaded()
     words = ["dogs", "ran", "better", "geese", "happier", "was", "automobil", "quickly", "running", "glad", "xqzv"]
     words += sorted(nltk_wordnet._lemma_pos_offset_map)[::400]
+    expected = [_lookups(nltk_wordnet, word) for word in words]
+    for reader in (parsed, cached):
+        assert isinstance(reader, EnglishWordNet) and reader.get_version() == nltk_wordnet.get_version() == "3.0"
+        assert reader.satellite_offsets == nltk_wordnet.satellite_offsets
+        assert reader._lemma_pos_offset_map == nltk_wordnet._lemma_pos_offset_map
+        assert reader._exception_map == nltk_wordnet._exception_map
+        assert [_lookups(reader, word) for word in words] == expected
 
-    def lookups(reader, word):
-        return [(synset.name(), [lemma.name() for lemma in synset.lemmas()]) for synset in reader.synsets(word)]
 
-    assert [lookups(ours, word) for word in words] == [lookups(nltk_wordnet, word) for word in words]
+def test_a_changed_wordnet_is_parsed_again_rather_than_read_from_its_old_cache(tmp_path, monkeypatch):
+    ensure_wordnet()
+    source = Path(english_wordnet().root.path)
+    corpus = tmp_path / "nltk_data" / "corpora" / "wordnet"
+    shutil.copytree(source, corpus)
+    monkeypatch.setattr(nltk.data, "path", [str(tmp_path / "nltk_data")])
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    english_wordnet.__wrapped__().ensure_loaded()
+    with (corpus / "verb.exc").open("a") as exceptions:
+        exceptions.write("zzzed zzz\n")
+    changed = english_wordnet.__wrapped__()
+    assert changed._exception_map["v"]["zzzed"] == ["zzz"]
+    assert len(list((tmp_path / "cache" / "superhf_lab").glob("wordnet-index-*.marshal"))) == 2

@@ -23,6 +23,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,7 +103,8 @@ def finished_run(client: mlflow.MlflowClient, experiment_id: str | None, config_
 
 
 def run_missing(spec: ResultsSpec, store: str, out: Path, console: Console) -> None:
-    """Run every (row, seed) the store has no finished run of; stop at the first failure, naming its log."""
+    """Run every (row, seed) the store has no finished run of; stop at the first failure, naming its log. A terminal
+    shows a progress bar; a log file (where a bar is drawn only at the end) gets a line as each run starts and ends."""
     client = mlflow.MlflowClient(store)
     jobs = [(row, seed) for row in spec.rows for seed in spec.seeds]
     with Progress(console=console) as progress:
@@ -114,6 +116,12 @@ def run_missing(spec: ResultsSpec, store: str, out: Path, console: Console) -> N
                 progress.update(task, description=f"{row.label}, seed {seed}")
                 run_dir = out / f"{spec.name}_runs" / f"{index:02d}"
                 run_dir.mkdir(parents=True, exist_ok=True)
+                if not console.is_terminal:
+                    console.out(
+                        f"run {index + 1} of {len(jobs)}: {row.label}, seed {seed} ({run_dir / 'run.log'})",
+                        highlight=False,
+                    )
+                started = time.monotonic()
                 with (run_dir / "run.log").open("w") as log:
                     finished = subprocess.run(
                         [sys.executable, "-m", "superhf_lab", *overrides, f"hydra.run.dir={run_dir}"],
@@ -124,6 +132,11 @@ def run_missing(spec: ResultsSpec, store: str, out: Path, console: Console) -> N
                     raise SystemExit(
                         f"results row {row.label!r} seed {seed} failed (exit {finished.returncode}); "
                         f"see {run_dir / 'run.log'}"
+                    )
+                if not console.is_terminal:
+                    console.out(
+                        f"run {index + 1} of {len(jobs)} finished in {time.monotonic() - started:.0f} s",
+                        highlight=False,
                     )
             progress.advance(task)
 
