@@ -154,7 +154,7 @@ def test_the_lean_samplers_draw_follows_the_probabilities_and_never_picks_a_drop
 
     probabilities = torch.tensor([[0.0, 0.5, 0.0, 0.3, 0.2, 0.0], [1.0, 2.0, 0.0, 0.0, 1.0, 0.0]])
     torch.manual_seed(0)
-    draws = torch.stack([draw(probabilities) for _ in range(40_000)])
+    draws = torch.stack([draw(probabilities, torch.rand(len(probabilities))) for _ in range(40_000)])
     for row in range(2):
         expected = probabilities[row] / probabilities[row].sum()
         frequency = torch.bincount(draws[:, row], minlength=6).double() / len(draws)
@@ -265,17 +265,66 @@ def test_the_lean_repetition_penalty_is_generates_processor_to_the_bit():
 def test_the_lean_sampler_runs_other_architectures_through_their_forward(tiny_policy, tiny_world):
     """A policy that is not GPT-NeoX (a random-weight GPT-2 of the tiny vocabulary) is decoded by its own forward on
     the reserved cache: the same seed gives the same completions, and rows end at EOS or the limit."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
     from superhf_lab.training.decoding import GPTNeoXStep, decode_step
 
     tokenizer = tiny_policy[1]
-    torch.manual_seed(0)
-    policy = GPT2LMHeadModel(
-        GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=1, n_head=2, eos_token_id=tokenizer.eos_token_id)
-    ).eval()
+    policy = _gpt2(tokenizer)
     assert not isinstance(decode_step(policy, 64, sharded_weights=False), GPTNeoXStep)
     prompts = [json.loads(line)["prompt"] for line in (tiny_world.root / "prompts" / "test.jsonl").open()][:2]
     runs = _sampled_twice(policy, tokenizer, prompts, 3, SamplingSettings(max_new_tokens=12), 6)
     assert runs[0] == runs[1] and len(runs[0]) == 6
     assert all(0 < c.generated_tokens <= 12 for c in runs[0])
+
+
+def _gpt2(tokenizer):
+    """A random-weight GPT-2 of the tiny vocabulary: decoded through its own forward, not the GPT-NeoX step."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(
+        GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=1, n_head=2, eos_token_id=tokenizer.eos_token_id)
+    ).eval()
+
+
+@pytest.mark.parametrize("architecture", ["gpt-neox-step", "gpt2-forward"])
+def test_rows_that_end_leave_the_batch_without_changing_any_draw(tiny_policy, tiny_world, monkeypatch, architecture):
+    """The lean sampler drops rows that have ended from its batch (their cache rows too); each row keeps its own
+    uniform number of every step, so every completion is the one drawn when all rows stay to the end. A hook on
+    the head makes EOS likely, so rows end at many different steps."""
+    from superhf_lab.training import sampling
+
+    tokenizer = tiny_policy[1]
+    policy = tiny_policy[0] if architecture == "gpt-neox-step" else _gpt2(tokenizer)
+
+    def likely_end(module, inputs, logits):
+        logits[..., tokenizer.eos_token_id] += 5.0
+        return logits
+
+    prompts = [json.loads(line)["prompt"] for line in (tiny_world.root / "prompts" / "test.jsonl").open()][:4]
+    settings = SamplingSettings(max_new_tokens=40, repetition_penalty=1.05, no_repeat_ngram_size=3)
+    hook = policy.get_output_embeddings().register_forward_hook(likely_end)
+    runs = {}
+    try:
+        for share in (0.0, 2.0):  # a row leaves as soon as it ends; no row ever leaves
+            monkeypatch.setattr(sampling, "LEAVING_SHARE", share)
+            torch.manual_seed(0)
+            runs[share] = sample_completions(policy, tokenizer, prompts, 8, settings, 32, CPU, "fp32", "next_turn")
+    finally:
+        hook.remove()
+    assert runs[0.0] == runs[2.0]
+    ends = sorted({c.generated_tokens for c in runs[0.0] if c.finished})
+    assert len(ends) > 5 and ends[-1] < settings.max_new_tokens, f"rows ended at steps {ends}"
+
+
+def test_the_lean_samplers_flops_can_be_counted(tiny_policy, tiny_world):
+    """make bench counts generation's FLOPs with torch's FlopCounterMode, whose module tracker hooks every module
+    input that needs gradients: the lean sampler (under inference mode) gives it none, and its matrix products count."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    policy, tokenizer = tiny_policy
+    prompts = [json.loads(line)["prompt"] for line in (tiny_world.root / "prompts" / "test.jsonl").open()][:2]
+    with FlopCounterMode(display=False) as counter:
+        sample_completions(
+            policy, tokenizer, prompts, 2, SamplingSettings(max_new_tokens=8), 4, CPU, "fp32", "next_turn"
+        )
+    assert counter.get_total_flops() > 0

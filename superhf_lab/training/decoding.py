@@ -44,6 +44,17 @@ class ReservedLayer(DynamicLayer):
         self.keys, self.values = self.key_buffer[:, :, :end], self.value_buffer[:, :, :end]
         return self.keys, self.values
 
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Keep only the rows ``indices`` (rows that stopped generating leave the batch), in new buffers."""
+        if not self.is_initialized:
+            return
+        for name in ("key_buffer", "value_buffer"):
+            held = getattr(self, name)
+            kept = held.new_empty(len(indices), *held.shape[1:])
+            kept[:, :, : self.length] = held[indices, :, : self.length]
+            setattr(self, name, kept)
+        self.keys, self.values = self.key_buffer[:, :, : self.length], self.value_buffer[:, :, : self.length]
+
 
 def reserved_cache(policy: PreTrainedModel, capacity: int) -> Cache:
     """A cache of :class:`ReservedLayer`, one per decoder layer of ``policy``."""
@@ -90,9 +101,10 @@ class GPTNeoXStep:
 
     def __init__(self, model: GPTNeoXForCausalLM, capacity: int) -> None:
         self.model = model
-        embedding = model.gpt_neox.embed_in.weight
-        with torch.no_grad():
-            cos, sin = model.gpt_neox.rotary_emb(embedding, torch.arange(capacity, device=embedding.device)[None])
+        # the rotary module takes a tensor only for its dtype and device: a detached one, so that no hook on module
+        # inputs (torch's FlopCounterMode tracks those that need gradients) sees a parameter under inference mode
+        embedding = model.gpt_neox.embed_in.weight.detach()
+        cos, sin = model.gpt_neox.rotary_emb(embedding, torch.arange(capacity, device=embedding.device)[None])
         # rotate_half(x) * sin == x[..., swap] * signed_sin exactly (a negation commutes with rounding), so queries
         # and keys rotate together in three operations
         half = cos.shape[-1] // 2

@@ -124,6 +124,8 @@ def sample_completions(
 # 97 at the 90th percentile and 619 at most; torch's topk over 4,096 costs 0.23 ms for 64, 0.66 ms for 256, 0.82 ms
 # for 512 and 3.5 ms for a full sort (32 rows, this machine).
 CANDIDATE_WIDTHS = (64, 256)
+# Ended rows leave the lean sampler's batch once they are this share of it (each time copies the cache's rows).
+LEAVING_SHARE = 0.25
 
 
 class RepetitionPenalty:
@@ -206,14 +208,14 @@ def truncated_distribution(scores: torch.Tensor, settings: SamplingSettings) -> 
     return candidates, kept_probabilities / kept_probabilities.sum(-1, keepdim=True)
 
 
-def draw(probabilities: torch.Tensor) -> torch.Tensor:
+def draw(probabilities: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
     """One index per row, with these (``(B, C)``, not necessarily normalised) probabilities: by the inverse of each
-    row's cumulative distribution at one uniform draw. ``torch.multinomial`` draws an exponential per candidate
-    (its argmax of p / E), which costs a tiny policy's step more than its forward pass; this draws one number per
-    row. A zero-probability index is an empty interval and never drawn."""
+    row's cumulative distribution at its number of ``uniform`` (``(B,)``, from [0, 1)). ``torch.multinomial`` draws
+    an exponential per candidate (its argmax of p / E), which costs a tiny policy's step more than its forward pass;
+    this takes one number per row. A zero-probability index is an empty interval and never drawn."""
     cumulative = probabilities.cumsum(-1)
-    uniform = torch.rand(cumulative.shape[0], 1, device=cumulative.device) * cumulative[:, -1:]
-    return torch.searchsorted(cumulative, uniform, right=True).clamp_(max=cumulative.shape[-1] - 1).squeeze(1)
+    point = uniform[:, None] * cumulative[:, -1:]
+    return torch.searchsorted(cumulative, point, right=True).clamp_(max=cumulative.shape[-1] - 1).squeeze(1)
 
 
 def generate_sampling(
@@ -253,50 +255,70 @@ def lean_sampling(
     candidates rather than a sort of the vocabulary), rows that have ended (EOS, or the cut when ``stop`` is given)
     get padding, and the loop stops when every row has (on every rank, under sharded weights). The distribution is
     ``generate``'s; the draws are not its draws for a seed, as they come from fewer candidates.
+
+    Rows that have ended leave the batch (:data:`LEAVING_SHARE` of it at a time), so the model and the sampling run
+    on the rows still generating, where ``generate`` carries every row to the longest one's end; each row keeps its
+    own uniform number of every step, so a row draws what it would have drawn in the whole batch. Under sharded
+    weights every rank keeps its rows, as the ranks' forward passes are collectives over the same steps.
     """
-    input_ids, attention_mask = encoded["input_ids"], encoded["attention_mask"]
-    rows, prompt_length = input_ids.shape
-    capacity = prompt_length + settings.max_new_tokens
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    # Sharded weights: a forward pass is a collective, so every rank steps until all ranks' rows have ended.
-    any_unfinished = processes.any if processes.sharded_weights else alone
-    sequences = input_ids.new_full((rows, capacity), pad)
-    sequences[:, :prompt_length] = input_ids
-    mask = torch.ones(rows, capacity, dtype=torch.bool, device=input_ids.device)
-    mask[:, :prompt_length] = attention_mask.bool()
-    cache = reserved_cache(policy, capacity)
-    step = decode_step(policy, capacity, processes.sharded_weights)
-    positions = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
-    logits = forward_logits(policy, input_ids, positions, attention_mask, cache)
-    positions = positions[:, -1]
-    unfinished = torch.ones(rows, dtype=torch.bool, device=input_ids.device)
-    repetition = (
-        RepetitionPenalty(settings.repetition_penalty, logits.shape[-1], input_ids)
-        if settings.repetition_penalty != 1.0
-        else None
-    )
-    no_repeat = NoRepeatNGramLogitsProcessor(settings.no_repeat_ngram_size) if settings.no_repeat_ngram_size else None
-    length = prompt_length
-    for _ in range(settings.max_new_tokens):
-        # the penalties write into the scores, so they get a copy
-        scores = logits.to(dtype=torch.float32, copy=repetition is not None or no_repeat is not None)
-        if repetition is not None:
-            scores = repetition(sequences[:, :length], scores)
-        if no_repeat is not None:
-            scores = no_repeat(sequences[:, :length], scores)
-        candidates, probabilities = truncated_distribution(scores, settings)
-        tokens = candidates.gather(1, draw(probabilities)[:, None]).squeeze(1)
-        tokens = torch.where(unfinished, tokens, torch.full_like(tokens, pad))
-        sequences[:, length] = tokens
-        length += 1
-        unfinished &= tokens != eos
-        if stop is not None:
-            unfinished &= ~stop(sequences[:, :length], scores)
-        if not any_unfinished(bool(unfinished.any())) or length == capacity:
-            break
-        positions = positions + 1
-        logits = step(tokens, positions, mask[:, :length], cache)
-    return sequences[:, :length]
+    # Inference mode drops autograd's bookkeeping from every operation (about a sixth of a tiny policy's step);
+    # nothing made here outlives the call but token ids. Not under sharded weights, whose gathered parameters do.
+    with torch.inference_mode(not processes.sharded_weights):
+        input_ids, attention_mask = encoded["input_ids"], encoded["attention_mask"]
+        rows, prompt_length = input_ids.shape
+        capacity = prompt_length + settings.max_new_tokens
+        eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+        # Sharded weights: a forward pass is a collective, so every rank steps until all ranks' rows have ended.
+        any_unfinished = processes.any if processes.sharded_weights else alone
+        sequences = input_ids.new_full((rows, capacity), pad)
+        sequences[:, :prompt_length] = input_ids
+        mask = torch.ones(rows, capacity, dtype=torch.bool, device=input_ids.device)
+        mask[:, :prompt_length] = attention_mask.bool()
+        cache = reserved_cache(policy, capacity)
+        step = decode_step(policy, capacity, processes.sharded_weights)
+        positions = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
+        logits = forward_logits(policy, input_ids, positions, attention_mask, cache)
+        positions = positions[:, -1]
+        unfinished = torch.ones(rows, dtype=torch.bool, device=input_ids.device)
+        repetition = (
+            RepetitionPenalty(settings.repetition_penalty, logits.shape[-1], input_ids)
+            if settings.repetition_penalty != 1.0
+            else None
+        )
+        no_repeat = (
+            NoRepeatNGramLogitsProcessor(settings.no_repeat_ngram_size) if settings.no_repeat_ngram_size else None
+        )
+        length = prompt_length
+        # the rows still in the batch (the rows of the logits, positions, mask and cache)
+        live = torch.arange(rows, device=input_ids.device)
+        for _ in range(settings.max_new_tokens):
+            # the penalties write into the scores, so they get a copy
+            scores = logits.to(dtype=torch.float32, copy=repetition is not None or no_repeat is not None)
+            if repetition is not None or no_repeat is not None:
+                held = sequences[live, :length] if len(live) < rows else sequences[:, :length]
+                if repetition is not None:
+                    scores = repetition(held, scores)
+                if no_repeat is not None:
+                    scores = no_repeat(held, scores)
+            candidates, probabilities = truncated_distribution(scores, settings)
+            uniform = torch.rand(rows, device=input_ids.device)[live]  # every row's number, in the batch or not
+            tokens = candidates.gather(1, draw(probabilities, uniform)[:, None]).squeeze(1)
+            tokens = torch.where(unfinished[live], tokens, torch.full_like(tokens, pad))
+            sequences[live, length] = tokens
+            length += 1
+            unfinished[live] &= tokens != eos
+            if stop is not None:
+                unfinished &= ~stop(sequences[:, :length], scores)
+            if not any_unfinished(bool(unfinished.any())) or length == capacity:
+                break
+            positions = positions + 1
+            staying = unfinished[live]
+            if not processes.sharded_weights and (~staying).sum() >= max(1, LEAVING_SHARE * len(live)):
+                kept = staying.nonzero().squeeze(1)
+                live, tokens, positions, mask = live[kept], tokens[kept], positions[kept], mask[kept]
+                cache.batch_select_indices(kept)
+            logits = step(tokens, positions, mask[:, :length], cache)
+        return sequences[:, :length]
 
 
 SAMPLERS = {"lean": lean_sampling, "generate": generate_sampling}
