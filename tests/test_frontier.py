@@ -2,17 +2,13 @@
 fits, the figures, the README's block, and one parent MLflow run holding them."""
 
 import math
-import re
 
 import mlflow
 import numpy as np
 import pytest
-from conftest import ROOT
 
-from superhf_lab.launch import frontier, presets
-from superhf_lab.launch.results import load_spec
+from superhf_lab.launch import frontier
 from superhf_lab.reporting.frontier import AlgorithmFrontier, RunPath, envelope, gold_within
-from superhf_lab.reporting.readme import read_block
 from superhf_lab.tracking.provenance import ROLE_TAG, SWEEP_TAG
 
 
@@ -115,18 +111,3 @@ def test_make_frontier_writes_the_table_figures_and_readme_and_files_them_under_
     }
     assert frontier.main(args) == block, "a second call reuses the finished runs"
     assert len(client.search_runs([experiment_id])) == 7, "6 jobs and their parent"
-
-
-@pytest.mark.parametrize(
-    ("marker", "name"),
-    [
-        ("frontier", load_spec(frontier.DEFAULT_SPEC).name),
-        ("presets", presets.load_search(presets.DEFAULT_SPEC).name),
-    ],
-)
-def test_the_readme_shows_the_current_frontier_and_presets_tables(marker, name):
-    generated = (ROOT / "results" / f"{name}.md").read_text().replace(f"]({name}_", f"](results/{name}_")
-    block = read_block((ROOT / "README.md").read_text(), f"<!-- {marker}: {name} -->", f"<!-- /{marker}: {name} -->")
-    assert block == f"\n{generated}", f"the README's {marker} block is not the output of make {marker}: run it"
-    for figure in re.findall(r"\]\((results/[^)]+\.png)\)", block):
-        assert (ROOT / figure).is_file(), f"the README links {figure}, which is not in the repository"

@@ -8,7 +8,8 @@ import mlflow
 import pytest
 from conftest import ROOT
 
-from superhf_lab.launch import results
+from superhf_lab.launch import frontier, presets, results
+from superhf_lab.reporting.readme import read_block
 from superhf_lab.tracking.provenance import code_version
 
 SPEC = """
@@ -77,11 +78,27 @@ def test_results_run_each_row_and_seed_once_and_write_the_table(tiny_world, tmp_
         results.main([*args, "--table-only"])
 
 
-def test_the_readme_shows_the_current_results_table():
+@pytest.mark.parametrize(
+    ("marker", "name"),
+    [
+        ("results", results.load_spec(results.DEFAULT_SPEC).name),
+        ("frontier", results.load_spec(frontier.DEFAULT_SPEC).name),
+        ("presets", presets.load_search(presets.DEFAULT_SPEC).name),
+    ],
+)
+def test_the_readme_shows_each_commands_current_table(marker, name):
+    """The README's results, frontier and presets blocks are what make results, frontier and presets last wrote
+    to results/ (figure links made relative to the README), and every figure they link is in the repository."""
+    generated = (ROOT / "results" / f"{name}.md").read_text().replace(f"]({name}_", f"](results/{name}_")
+    block = read_block((ROOT / "README.md").read_text(), f"<!-- {marker}: {name} -->", f"<!-- /{marker}: {name} -->")
+    assert block == f"\n{generated}", f"the README's {marker} block is not the output of make {marker}: run it"
+    for figure in re.findall(r"\]\((results/[^)]+\.png)\)", block):
+        assert (ROOT / figure).is_file(), f"the README links {figure}, which is not in the repository"
+
+
+def test_the_committed_results_table_has_a_row_per_spec_row():
     spec = results.load_spec(results.DEFAULT_SPEC)
     generated = (ROOT / "results" / f"{spec.name}.md").read_text()
-    readme = (ROOT / "README.md").read_text()
-    assert f"<!-- results: {spec.name} -->\n{generated}<!-- /results: {spec.name} -->" in readme
     assert len([line for line in generated.splitlines() if line.startswith("|")]) == len(spec.rows) + 2, (
         "header, rule, rows"
     )
